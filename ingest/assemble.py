@@ -1,0 +1,121 @@
+"""Assembly: a planned series' objects -> one canonical :class:`~ingest.volume.Volume`.
+
+Slices are ordered by their position projected on the slice normal (never by file name or
+InstanceNumber), spacing uniformity and duplicate positions are checked, and the stack is
+reoriented to the canonical LPS orientation. Size limits are enforced from the headers before
+any pixel buffer is allocated.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+from collections.abc import Callable
+
+import numpy as np
+
+from ingest.config import GeometryConfig
+from ingest.decode import decode_instance
+from ingest.errors import IngestError, Reason
+from ingest.series import SeriesPlan
+from ingest.volume import Volume, check_spacing, from_nifti, gantry_tilt_deg, order_slices, to_canonical
+from ingest.windowing import hu_to_int16
+
+Reader = Callable[[str], bytes]
+_AXIAL_IOP = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+_IOP_TOLERANCE = 1e-3
+# NIfTI volumes with air below this are taken as CT (HU); others as MR.
+_CT_AIR_HU = -500.0
+
+
+def _check_size(rows: int | None, cols: int | None, n_slices: int, geometry: GeometryConfig) -> None:
+    if rows is not None and cols is not None and rows * cols > geometry.max_pixels_per_slice:
+        raise IngestError(
+            Reason.ABSURD_DIMENSIONS,
+            f"header claims {rows}x{cols} pixels per slice (limit {geometry.max_pixels_per_slice})",
+        )
+    if n_slices > geometry.max_slices:
+        raise IngestError(
+            Reason.ABSURD_DIMENSIONS, f"{n_slices} slices in one series (limit {geometry.max_slices})"
+        )
+
+
+def load_dicom_volume(plan: SeriesPlan, read: Reader, *, geometry: GeometryConfig) -> Volume:
+    """Decode, order, check and reorient the instances of ``plan`` into a canonical volume."""
+    n_frames = sum(max(i.frames, 1) for i in plan.instances)
+    _check_size(plan.rows, plan.cols, n_frames, geometry)
+    is_ct = plan.modality == "CT"
+    images: list[np.ndarray] = []
+    positions: list[list[float] | None] = []
+    orientations: list[tuple[float, ...] | None] = []
+    spacing = plan.pixel_spacing
+    thickness = plan.slice_thickness
+    for inst in plan.instances:
+        frames = decode_instance(read(inst.path), max_pixels=geometry.max_pixels_per_slice)
+        pix = frames.pixels
+        _check_size(None, None, len(images) + pix.shape[0], geometry)
+        if pix.shape[0] == 1:
+            images.append(pix[0])
+            pos = inst.ipp if inst.ipp is not None else (
+                list(frames.positions[0]) if frames.positions is not None else None
+            )
+            positions.append(pos)
+            orientations.append(tuple(inst.iop) if inst.iop else frames.orientation)
+        else:
+            for k in range(pix.shape[0]):
+                images.append(pix[k])
+                positions.append(list(frames.positions[k]) if frames.positions is not None else None)
+                orientations.append(frames.orientation or (tuple(inst.iop) if inst.iop else None))
+        spacing = spacing or (list(frames.pixel_spacing) if frames.pixel_spacing else None)
+        thickness = thickness or frames.slice_thickness
+    if len({im.shape for im in images}) != 1:
+        raise IngestError(Reason.INCONSISTENT_GEOMETRY, "slices of one series differ in size")
+    if len(images) == 1 and (positions[0] is None or orientations[0] is None):
+        # A lone slice without geometry (common in secondary exports) is still a valid axial image.
+        positions, orientations = [[0.0, 0.0, 0.0]], [_AXIAL_IOP]
+    if any(p is None for p in positions) or any(o is None for o in orientations):
+        raise IngestError(
+            Reason.INCONSISTENT_GEOMETRY, "ImagePositionPatient/ImageOrientationPatient missing on some slices"
+        )
+    iop = np.asarray(orientations[0], dtype=float)
+    if any(np.abs(np.asarray(o, dtype=float) - iop).max() > _IOP_TOLERANCE for o in orientations):
+        raise IngestError(Reason.INCONSISTENT_GEOMETRY, "slices of one series differ in orientation")
+    pos = np.asarray(positions, dtype=float)
+    order, distances = order_slices(pos, iop)
+    slice_spacing = check_spacing(distances, default=thickness or 1.0)
+    tilt = gantry_tilt_deg(pos[order], iop)
+    stack = np.stack([images[i] for i in order])
+    stack = hu_to_int16(stack) if is_ct else stack.astype(np.float32, copy=False)
+    row_col = (float(spacing[0]), float(spacing[1])) if spacing else (1.0, 1.0)
+    vol = to_canonical(
+        stack, iop=iop.tolist(), first_position=pos[order[0]].tolist(), pixel_spacing=row_col,
+        slice_spacing=slice_spacing,
+    )
+    return Volume(
+        array=vol.array, spacing=vol.spacing, origin=vol.origin, gantry_tilt_deg=tilt,
+        oblique_deg=vol.oblique_deg,
+    )
+
+
+def load_nifti_volume(path: str, read: Reader, *, geometry: GeometryConfig) -> tuple[Volume, str]:
+    """Load a NIfTI object into a canonical volume; returns it with the modality guessed from values."""
+    import nibabel as nib
+
+    data = read(path)
+    try:
+        if data[:2] == b"\x1f\x8b":
+            data = gzip.decompress(data)
+        img = nib.Nifti1Image.from_stream(io.BytesIO(data))
+    except Exception as e:
+        raise IngestError(Reason.UNREADABLE, f"not a readable NIfTI-1 object ({type(e).__name__})") from None
+    shape = img.header.get_data_shape()
+    if len(shape) >= 2:
+        _check_size(int(shape[0]), int(shape[1]), int(shape[2]) if len(shape) > 2 else 1, geometry)
+    arr = np.asanyarray(img.dataobj)
+    vol = from_nifti(arr, img.affine)
+    modality = "CT" if float(np.min(vol.array)) < _CT_AIR_HU else "MR"
+    if modality == "CT":
+        vol = Volume(array=hu_to_int16(vol.array), spacing=vol.spacing, origin=vol.origin)
+    else:
+        vol = Volume(array=vol.array.astype(np.float32, copy=False), spacing=vol.spacing, origin=vol.origin)
+    return vol, modality

@@ -1,0 +1,198 @@
+"""Ingest configuration: one pydantic model, defaults that work, YAML file, CLI overrides.
+
+Resolved once at the start of a job (:func:`load_config`), hashed (:meth:`IngestConfig.content_hash`)
+and recorded in the dataset catalog, then turned into explicit arguments for each stage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from ingest.errors import ConfigError
+from ingest.windowing import CT_PRESETS
+
+Plane = Literal["axial", "coronal", "sagittal"]
+SALT_ENV = "RADFORGE_SALT"
+MR_WINDOWS = ("raw", "pct")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class WindowConfig(_Model):
+    """Intensity representations written per slice; each becomes its own sample."""
+
+    ct: list[str] = Field(default_factory=lambda: ["raw"], description="'raw' (int16 HU) and/or CT presets")
+    mr: list[str] = Field(default_factory=lambda: ["raw"], description="'raw' (uint16) and/or 'pct' (uint8)")
+
+    @field_validator("ct")
+    @classmethod
+    def _ct_known(cls, v: list[str]) -> list[str]:
+        valid = ["raw", *CT_PRESETS]
+        bad = [w for w in v if w not in valid]
+        if bad or not v:
+            raise ValueError(f"unknown CT window {bad or '(empty list)'}; valid: {', '.join(valid)}")
+        return v
+
+    @field_validator("mr")
+    @classmethod
+    def _mr_known(cls, v: list[str]) -> list[str]:
+        bad = [w for w in v if w not in MR_WINDOWS]
+        if bad or not v:
+            raise ValueError(f"unknown MR window {bad or '(empty list)'}; valid: {', '.join(MR_WINDOWS)}")
+        return v
+
+
+class ContentConfig(_Model):
+    """Foreground maps and the empty-slice filter."""
+
+    fg_patch: int = Field(16, ge=1, le=256, description="cell size in pixels of the stored foreground map")
+    min_foreground: float = Field(0.02, ge=0.0, le=1.0, description="slices below this body share are dropped")
+    ct_threshold_hu: float = Field(-500.0, description="HU above which a CT pixel counts as body")
+
+
+class GeometryConfig(_Model):
+    """Checks applied when a series is assembled into a volume."""
+
+    spacing_tolerance: float = Field(0.1, gt=0.0, le=1.0, description="relative gap deviation allowed")
+    max_pixels_per_slice: int = Field(8192 * 8192, gt=0, description="refuse larger headers before allocating")
+    max_slices: int = Field(5000, gt=0, description="refuse series with more slices than this")
+
+
+class DeidConfig(_Model):
+    """De-identification (DICOM PS3.15 Annex E basic profile, allow-list of attributes)."""
+
+    salt: SecretStr | None = Field(None, description=f"salt for series keys; default from ${SALT_ENV}")
+    keep_sex: bool = Field(False, description="write PatientSex into meta")
+    keep_age_bucket: bool = Field(False, description="write a decade age bucket into meta")
+
+    def resolved_salt(self) -> bytes:
+        """The salt as bytes; refuses to run without one (keys would be guessable)."""
+        value = self.salt.get_secret_value() if self.salt else os.environ.get(SALT_ENV)
+        if not value or len(value) < 8:
+            raise ConfigError(
+                f"deid.salt: a salt of at least 8 characters is required; set ${SALT_ENV} "
+                "(keep it secret and stable: series keys and de-duplication depend on it)"
+            )
+        return value.encode()
+
+
+class ShardConfig(_Model):
+    """MDS shard writing."""
+
+    size_limit: int = Field(64 << 20, ge=1 << 16, description="bytes per shard before a new one starts")
+    compression: str | None = Field("zstd:1", description="MDS compression 'codec[:level]' or null")
+    hashes: list[str] = Field(default_factory=lambda: ["xxh64"], description="integrity hashes per shard")
+    samples_per_task: int = Field(2048, ge=1, description="target samples per write task")
+
+    @field_validator("compression")
+    @classmethod
+    def _codec_known(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        from streaming.base.compression import get_compressions
+
+        if v not in get_compressions():
+            codecs = sorted({c.split(":")[0] for c in get_compressions()})
+            raise ValueError(f"unknown compression {v!r}; valid codecs: {', '.join(codecs)} (with ':level')")
+        return v
+
+
+class RayConfig(_Model):
+    """Where the job runs; not part of the config hash (it does not change the output)."""
+
+    address: str | None = Field(None, description="Ray cluster address; default: start a local Ray on 127.0.0.1")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray (default: all)")
+    header_batch_size: int = Field(64, ge=1, description="files per header-reading task batch")
+
+
+class IngestConfig(_Model):
+    """Everything ``radforge ingest`` needs besides the source and destination URIs."""
+
+    archive_id: str | None = Field(None, description="name recorded in the catalog; default: source folder name")
+    planes: list[Plane] = Field(default_factory=lambda: ["axial"], min_length=1)
+    windows: WindowConfig = WindowConfig()
+    content: ContentConfig = ContentConfig()
+    geometry: GeometryConfig = GeometryConfig()
+    deid: DeidConfig = DeidConfig()
+    shards: ShardConfig = ShardConfig()
+    ray: RayConfig = RayConfig()
+
+    def content_hash(self) -> str:
+        """Hash of what determines the output (excludes Ray settings and the salt)."""
+        data = self.model_dump(mode="json", exclude={"ray": True, "archive_id": True, "deid": {"salt"}})
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    node = tree
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{dotted}: {part} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``["a.b=1", "planes=[axial,coronal]"]`` -> nested dict; values parsed as YAML scalars/lists."""
+    tree: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value (e.g. content.min_foreground=0.05)")
+        key, raw = item.split("=", 1)
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw))
+    return tree
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def format_validation_error(err: ValidationError, *, source: str) -> str:
+    """One line per problem: ``<source>: <field.path>: <message> (got <value>)``."""
+    lines = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(root)"
+        got = e.get("input")
+        shown = "" if isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"{source}: {where}: {e['msg']}{shown}")
+    return "; ".join(lines)
+
+
+def load_config(
+    path: str | None = None, *, overrides: Mapping[str, Any] | None = None, model: type[_Model] = IngestConfig
+) -> Any:
+    """Layered config: defaults <- YAML file <- overrides; raises :class:`ConfigError` with one clear line."""
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path:
+        source = path
+        try:
+            with open(path) as f:
+                loaded = yaml.safe_load(f) or {}
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read config file ({e.strerror})") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({e.__class__.__name__})") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+        data = loaded
+    if overrides:
+        data = _merge(data, overrides)
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, source=source)) from None

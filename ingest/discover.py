@@ -1,0 +1,229 @@
+"""Discovery: list an archive and read each object's header (no pixel data).
+
+:func:`list_objects` runs on the driver; :func:`read_header` runs in Ray tasks, once per object,
+and turns the object into a :class:`Header`: the handful of attributes grouping, ordering and
+de-identification need. UIDs are kept in memory only to group and to salt; they never leave the job.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from ingest import deid
+from ingest.errors import IngestError, Reason, SourceError
+from sharder.storage import Location
+
+log = logging.getLogger(__name__)
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+# First read of an object: enough for nearly every DICOM header; longer headers are read whole.
+HEADER_CHUNK = 64 * 1024
+
+
+@dataclass
+class Header:
+    """What discovery knows about one object. ``kind`` is 'dicom', 'nifti' or 'unreadable'."""
+
+    path: str  # relative to the archive root (kept in memory only; never written out)
+    size: int
+    kind: str
+    reason: str | None = None  # for kind == 'unreadable'
+    detail: str | None = None
+    sop_class: str | None = None
+    sop_instance: str | None = None
+    study_uid: str | None = None
+    series_uid: str | None = None
+    modality: str | None = None
+    image_type: list[str] = field(default_factory=list)
+    rows: int | None = None
+    cols: int | None = None
+    frames: int = 1
+    iop: list[float] | None = None
+    ipp: list[float] | None = None
+    pixel_spacing: list[float] | None = None
+    slice_thickness: float | None = None
+    echo: str | None = None
+    temporal: str | None = None
+    acquisition: str | None = None
+    transfer_syntax: str | None = None
+    burned_in: bool = False
+    body_part: str | None = None
+    manufacturer: str | None = None
+    kvp: float | None = None
+    contrast: bool | None = None
+    sex: str | None = None
+    age_bucket: str | None = None
+
+    def to_row(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Header:
+        names = {f.name for f in fields(cls)}
+        data = {k: row[k] for k in names if k in row}
+        for k in ("image_type", "iop", "ipp", "pixel_spacing"):
+            v = data.get(k)
+            if v is not None and not isinstance(v, list):
+                data[k] = list(v)
+        if data.get("image_type") is None:
+            data["image_type"] = []
+        return cls(**data)
+
+
+def is_nifti(path: str) -> bool:
+    return path.lower().endswith(NIFTI_SUFFIXES)
+
+
+def list_objects(root: Location) -> list[tuple[str, int]]:
+    """Every object below ``root`` as (relative path, size), sorted; SourceError if none or missing."""
+    fs = root.fs
+    if not fs.exists(root.path):
+        raise SourceError(f"source {root.uri} does not exist")
+    if fs.isfile(root.path):
+        raise SourceError(f"source {root.uri} is a single object; give the archive folder or prefix")
+    found = fs.find(root.path, detail=True)
+    objects = []
+    for path, info in found.items():
+        if info.get("type", "file") != "file":
+            continue
+        objects.append((root.relative(path), int(info.get("size") or 0)))
+    if not objects:
+        raise SourceError(f"source {root.uri} holds no objects")
+    objects.sort()
+    return objects
+
+
+def _floats(value: Any, n: int) -> list[float] | None:
+    try:
+        out = [float(v) for v in value]
+    except (TypeError, ValueError):
+        return None
+    return out if len(out) == n else None
+
+
+def _str(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    return str(value)
+
+
+def _first_frame_geometry(ds: pydicom.Dataset) -> tuple[Any, Any, Any]:
+    """IOP, IPP and PixelSpacing of an (enhanced) multi-frame instance's first frame, if any."""
+    iop = ipp = spacing = None
+    for seq_name in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+        seq = ds.get(seq_name)
+        if not seq:
+            continue
+        item = seq[0]
+        if iop is None and "PlaneOrientationSequence" in item:
+            iop = item.PlaneOrientationSequence[0].get("ImageOrientationPatient")
+        if ipp is None and "PlanePositionSequence" in item:
+            ipp = item.PlanePositionSequence[0].get("ImagePositionPatient")
+        if spacing is None and "PixelMeasuresSequence" in item:
+            spacing = item.PixelMeasuresSequence[0].get("PixelSpacing")
+    return iop, ipp, spacing
+
+
+def header_from_dataset(ds: pydicom.Dataset, *, path: str, size: int) -> Header:
+    """Build a :class:`Header` from a parsed dataset, keeping only allow-listed, sanitised values."""
+    iop = ds.get("ImageOrientationPatient")
+    ipp = ds.get("ImagePositionPatient")
+    spacing = ds.get("PixelSpacing")
+    frames = int(ds.get("NumberOfFrames") or 1)
+    if frames > 1 or iop is None:
+        f_iop, f_ipp, f_spacing = _first_frame_geometry(ds)
+        iop = iop if iop is not None else f_iop
+        ipp = ipp if ipp is not None else f_ipp
+        spacing = spacing if spacing is not None else f_spacing
+    meta = getattr(ds, "file_meta", None)
+    tsyntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    contrast = None
+    if "ContrastBolusAgent" in ds or "ContrastBolusAgentSequence" in ds:
+        contrast = bool(ds.get("ContrastBolusAgent") or ds.get("ContrastBolusAgentSequence"))
+    image_type = ds.get("ImageType")
+    return Header(
+        path=path,
+        size=size,
+        kind="dicom",
+        sop_class=_str(ds.get("SOPClassUID")),
+        sop_instance=_str(ds.get("SOPInstanceUID")),
+        study_uid=_str(ds.get("StudyInstanceUID")),
+        series_uid=_str(ds.get("SeriesInstanceUID")),
+        modality=_str(ds.get("Modality")),
+        image_type=[str(v).upper() for v in image_type] if image_type else [],
+        rows=int(ds.Rows) if ds.get("Rows") is not None else None,
+        cols=int(ds.Columns) if ds.get("Columns") is not None else None,
+        frames=max(frames, 1),
+        iop=_floats(iop, 6) if iop is not None else None,
+        ipp=_floats(ipp, 3) if ipp is not None else None,
+        pixel_spacing=_floats(spacing, 2) if spacing is not None else None,
+        slice_thickness=deid.positive_float(ds.get("SliceThickness")),
+        echo=_str(ds.get("EchoNumbers")),
+        temporal=_str(ds.get("TemporalPositionIdentifier")),
+        acquisition=_str(ds.get("AcquisitionNumber")),
+        transfer_syntax=_str(tsyntax),
+        burned_in=str(ds.get("BurnedInAnnotation", "")).strip().upper() == "YES",
+        body_part=deid.body_part(ds.get("BodyPartExamined")),
+        manufacturer=deid.manufacturer(ds.get("Manufacturer")),
+        kvp=deid.positive_float(ds.get("KVP")),
+        contrast=contrast,
+        sex=deid.sex(ds.get("PatientSex")),
+        age_bucket=deid.age_bucket(ds.get("PatientAge")),
+    )
+
+
+def parse_header(data: bytes, *, path: str, size: int) -> Header:
+    """Parse a DICOM header from the first bytes of an object; raises IngestError(UNREADABLE)."""
+    if size == 0 or not data:
+        raise IngestError(Reason.UNREADABLE, "zero-byte object")
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    except InvalidDicomError:
+        # Files without the 128-byte preamble and meta header are still common in archives.
+        try:
+            ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
+        except Exception as e:
+            raise IngestError(Reason.UNREADABLE, f"not a DICOM object ({type(e).__name__})") from None
+        if not ds.get("SOPClassUID") and not ds.get("Modality"):
+            raise IngestError(Reason.UNREADABLE, "not a DICOM object (no DICOM preamble or attributes)")
+    except Exception as e:
+        raise IngestError(Reason.UNREADABLE, f"DICOM header cannot be parsed ({type(e).__name__})") from None
+    try:
+        return header_from_dataset(ds, path=path, size=size)
+    except Exception as e:
+        raise IngestError(Reason.UNREADABLE, f"DICOM header has invalid values ({type(e).__name__})") from None
+
+
+def read_header(root: Location, path: str, size: int) -> Header:
+    """Read and parse one object's header; never raises: failures become ``kind='unreadable'``."""
+    if is_nifti(path):
+        return Header(path=path, size=size, kind="nifti")
+    fs = root.fs
+    full = root.join(path).path
+    try:
+        if size <= HEADER_CHUNK:
+            data = fs.cat_file(full)
+        else:
+            data = fs.cat_file(full, start=0, end=HEADER_CHUNK)
+        try:
+            header = parse_header(data, path=path, size=size)
+            if size <= HEADER_CHUNK or (header.series_uid and header.rows):
+                return header
+        except IngestError:
+            if size <= HEADER_CHUNK:
+                raise
+        # Header longer than the first chunk (big private blocks): read the object whole.
+        return parse_header(fs.cat_file(full), path=path, size=size)
+    except IngestError as e:
+        return Header(path=path, size=size, kind="unreadable", reason=e.reason.value, detail=e.detail)
+    except OSError as e:
+        return Header(
+            path=path, size=size, kind="unreadable", reason=Reason.UNREADABLE.value,
+            detail=f"object cannot be read ({type(e).__name__})",
+        )

@@ -1,0 +1,266 @@
+"""The ingest job as a Ray Data pipeline: list -> headers -> series -> volumes -> slices -> MDS.
+
+Every stage is a Ray Data operation over plain rows, so the same job runs on a laptop and on a
+cluster. Decisions live in pure modules (:mod:`ingest.series`, :mod:`ingest.volume`,
+:mod:`ingest.content`, ...); this module only wires them together and accounts for every object.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from ingest.assemble import load_dicom_volume, load_nifti_volume
+from ingest.config import IngestConfig
+from ingest.discover import Header, list_objects, read_header
+from ingest.errors import IngestError, Reason, SourceError, Status
+from ingest.series import SeriesPlan, group_key, plan_group
+from ingest.slicer import SliceCounts, volume_samples
+from sharder.catalog import MANIFESTS, load_catalog
+from sharder.datasink import MDSDatasink
+from sharder.storage import Location, resolve
+
+log = logging.getLogger(__name__)
+
+_EMPTY_SAMPLE = {"key": "", "image": b"", "dtype": "", "shape": "", "fg": b"", "fg_shape": "", "meta": ""}
+
+
+@dataclass
+class IngestSummary:
+    """What one ingest run did (PHI-free: counts and reasons only)."""
+
+    dataset_uri: str
+    archive_id: str
+    part_id: str | None
+    committed: bool
+    objects: int
+    series: int
+    by_status: dict[str, int] = field(default_factory=dict)
+    by_reason: dict[str, int] = field(default_factory=dict)
+    samples_written: int = 0
+    slices_dropped: int = 0
+    bytes_written: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+# ---- stage functions (run in Ray tasks) ------------------------------------------------------
+def _read_headers(batch: pd.DataFrame, *, root: Location) -> pd.DataFrame:
+    headers = [read_header(root, str(p), int(s)) for p, s in zip(batch["path"], batch["size"], strict=True)]
+    return pd.DataFrame(
+        {"group": [group_key(h) for h in headers], "header": [json.dumps(h.to_row()) for h in headers]}
+    )
+
+
+def _plan(batch: pd.DataFrame, *, salt: bytes, already: frozenset[str]) -> pd.DataFrame:
+    headers = [Header.from_row(json.loads(t)) for t in batch["header"]]
+    plans = plan_group(headers, salt=salt, already_ingested=already)
+    return pd.DataFrame(
+        {
+            "series_key": [p.series_key for p in plans],
+            "pending": [p.status == "pending" for p in plans],
+            "plan": [p.to_json() for p in plans],
+        }
+    )
+
+
+def _series_row(plan: SeriesPlan, counts: SliceCounts, archive_id: str) -> dict[str, Any]:
+    record = {
+        "series_key": plan.series_key,
+        "study_key": plan.study_key,
+        "archive_id": archive_id,
+        "kind": plan.kind,
+        "modality": plan.modality,
+        "status": plan.status,
+        "reason": plan.reason,
+        "detail": plan.detail,
+        "n_objects": plan.n_objects,
+        "samples_written": counts.written,
+        "slices_kept": counts.kept_slices,
+        "slices_dropped": counts.dropped_slices,
+        "transfer_syntax": plan.transfer_syntax,
+    }
+    return {"record": "series", **_EMPTY_SAMPLE, "series": json.dumps(record)}
+
+
+def process_series(plan: SeriesPlan, *, root: Location, cfg: IngestConfig, archive_id: str) -> list[dict[str, Any]]:
+    """Decode one planned series into sample rows plus its series record; never raises."""
+    counts = SliceCounts()
+    rows: list[dict[str, Any]] = []
+    if plan.status == "pending":
+        fs = root.fs
+
+        def read(path: str) -> bytes:
+            return bytes(fs.cat_file(root.join(path).path))
+
+        try:
+            if plan.kind == "nifti":
+                vol, modality = load_nifti_volume(plan.instances[0].path, read, geometry=cfg.geometry)
+                plan.modality = modality
+            else:
+                vol = load_dicom_volume(plan, read, geometry=cfg.geometry)
+            modality = plan.modality or "CT"
+            windows = cfg.windows.ct if modality == "CT" else cfg.windows.mr
+            base_meta = {
+                "study_key": plan.study_key,
+                "archive_id": archive_id,
+                "source_format": "nifti" if plan.kind == "nifti" else "dicom",
+                "slice_thickness": plan.slice_thickness,
+                **{k: v for k, v in plan.attrs.items() if k not in ("sex", "age_bucket")},
+            }
+            if cfg.deid.keep_sex:
+                base_meta["sex"] = plan.attrs.get("sex")
+            if cfg.deid.keep_age_bucket:
+                base_meta["age_bucket"] = plan.attrs.get("age_bucket")
+            for sample in volume_samples(
+                vol, modality=modality, series_key=plan.series_key, planes=cfg.planes, windows=windows,
+                content=cfg.content, base_meta=base_meta, counts=counts,
+            ):
+                rows.append({**sample, "series": ""})
+            if counts.written == 0:
+                plan.stop(Reason.NO_CONTENT, f"all {counts.dropped_slices} slices below the foreground threshold")
+            else:
+                plan.status = Status.INGESTED.value
+        except IngestError as e:
+            rows = []
+            plan.stop(e.reason, e.detail)
+        except MemoryError:
+            rows = []
+            plan.stop(Reason.ABSURD_DIMENSIONS, "series does not fit in memory")
+        except Exception as e:  # one broken series must never stop the job
+            rows = []
+            log.warning("series %s failed unexpectedly: %s", plan.series_key, type(e).__name__)
+            plan.stop(Reason.DECODE_FAILED, f"unexpected {type(e).__name__} while decoding")
+    rows.append(_series_row(plan, counts, archive_id))
+    return rows
+
+
+def _process(batch: pd.DataFrame, *, root: Location, cfg: IngestConfig, archive_id: str) -> pd.DataFrame:
+    rows: list[dict[str, Any]] = []
+    for text in batch["plan"]:
+        rows.extend(process_series(SeriesPlan.from_json(text), root=root, cfg=cfg, archive_id=archive_id))
+    return pd.DataFrame(rows)
+
+
+# ---- driver ----------------------------------------------------------------------------------
+def _recorded_series(root: Location, catalog: Any) -> dict[str, tuple[str, str | None]]:
+    """series key -> (status, reason) of every series recorded by committed parts."""
+    import pyarrow.parquet as pq
+
+    recorded: dict[str, tuple[str, str | None]] = {}
+    for part in catalog.parts:
+        loc = root.join(part["manifest"])
+        with loc.fs.open(loc.path, "rb") as f:
+            table = pq.read_table(f, columns=["series_key", "status", "reason"])
+        for key, status, reason in zip(*(table.column(c).to_pylist() for c in ("series_key", "status", "reason")),
+                                       strict=True):
+            if recorded.get(key, ("",))[0] != Status.INGESTED.value:
+                recorded[key] = (status, reason)
+    return recorded
+
+
+def _check_writable(root: Location) -> None:
+    probe = root.join(f"{MANIFESTS}/.write-probe")
+    try:
+        if root.is_local:
+            import os
+
+            os.makedirs(root.join(MANIFESTS).path, exist_ok=True)
+        with probe.fs.open(probe.path, "wb") as f:
+            f.write(b"ok")
+        probe.fs.rm_file(probe.path)
+    except Exception as e:
+        raise SourceError(f"destination {root.uri} is not writable ({type(e).__name__}: {e})") from None
+
+
+def default_archive_id(source: Location) -> str:
+    """The last path component of the source (an archive/delivery name, e.g. 'hospital-a-2026-11')."""
+    return source.path.rstrip("/").rsplit("/", 1)[-1] or "archive"
+
+
+def part_id_for(archive_id: str, config_hash: str, pending: list[str]) -> str:
+    """Deterministic part id: a re-run of the same work after a crash reuses (and cleans) its folder."""
+    h = hashlib.sha256(f"{archive_id}\n{config_hash}\n".encode())
+    for key in sorted(pending):
+        h.update(key.encode())
+    return f"p-{h.hexdigest()[:16]}"
+
+
+def run_ingest(source_uri: str, dataset_uri: str, cfg: IngestConfig) -> IngestSummary:
+    """Run the ingest job; returns its summary. Raises SourceError/ConfigError when it cannot run."""
+    import ray
+
+    from ingest.cluster import ensure_ray
+
+    t0 = time.perf_counter()
+    salt = cfg.deid.resolved_salt()
+    src, dst = resolve(source_uri), resolve(dataset_uri)
+    archive_id = cfg.archive_id or default_archive_id(src)
+    objects = list_objects(src)
+    catalog = load_catalog(dst)
+    _check_writable(dst)
+    recorded = _recorded_series(dst, catalog)
+    already = frozenset(k for k, (status, _) in recorded.items() if status == Status.INGESTED.value)
+    known = frozenset((k, s, r) for k, (s, r) in recorded.items())
+
+    ensure_ray(cfg.ray.address, num_cpus=cfg.ray.num_cpus)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = True
+    items = ray.data.from_items([{"path": p, "size": s} for p, s in objects])
+    headers = items.map_batches(
+        _read_headers, fn_kwargs={"root": src}, batch_size=cfg.ray.header_batch_size, batch_format="pandas"
+    )
+    plans = (
+        headers.groupby("group")
+        .map_groups(_plan, fn_kwargs={"salt": salt, "already": already}, batch_format="pandas")
+        .materialize()
+    )
+    keys = plans.select_columns(["series_key", "pending"]).to_pandas()
+    pending = sorted(keys.loc[keys["pending"], "series_key"])
+    part_id = part_id_for(archive_id, cfg.content_hash(), pending)
+    sink = MDSDatasink(
+        dst.uri,
+        part_id=part_id,
+        part_info={"archive_id": archive_id, "config_hash": cfg.content_hash(), "config": cfg.model_dump(
+            mode="json", exclude={"ray": True, "deid": {"salt"}})},
+        compression=cfg.shards.compression,
+        hashes=cfg.shards.hashes,
+        size_limit=cfg.shards.size_limit,
+        samples_per_task=cfg.shards.samples_per_task,
+        known_records=known,
+    )
+    samples = plans.map_batches(
+        _process, fn_kwargs={"root": src, "cfg": cfg, "archive_id": archive_id}, batch_size=1,
+        batch_format="pandas",
+    )
+    samples.write_datasink(sink)
+    result = sink.result or {}
+    series = result.get("all_series", [])
+    by_status = Counter(s["status"] for s in series)
+    by_reason = Counter(s["reason"] for s in series if s["reason"])
+    return IngestSummary(
+        dataset_uri=dst.uri,
+        archive_id=archive_id,
+        part_id=part_id if result.get("committed") else None,
+        committed=bool(result.get("committed")),
+        objects=len(objects),
+        series=len(series),
+        by_status=dict(by_status),
+        by_reason=dict(by_reason),
+        samples_written=int(result.get("samples", 0)),
+        slices_dropped=int(sum(s["slices_dropped"] for s in series)),
+        bytes_written=int(result.get("bytes", 0)),
+        seconds=round(time.perf_counter() - t0, 3),
+    )
+
+
+__all__ = ["IngestSummary", "process_series", "run_ingest"]

@@ -1,0 +1,135 @@
+"""The ``radforge`` command line: one entry point, one subcommand per job.
+
+Library code never prints; this module owns the terminal (progress from Ray Data, rich summaries)
+and turns typed errors into one clear line and a non-zero exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+log = logging.getLogger("radforge")
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+def _print_summary(title: str, rows: list[tuple[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    for k, v in rows:
+        table.add_row(k, str(v))
+    Console().print(table)
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from ingest.config import IngestConfig, load_config, parse_overrides
+    from ingest.pipeline import run_ingest
+
+    cfg: IngestConfig = load_config(args.config, overrides=parse_overrides(args.set or []))
+    summary = run_ingest(args.source, args.dataset, cfg)
+    if args.json:
+        print(json.dumps(summary.to_dict(), sort_keys=True))
+    else:
+        rows: list[tuple[str, Any]] = [
+            ("dataset", summary.dataset_uri),
+            ("archive", summary.archive_id),
+            ("committed part", summary.part_id or "nothing new to commit"),
+            ("objects listed", summary.objects),
+            ("series", summary.series),
+        ]
+        rows += [(f"  {k}", v) for k, v in sorted(summary.by_status.items())]
+        rows += [(f"  reason: {k}", v) for k, v in sorted(summary.by_reason.items())]
+        rows += [
+            ("samples written", summary.samples_written),
+            ("empty slices dropped", summary.slices_dropped),
+            ("bytes written", f"{summary.bytes_written / 1e6:.1f} MB"),
+            ("seconds", summary.seconds),
+        ]
+        _print_summary("radforge ingest", rows)
+    return EXIT_OK
+
+
+def cmd_dataset_verify(args: argparse.Namespace) -> int:
+    from sharder.verify import verify_dataset
+
+    report = verify_dataset(args.dataset)
+    if args.json:
+        print(json.dumps(report.to_dict(), sort_keys=True))
+    else:
+        for problem in report.problems:
+            print(f"{problem.kind}: {problem.path} ({problem.detail})")
+        state = "OK" if report.ok else f"{len(report.problems)} problem(s)"
+        print(f"verified {report.shards_checked} shard(s), {report.samples} sample(s): {state}")
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def cmd_dataset_stats(args: argparse.Namespace) -> int:
+    from sharder.stats import dataset_stats, format_stats
+
+    stats = dataset_stats(args.dataset)
+    print(json.dumps(stats, sort_keys=True) if args.json else format_stats(stats))
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="radforge",
+        description="Turn hospital CT/MRI archives into radiology foundation models.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("ingest", help="ingest a DICOM/NIfTI archive into an MDS dataset (Ray Data job)")
+    p.add_argument("source", metavar="SOURCE_URI", help="archive folder or prefix (path, file://, s3://)")
+    p.add_argument("dataset", metavar="DATASET_URI", help="dataset root (path, file://, s3://)")
+    p.add_argument("--config", help="YAML file with ingest settings (see configs/ingest.yaml)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting, e.g. planes=[axial,coronal]")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON line")
+    p.set_defaults(func=cmd_ingest)
+
+    d = sub.add_parser("dataset", help="inspect a dataset: verify, stats")
+    dsub = d.add_subparsers(dest="dataset_command", metavar="ACTION", required=True)
+    v = dsub.add_parser("verify", help="check every shard against the index and its hashes")
+    v.add_argument("dataset", metavar="DATASET_URI")
+    v.add_argument("--json", action="store_true")
+    v.set_defaults(func=cmd_dataset_verify)
+    s = dsub.add_parser("stats", help="counts by modality, plane, window, body part, archive; bytes")
+    s.add_argument("dataset", metavar="DATASET_URI")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_dataset_stats)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from ingest.errors import ConfigError, SourceError
+    from sharder.catalog import DatasetError
+    from sharder.schema import SchemaVersionError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return int(args.func(args))
+    except ConfigError as e:
+        print(f"radforge: invalid configuration: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except (SourceError, DatasetError, SchemaVersionError) as e:
+        print(f"radforge: {e}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

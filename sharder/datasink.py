@@ -1,0 +1,275 @@
+"""A Ray Data datasink that writes MDS shards to any fsspec URI, exactly once.
+
+Lifecycle (Ray Data calls these hooks):
+
+- ``on_write_start`` (driver): removes orphans of runs that died before their commit;
+- ``write`` (one Ray task per group of blocks): writes that task's samples with streaming's
+  ``MDSWriter`` into a staging folder, then publishes them under a folder named after a hash of
+  the task's sample keys, so a retried task overwrites its own output rather than adding a copy;
+  returns its shard entries and the series records it carried;
+- ``on_write_complete`` (driver, only after every task succeeded): writes the part's series
+  manifest and commits the part by atomically replacing the root index (see :mod:`sharder.catalog`).
+
+A job that dies before ``on_write_complete`` leaves the committed dataset untouched: its shards
+are unreferenced and the next run removes them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from ray.data import Datasink
+from ray.data.block import Block, BlockAccessor
+from ray.data.datasource.datasink import WriteResult
+
+from sharder.catalog import MANIFESTS, PARTS, Catalog, commit, load_catalog, shard_files
+from sharder.schema import COLUMNS, SCHEMA_VERSION
+from sharder.storage import Location, ensure_dir, resolve
+
+log = logging.getLogger(__name__)
+
+STAGING_PREFIX = "_staging-"
+TASK_NAME_LENGTH = 16
+
+
+def task_folder_name(keys: Iterable[str]) -> str:
+    """Deterministic folder name of a write task: a hash of its (sorted) sample keys."""
+    h = hashlib.sha256()
+    for k in sorted(keys):
+        h.update(k.encode())
+        h.update(b"\n")
+    return h.hexdigest()[:TASK_NAME_LENGTH]
+
+
+COUNT_FIELDS = ("modality", "plane", "window", "body_part")
+
+
+def count_key(meta: dict[str, Any]) -> str:
+    """The '|'-joined (modality, plane, window, body part) a sample is counted under in the catalog."""
+    return "|".join(str(meta.get(f) or "-") for f in COUNT_FIELDS)
+
+
+def decode_sample(row: dict[str, Any]) -> dict[str, Any]:
+    """A pipeline row (bytes + dtype + shape) -> the MDS sample of :mod:`sharder.schema`."""
+    import numpy as np
+
+    image = np.frombuffer(row["image"], dtype=np.dtype(row["dtype"])).reshape(tuple(row["shape"]))
+    fg = np.frombuffer(row["fg"], dtype=np.uint8).reshape(tuple(row["fg_shape"]))
+    return {"key": row["key"], "image": image, "fg": fg, "meta": json.loads(row["meta"])}
+
+
+class MDSDatasink(Datasink[dict[str, Any]]):
+    """Write rows of ``record == 'sample'`` as MDS shards; collect ``record == 'series'`` rows."""
+
+    def __init__(
+        self,
+        dataset_uri: str,
+        *,
+        part_id: str,
+        part_info: dict[str, Any],
+        compression: str | None = "zstd:1",
+        hashes: list[str] | None = None,
+        size_limit: int = 64 << 20,
+        samples_per_task: int = 2048,
+        known_records: frozenset[tuple[str, str, str | None]] = frozenset(),
+        on_commit: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.dataset_uri = dataset_uri
+        self.part_id = part_id
+        self.part_info = part_info
+        self.compression = compression
+        self.hashes = sorted(hashes if hashes is not None else ["xxh64"])
+        self.size_limit = size_limit
+        self.samples_per_task = samples_per_task
+        self.known_records = known_records
+        self.on_commit = on_commit
+        self.result: dict[str, Any] | None = None
+
+    # ---- driver: before any task -------------------------------------------------------------
+    def on_write_start(self, schema: Any = None) -> None:
+        root = resolve(self.dataset_uri)
+        ensure_dir(root)
+        remove_orphans(root, load_catalog(root), keep={self.part_id})
+
+    @property
+    def min_rows_per_write(self) -> int | None:
+        return self.samples_per_task
+
+    # ---- one Ray task ------------------------------------------------------------------------
+    def write(self, blocks: Iterable[Block], ctx: Any) -> dict[str, Any]:
+        from streaming import MDSWriter
+
+        root = resolve(self.dataset_uri)
+        part = root.join(PARTS, self.part_id)
+        staging_local = part.join(f"{STAGING_PREFIX}{uuid.uuid4().hex}").path if part.is_local else None
+        staging = staging_local or tempfile.mkdtemp(prefix="radforge-mds-")
+        series: list[dict[str, Any]] = []
+        keys: list[str] = []
+        counts: Counter[str] = Counter()
+        writer = None
+        try:
+            for block in blocks:
+                for row in BlockAccessor.for_block(block).iter_rows(public_row_format=False):
+                    if row["record"] == "series":
+                        series.append(json.loads(row["series"]))
+                        continue
+                    if writer is None:
+                        writer = MDSWriter(
+                            columns=COLUMNS,
+                            out=staging,
+                            compression=self.compression,
+                            hashes=self.hashes,
+                            size_limit=self.size_limit,
+                            exist_ok=True,
+                        )
+                    sample = decode_sample(row)
+                    writer.write(sample)
+                    keys.append(row["key"])
+                    counts[count_key(sample["meta"])] += 1
+            if writer is None:
+                return {"task": None, "shards": [], "series": series, "samples": 0, "bytes": 0, "counts": {}}
+            writer.finish()
+            name = task_folder_name(keys)
+            shards = self._publish(staging, part, name)
+            nbytes = sum((s.get("zip_data") or s["raw_data"])["bytes"] for s in shards)
+            return {
+                "task": name, "shards": shards, "series": series, "samples": len(keys), "bytes": nbytes,
+                "counts": dict(counts),
+            }
+        finally:
+            if os.path.isdir(staging):
+                shutil.rmtree(staging, ignore_errors=True)
+
+    def _publish(self, staging: str, part: Location, name: str) -> list[dict[str, Any]]:
+        """Move staged shards to ``part/name`` (replacing an earlier attempt) and rebase their paths."""
+        with open(os.path.join(staging, "index.json")) as f:
+            shards = json.load(f)["shards"]
+        prefix = f"{PARTS}/{self.part_id}/{name}/"
+        target = part.join(name)
+        if target.is_local:
+            if os.path.isdir(target.path):
+                shutil.rmtree(target.path)
+            os.remove(os.path.join(staging, "index.json"))
+            os.makedirs(os.path.dirname(target.path), exist_ok=True)
+            os.replace(staging, target.path)
+        else:
+            for shard in shards:
+                for rel in shard_files(shard):
+                    target.fs.put_file(os.path.join(staging, rel), target.join(rel).path)
+        for shard in shards:
+            for kind in ("raw_data", "zip_data"):
+                if shard.get(kind):
+                    shard[kind]["basename"] = prefix + shard[kind]["basename"]
+        return shards
+
+    # ---- driver: after every task succeeded ----------------------------------------------------
+    def on_write_complete(self, write_result: WriteResult[dict[str, Any]]) -> None:
+        returns = [r for r in write_result.write_returns if r is not None]
+        self.result = commit_part(
+            resolve(self.dataset_uri), part_id=self.part_id, part_info=self.part_info, task_returns=returns,
+            known_records=self.known_records,
+        )
+        if self.on_commit is not None:
+            self.on_commit(self.result)
+
+    def on_write_failed(self, error: Exception) -> None:
+        log.error("ingest write failed before commit; the committed dataset is unchanged (%s)",
+                  type(error).__name__)
+
+
+def commit_part(
+    root: Location,
+    *,
+    part_id: str,
+    part_info: dict[str, Any],
+    task_returns: list[dict[str, Any]],
+    known_records: frozenset[tuple[str, str, str | None]] = frozenset(),
+) -> dict[str, Any]:
+    """Write the part's manifest and commit it into the root index. Returns the part's catalog entry.
+
+    The manifest records the series this run decided anew: series already ingested by an earlier
+    part, and skip/quarantine records identical to ones already committed, are left out. Nothing is
+    committed when the part adds no samples and no new records, so re-ingesting an unchanged
+    archive changes nothing. ``all_series`` in the result lists every record, for the summary.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    all_series = [s for r in task_returns for s in r["series"]]
+    series = [
+        s for s in all_series
+        if s["reason"] != "already_ingested" and (s["series_key"], s["status"], s["reason"]) not in known_records
+    ]
+    shards = [s for r in task_returns for s in r["shards"]]
+    samples = sum(r["samples"] for r in task_returns)
+    counts: Counter[str] = Counter()
+    for r in task_returns:
+        counts.update(r.get("counts", {}))
+    entry = dict(part_info)
+    entry.update(
+        id=part_id,
+        committed_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        samples=samples,
+        shards=len(shards),
+        bytes=sum(r["bytes"] for r in task_returns),
+        series=len(series),
+        series_ingested=sum(1 for s in series if s["status"] == "ingested"),
+        manifest=f"{MANIFESTS}/{part_id}.parquet",
+        counts=dict(sorted(counts.items())),
+        schema_version=SCHEMA_VERSION,
+    )
+    catalog = load_catalog(root)
+    if samples == 0 and not series:
+        return {**entry, "committed": False, "all_series": all_series}
+    series.sort(key=lambda s: s["series_key"])
+    table = pa.Table.from_pylist(series)
+    manifest = root.join(entry["manifest"])
+    ensure_dir(root.join(MANIFESTS))
+    with manifest.fs.open(manifest.path, "wb") as f:
+        pq.write_table(table, f)
+    catalog.shards = [s for s in catalog.shards if not s["raw_data"]["basename"].startswith(
+        f"{PARTS}/{part_id}/")] + sorted(shards, key=lambda s: s["raw_data"]["basename"])
+    catalog.parts = [p for p in catalog.parts if p["id"] != part_id] + [entry]
+    commit(root, catalog)
+    _remove_unreferenced(root, part_id, catalog)
+    return {**entry, "committed": True, "all_series": all_series}
+
+
+def _remove_unreferenced(root: Location, part_id: str, catalog: Catalog) -> None:
+    """Delete files of ``part_id`` that the committed index does not reference (failed attempts)."""
+    part = root.join(PARTS, part_id)
+    if not part.fs.exists(part.path):
+        return
+    referenced = {f for s in catalog.shards for f in shard_files(s)}
+    for path in part.fs.find(part.path):
+        rel = root.relative(path)
+        if rel not in referenced:
+            part.fs.rm_file(path)
+
+
+def remove_orphans(root: Location, catalog: Catalog, *, keep: set[str]) -> list[str]:
+    """Remove part folders that no commit references (left by runs that died). Returns their ids."""
+    parts = root.join(PARTS)
+    fs = parts.fs
+    if not fs.exists(parts.path):
+        return []
+    removed = []
+    for path in fs.ls(parts.path, detail=False):
+        name = path.rstrip("/").rsplit("/", 1)[-1]
+        if name in catalog.part_ids or name in keep:
+            continue
+        fs.rm(path, recursive=True)
+        removed.append(name)
+    if removed:
+        log.info("removed %d uncommitted part(s) left by an interrupted run", len(removed))
+    return removed
