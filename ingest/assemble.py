@@ -24,8 +24,9 @@ from ingest.windowing import hu_to_int16
 Reader = Callable[[str], bytes]
 _AXIAL_IOP = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 _IOP_TOLERANCE = 1e-3
-# NIfTI volumes with air below this are taken as CT (HU); others as MR.
-_CT_AIR_HU = -500.0
+# A NIfTI volume is taken as CT (HU) when at least this share of voxels is air (<= -900 HU).
+_CT_AIR_HU = -900.0
+_CT_AIR_SHARE = 0.1
 
 
 def _check_size(rows: int | None, cols: int | None, n_slices: int, geometry: GeometryConfig) -> None:
@@ -56,10 +57,12 @@ def load_dicom_volume(plan: SeriesPlan, read: Reader, *, geometry: GeometryConfi
         _check_size(None, None, len(images) + pix.shape[0], geometry)
         if pix.shape[0] == 1:
             images.append(pix[0])
-            pos = inst.ipp if inst.ipp is not None else (
-                list(frames.positions[0]) if frames.positions is not None else None
+            first = (
+                inst.ipp
+                if inst.ipp is not None
+                else (list(frames.positions[0]) if frames.positions is not None else None)
             )
-            positions.append(pos)
+            positions.append(first)
             orientations.append(tuple(inst.iop) if inst.iop else frames.orientation)
         else:
             for k in range(pix.shape[0]):
@@ -75,24 +78,32 @@ def load_dicom_volume(plan: SeriesPlan, read: Reader, *, geometry: GeometryConfi
         positions, orientations = [[0.0, 0.0, 0.0]], [_AXIAL_IOP]
     if any(p is None for p in positions) or any(o is None for o in orientations):
         raise IngestError(
-            Reason.INCONSISTENT_GEOMETRY, "ImagePositionPatient/ImageOrientationPatient missing on some slices"
+            Reason.INCONSISTENT_GEOMETRY,
+            "ImagePositionPatient/ImageOrientationPatient missing on some slices",
         )
-    iop = np.asarray(orientations[0], dtype=float)
-    if any(np.abs(np.asarray(o, dtype=float) - iop).max() > _IOP_TOLERANCE for o in orientations):
+    iop_arr = np.asarray(orientations[0], dtype=float)
+    if any(np.abs(np.asarray(o, dtype=float) - iop_arr).max() > _IOP_TOLERANCE for o in orientations):
         raise IngestError(Reason.INCONSISTENT_GEOMETRY, "slices of one series differ in orientation")
+    iop = [float(v) for v in iop_arr]
     pos = np.asarray(positions, dtype=float)
-    order, distances = order_slices(pos, iop)
+    order, distances = order_slices(pos.tolist(), iop)
     slice_spacing = check_spacing(distances, default=thickness or 1.0)
     tilt = gantry_tilt_deg(pos[order], iop)
     stack = np.stack([images[i] for i in order])
     stack = hu_to_int16(stack) if is_ct else stack.astype(np.float32, copy=False)
     row_col = (float(spacing[0]), float(spacing[1])) if spacing else (1.0, 1.0)
     vol = to_canonical(
-        stack, iop=iop.tolist(), first_position=pos[order[0]].tolist(), pixel_spacing=row_col,
+        stack,
+        iop=iop,
+        first_position=pos[order[0]].tolist(),
+        pixel_spacing=row_col,
         slice_spacing=slice_spacing,
     )
     return Volume(
-        array=vol.array, spacing=vol.spacing, origin=vol.origin, gantry_tilt_deg=tilt,
+        array=vol.array,
+        spacing=vol.spacing,
+        origin=vol.origin,
+        gantry_tilt_deg=tilt,
         oblique_deg=vol.oblique_deg,
     )
 
@@ -113,7 +124,7 @@ def load_nifti_volume(path: str, read: Reader, *, geometry: GeometryConfig) -> t
         _check_size(int(shape[0]), int(shape[1]), int(shape[2]) if len(shape) > 2 else 1, geometry)
     arr = np.asanyarray(img.dataobj)
     vol = from_nifti(arr, img.affine)
-    modality = "CT" if float(np.min(vol.array)) < _CT_AIR_HU else "MR"
+    modality = "CT" if float(np.mean(vol.array <= _CT_AIR_HU)) >= _CT_AIR_SHARE else "MR"
     if modality == "CT":
         vol = Volume(array=hu_to_int16(vol.array), spacing=vol.spacing, origin=vol.origin)
     else:

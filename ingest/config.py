@@ -55,7 +55,9 @@ class ContentConfig(_Model):
     """Foreground maps and the empty-slice filter."""
 
     fg_patch: int = Field(16, ge=1, le=256, description="cell size in pixels of the stored foreground map")
-    min_foreground: float = Field(0.02, ge=0.0, le=1.0, description="slices below this body share are dropped")
+    min_foreground: float = Field(
+        0.02, ge=0.0, le=1.0, description="slices below this body share are dropped"
+    )
     ct_threshold_hu: float = Field(-500.0, description="HU above which a CT pixel counts as body")
 
 
@@ -63,7 +65,9 @@ class GeometryConfig(_Model):
     """Checks applied when a series is assembled into a volume."""
 
     spacing_tolerance: float = Field(0.1, gt=0.0, le=1.0, description="relative gap deviation allowed")
-    max_pixels_per_slice: int = Field(8192 * 8192, gt=0, description="refuse larger headers before allocating")
+    max_pixels_per_slice: int = Field(
+        8192 * 8192, gt=0, description="refuse larger headers before allocating"
+    )
     max_slices: int = Field(5000, gt=0, description="refuse series with more slices than this")
 
 
@@ -88,7 +92,7 @@ class DeidConfig(_Model):
 class ShardConfig(_Model):
     """MDS shard writing."""
 
-    size_limit: int = Field(64 << 20, ge=1 << 16, description="bytes per shard before a new one starts")
+    size_limit: int = Field(64 << 20, ge=1 << 12, description="bytes per shard before a new one starts")
     compression: str | None = Field("zstd:1", description="MDS compression 'codec[:level]' or null")
     hashes: list[str] = Field(default_factory=lambda: ["xxh64"], description="integrity hashes per shard")
     samples_per_task: int = Field(2048, ge=1, description="target samples per write task")
@@ -109,16 +113,26 @@ class ShardConfig(_Model):
 class RayConfig(_Model):
     """Where the job runs; not part of the config hash (it does not change the output)."""
 
-    address: str | None = Field(None, description="Ray cluster address; default: start a local Ray on 127.0.0.1")
+    address: str | None = Field(
+        None, description="Ray cluster address; default: start a local Ray on 127.0.0.1"
+    )
     num_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray (default: all)")
     header_batch_size: int = Field(64, ge=1, description="files per header-reading task batch")
+    distributed_grouping_min_objects: int = Field(
+        200_000,
+        ge=0,
+        description="archives with at least this many objects group series with a Ray "
+        "Data groupby (hash shuffle); smaller ones group their headers on the driver (faster)",
+    )
 
 
 class IngestConfig(_Model):
     """Everything ``radforge ingest`` needs besides the source and destination URIs."""
 
-    archive_id: str | None = Field(None, description="name recorded in the catalog; default: source folder name")
-    planes: list[Plane] = Field(default_factory=lambda: ["axial"], min_length=1)
+    archive_id: str | None = Field(
+        None, description="name recorded in the catalog; default: source folder name"
+    )
+    planes: list[Plane] = Field(default_factory=lambda: list[Plane](["axial"]), min_length=1)
     windows: WindowConfig = WindowConfig()
     content: ContentConfig = ContentConfig()
     geometry: GeometryConfig = GeometryConfig()

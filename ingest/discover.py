@@ -182,9 +182,14 @@ def parse_header(data: bytes, *, path: str, size: int) -> Header:
     """Parse a DICOM header from the first bytes of an object; raises IngestError(UNREADABLE)."""
     if size == 0 or not data:
         raise IngestError(Reason.UNREADABLE, "zero-byte object")
+    forced = False
     try:
         ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
     except InvalidDicomError:
+        forced = True
+    except Exception as e:
+        raise IngestError(Reason.UNREADABLE, f"DICOM header cannot be parsed ({type(e).__name__})") from None
+    if forced:
         # Files without the 128-byte preamble and meta header are still common in archives.
         try:
             ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
@@ -192,12 +197,12 @@ def parse_header(data: bytes, *, path: str, size: int) -> Header:
             raise IngestError(Reason.UNREADABLE, f"not a DICOM object ({type(e).__name__})") from None
         if not ds.get("SOPClassUID") and not ds.get("Modality"):
             raise IngestError(Reason.UNREADABLE, "not a DICOM object (no DICOM preamble or attributes)")
-    except Exception as e:
-        raise IngestError(Reason.UNREADABLE, f"DICOM header cannot be parsed ({type(e).__name__})") from None
     try:
         return header_from_dataset(ds, path=path, size=size)
     except Exception as e:
-        raise IngestError(Reason.UNREADABLE, f"DICOM header has invalid values ({type(e).__name__})") from None
+        raise IngestError(
+            Reason.UNREADABLE, f"DICOM header has invalid values ({type(e).__name__})"
+        ) from None
 
 
 def read_header(root: Location, path: str, size: int) -> Header:
@@ -224,6 +229,9 @@ def read_header(root: Location, path: str, size: int) -> Header:
         return Header(path=path, size=size, kind="unreadable", reason=e.reason.value, detail=e.detail)
     except OSError as e:
         return Header(
-            path=path, size=size, kind="unreadable", reason=Reason.UNREADABLE.value,
+            path=path,
+            size=size,
+            kind="unreadable",
+            reason=Reason.UNREADABLE.value,
             detail=f"object cannot be read ({type(e).__name__})",
         )

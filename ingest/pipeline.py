@@ -92,7 +92,9 @@ def _series_row(plan: SeriesPlan, counts: SliceCounts, archive_id: str) -> dict[
     return {"record": "series", **_EMPTY_SAMPLE, "series": json.dumps(record)}
 
 
-def process_series(plan: SeriesPlan, *, root: Location, cfg: IngestConfig, archive_id: str) -> list[dict[str, Any]]:
+def process_series(
+    plan: SeriesPlan, *, root: Location, cfg: IngestConfig, archive_id: str
+) -> list[dict[str, Any]]:
     """Decode one planned series into sample rows plus its series record; never raises."""
     counts = SliceCounts()
     rows: list[dict[str, Any]] = []
@@ -122,12 +124,20 @@ def process_series(plan: SeriesPlan, *, root: Location, cfg: IngestConfig, archi
             if cfg.deid.keep_age_bucket:
                 base_meta["age_bucket"] = plan.attrs.get("age_bucket")
             for sample in volume_samples(
-                vol, modality=modality, series_key=plan.series_key, planes=cfg.planes, windows=windows,
-                content=cfg.content, base_meta=base_meta, counts=counts,
+                vol,
+                modality=modality,
+                series_key=plan.series_key,
+                planes=cfg.planes,
+                windows=windows,
+                content=cfg.content,
+                base_meta=base_meta,
+                counts=counts,
             ):
                 rows.append({**sample, "series": ""})
             if counts.written == 0:
-                plan.stop(Reason.NO_CONTENT, f"all {counts.dropped_slices} slices below the foreground threshold")
+                plan.stop(
+                    Reason.NO_CONTENT, f"all {counts.dropped_slices} slices below the foreground threshold"
+                )
             else:
                 plan.status = Status.INGESTED.value
         except IngestError as e:
@@ -153,7 +163,7 @@ def _process(batch: pd.DataFrame, *, root: Location, cfg: IngestConfig, archive_
 
 # ---- driver ----------------------------------------------------------------------------------
 def _recorded_series(root: Location, catalog: Any) -> dict[str, tuple[str, str | None]]:
-    """series key -> (status, reason) of every series recorded by committed parts."""
+    """Series key -> (status, reason) of every series recorded by committed parts."""
     import pyarrow.parquet as pq
 
     recorded: dict[str, tuple[str, str | None]] = {}
@@ -161,8 +171,9 @@ def _recorded_series(root: Location, catalog: Any) -> dict[str, tuple[str, str |
         loc = root.join(part["manifest"])
         with loc.fs.open(loc.path, "rb") as f:
             table = pq.read_table(f, columns=["series_key", "status", "reason"])
-        for key, status, reason in zip(*(table.column(c).to_pylist() for c in ("series_key", "status", "reason")),
-                                       strict=True):
+        for key, status, reason in zip(
+            *(table.column(c).to_pylist() for c in ("series_key", "status", "reason")), strict=True
+        ):
             if recorded.get(key, ("",))[0] != Status.INGESTED.value:
                 recorded[key] = (status, reason)
     return recorded
@@ -195,8 +206,44 @@ def part_id_for(archive_id: str, config_hash: str, pending: list[str]) -> str:
     return f"p-{h.hexdigest()[:16]}"
 
 
-def run_ingest(source_uri: str, dataset_uri: str, cfg: IngestConfig) -> IngestSummary:
-    """Run the ingest job; returns its summary. Raises SourceError/ConfigError when it cannot run."""
+def _plan_series(headers: Any, *, salt: bytes, already: frozenset[str], distributed: bool) -> Any:
+    """Group headers into series plans: a Ray Data groupby for big archives, on the driver otherwise.
+
+    Both paths call the same pure :func:`ingest.series.plan_group`. The hash shuffle behind a
+    groupby costs seconds of fixed overhead that small archives do not need to pay; driver grouping
+    streams the (small) header rows and holds one entry per object.
+    """
+    import ray
+
+    if distributed:
+        return (
+            headers.groupby("group")
+            .map_groups(_plan, fn_kwargs={"salt": salt, "already": already}, batch_format="pandas")
+            .materialize()
+        )
+    groups: dict[str, list[str]] = {}
+    for batch in headers.iter_batches(batch_format="pandas", batch_size=4096):
+        for group, text in zip(batch["group"], batch["header"], strict=True):
+            groups.setdefault(group, []).append(text)
+    frames = [
+        _plan(pd.DataFrame({"header": texts}), salt=salt, already=already)
+        for _, texts in sorted(groups.items())
+    ]
+    table = (
+        pd.concat(frames, ignore_index=True)
+        if frames
+        else pd.DataFrame({"series_key": [], "pending": [], "plan": []})
+    )
+    return ray.data.from_pandas(table).materialize()
+
+
+def run_ingest(
+    source_uri: str, dataset_uri: str, cfg: IngestConfig, *, sink_cls: type[MDSDatasink] = MDSDatasink
+) -> IngestSummary:
+    """Run the ingest job; returns its summary. Raises SourceError/ConfigError when it cannot run.
+
+    ``sink_cls`` lets callers (tests injecting faults, alternative sinks) subclass the datasink.
+    """
     import ray
 
     from ingest.cluster import ensure_ray
@@ -213,25 +260,30 @@ def run_ingest(source_uri: str, dataset_uri: str, cfg: IngestConfig) -> IngestSu
     known = frozenset((k, s, r) for k, (s, r) in recorded.items())
 
     ensure_ray(cfg.ray.address, num_cpus=cfg.ray.num_cpus)
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = True
     items = ray.data.from_items([{"path": p, "size": s} for p, s in objects])
     headers = items.map_batches(
-        _read_headers, fn_kwargs={"root": src}, batch_size=cfg.ray.header_batch_size, batch_format="pandas"
+        _read_headers,  # type: ignore[arg-type]  # keyword arguments arrive through fn_kwargs
+        fn_kwargs={"root": src},
+        batch_size=cfg.ray.header_batch_size,
+        batch_format="pandas",
     )
-    plans = (
-        headers.groupby("group")
-        .map_groups(_plan, fn_kwargs={"salt": salt, "already": already}, batch_format="pandas")
-        .materialize()
+    plans = _plan_series(
+        headers,
+        salt=salt,
+        already=already,
+        distributed=len(objects) >= cfg.ray.distributed_grouping_min_objects,
     )
     keys = plans.select_columns(["series_key", "pending"]).to_pandas()
     pending = sorted(keys.loc[keys["pending"], "series_key"])
     part_id = part_id_for(archive_id, cfg.content_hash(), pending)
-    sink = MDSDatasink(
+    sink = sink_cls(
         dst.uri,
         part_id=part_id,
-        part_info={"archive_id": archive_id, "config_hash": cfg.content_hash(), "config": cfg.model_dump(
-            mode="json", exclude={"ray": True, "deid": {"salt"}})},
+        part_info={
+            "archive_id": archive_id,
+            "config_hash": cfg.content_hash(),
+            "config": cfg.model_dump(mode="json", exclude={"ray": True, "deid": {"salt"}}),
+        },
         compression=cfg.shards.compression,
         hashes=cfg.shards.hashes,
         size_limit=cfg.shards.size_limit,
@@ -239,7 +291,9 @@ def run_ingest(source_uri: str, dataset_uri: str, cfg: IngestConfig) -> IngestSu
         known_records=known,
     )
     samples = plans.map_batches(
-        _process, fn_kwargs={"root": src, "cfg": cfg, "archive_id": archive_id}, batch_size=1,
+        _process,
+        fn_kwargs={"root": src, "cfg": cfg, "archive_id": archive_id},
+        batch_size=1,
         batch_format="pandas",
     )
     samples.write_datasink(sink)

@@ -101,7 +101,7 @@ def group_key(h: Header) -> str:
 def skip_reason(h: Header) -> Reason | None:
     """Why a readable DICOM object is not a cross-sectional CT/MR image, or None if it is one."""
     sop = h.sop_class or ""
-    if sop.startswith(SECONDARY_CAPTURE_PREFIX) or "SECONDARY" in h.image_type[:1]:
+    if sop.startswith(SECONDARY_CAPTURE_PREFIX):
         return Reason.SECONDARY_CAPTURE
     if sop and sop not in IMAGE_SOP_CLASSES:
         if sop.startswith(OTHER_IMAGE_PREFIXES):

@@ -57,7 +57,9 @@ def volume_samples(
     """Yield sample rows for every kept slice of ``vol`` in every plane and window."""
     for plane in planes:
         for ps in plane_slices(vol, plane):  # type: ignore[arg-type]
-            c = analyse(ps.image, modality=modality, patch=content.fg_patch, hu_threshold=content.ct_threshold_hu)
+            c = analyse(
+                ps.image, modality=modality, patch=content.fg_patch, hu_threshold=content.ct_threshold_hu
+            )
             if c.fraction < content.min_foreground:
                 counts.dropped_slices += 1
                 continue

@@ -32,11 +32,19 @@ def _print_summary(title: str, rows: list[tuple[str, Any]]) -> None:
     Console().print(table)
 
 
+def _enable_ray_data_progress() -> None:
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = sys.stderr.isatty()
+
+
 def cmd_ingest(args: argparse.Namespace) -> int:
     from ingest.config import IngestConfig, load_config, parse_overrides
     from ingest.pipeline import run_ingest
 
     cfg: IngestConfig = load_config(args.config, overrides=parse_overrides(args.set or []))
+    _enable_ray_data_progress()
     summary = run_ingest(args.source, args.dataset, cfg)
     if args.json:
         print(json.dumps(summary.to_dict(), sort_keys=True))
@@ -94,7 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", metavar="SOURCE_URI", help="archive folder or prefix (path, file://, s3://)")
     p.add_argument("dataset", metavar="DATASET_URI", help="dataset root (path, file://, s3://)")
     p.add_argument("--config", help="YAML file with ingest settings (see configs/ingest.yaml)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting, e.g. planes=[axial,coronal]")
+    p.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override a setting, e.g. planes=[axial,coronal]"
+    )
     p.add_argument("--json", action="store_true", help="print the summary as one JSON line")
     p.set_defaults(func=cmd_ingest)
 

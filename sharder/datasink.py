@@ -119,6 +119,7 @@ class MDSDatasink(Datasink[dict[str, Any]]):
         writer = None
         try:
             for block in blocks:
+                row: dict[str, Any]
                 for row in BlockAccessor.for_block(block).iter_rows(public_row_format=False):
                     if row["record"] == "series":
                         series.append(json.loads(row["series"]))
@@ -143,7 +144,11 @@ class MDSDatasink(Datasink[dict[str, Any]]):
             shards = self._publish(staging, part, name)
             nbytes = sum((s.get("zip_data") or s["raw_data"])["bytes"] for s in shards)
             return {
-                "task": name, "shards": shards, "series": series, "samples": len(keys), "bytes": nbytes,
+                "task": name,
+                "shards": shards,
+                "series": series,
+                "samples": len(keys),
+                "bytes": nbytes,
                 "counts": dict(counts),
             }
         finally:
@@ -176,15 +181,19 @@ class MDSDatasink(Datasink[dict[str, Any]]):
     def on_write_complete(self, write_result: WriteResult[dict[str, Any]]) -> None:
         returns = [r for r in write_result.write_returns if r is not None]
         self.result = commit_part(
-            resolve(self.dataset_uri), part_id=self.part_id, part_info=self.part_info, task_returns=returns,
+            resolve(self.dataset_uri),
+            part_id=self.part_id,
+            part_info=self.part_info,
+            task_returns=returns,
             known_records=self.known_records,
         )
         if self.on_commit is not None:
             self.on_commit(self.result)
 
     def on_write_failed(self, error: Exception) -> None:
-        log.error("ingest write failed before commit; the committed dataset is unchanged (%s)",
-                  type(error).__name__)
+        log.error(
+            "ingest write failed before commit; the committed dataset is unchanged (%s)", type(error).__name__
+        )
 
 
 def commit_part(
@@ -207,8 +216,10 @@ def commit_part(
 
     all_series = [s for r in task_returns for s in r["series"]]
     series = [
-        s for s in all_series
-        if s["reason"] != "already_ingested" and (s["series_key"], s["status"], s["reason"]) not in known_records
+        s
+        for s in all_series
+        if s["reason"] != "already_ingested"
+        and (s["series_key"], s["status"], s["reason"]) not in known_records
     ]
     shards = [s for r in task_returns for s in r["shards"]]
     samples = sum(r["samples"] for r in task_returns)
@@ -237,8 +248,9 @@ def commit_part(
     ensure_dir(root.join(MANIFESTS))
     with manifest.fs.open(manifest.path, "wb") as f:
         pq.write_table(table, f)
-    catalog.shards = [s for s in catalog.shards if not s["raw_data"]["basename"].startswith(
-        f"{PARTS}/{part_id}/")] + sorted(shards, key=lambda s: s["raw_data"]["basename"])
+    catalog.shards = [
+        s for s in catalog.shards if not s["raw_data"]["basename"].startswith(f"{PARTS}/{part_id}/")
+    ] + sorted(shards, key=lambda s: s["raw_data"]["basename"])
     catalog.parts = [p for p in catalog.parts if p["id"] != part_id] + [entry]
     commit(root, catalog)
     _remove_unreferenced(root, part_id, catalog)

@@ -67,7 +67,9 @@ def verify_dataset(uri: str) -> VerifyReport:
         report.shards_checked += 1
         report.samples += int(shard.get("samples", 0))
         if not fs.exists(loc.path):
-            report.problems.append(Problem("missing", info["basename"], "listed in index.json, not on storage"))
+            report.problems.append(
+                Problem("missing", info["basename"], "listed in index.json, not on storage")
+            )
             continue
         problem = check_shard_bytes(fs.cat_file(loc.path), info)
         if problem is not None:

@@ -87,10 +87,13 @@ def s3_bucket(moto_server: str, request: pytest.FixtureRequest) -> str:
 @pytest.fixture(scope="session")
 def ray_local() -> Iterator[None]:
     """One real local Ray for the test session, bound to 127.0.0.1 (2 CPUs)."""
+    import logging
+
     import ray
 
     from ingest.cluster import ensure_ray
 
     ensure_ray(num_cpus=2)
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
     yield
     ray.shutdown()
