@@ -36,7 +36,10 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from ingest.deid import silence_identifying_library_logs
 from ingest.errors import IngestError, Reason
+
+silence_identifying_library_logs()
 
 logger = logging.getLogger(__name__)
 

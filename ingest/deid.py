@@ -76,3 +76,17 @@ def positive_float(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return f if f > 0 and f < 1e6 else None
+
+
+def silence_identifying_library_logs() -> None:
+    """Stop third-party libraries from logging what they read.
+
+    pydicom logs warnings that name the file being parsed (object paths can hold patient names)
+    and can quote header values; radforge reports problems through its own PHI-free reasons instead.
+    """
+    import logging
+    import warnings
+
+    logging.getLogger("pydicom").setLevel(logging.CRITICAL + 1)
+    warnings.filterwarnings("ignore", module=r"pydicom(\..*)?$")
+    warnings.filterwarnings("ignore", module=r"nibabel(\..*)?$")

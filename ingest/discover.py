@@ -16,8 +16,11 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from ingest import deid
+from ingest.deid import silence_identifying_library_logs
 from ingest.errors import IngestError, Reason, SourceError
 from sharder.storage import Location
+
+silence_identifying_library_logs()
 
 log = logging.getLogger(__name__)
 

@@ -98,13 +98,18 @@ def group_key(h: Header) -> str:
     return f"o|{h.path}"
 
 
+def _in_family(uid: str, roots: tuple[str, ...]) -> bool:
+    """Whether ``uid`` is one of ``roots`` or below one of them (whole UID components only)."""
+    return any(uid == r or uid.startswith(r + ".") for r in roots)
+
+
 def skip_reason(h: Header) -> Reason | None:
     """Why a readable DICOM object is not a cross-sectional CT/MR image, or None if it is one."""
     sop = h.sop_class or ""
-    if sop.startswith(SECONDARY_CAPTURE_PREFIX):
+    if _in_family(sop, (SECONDARY_CAPTURE_PREFIX,)):
         return Reason.SECONDARY_CAPTURE
     if sop and sop not in IMAGE_SOP_CLASSES:
-        if sop.startswith(OTHER_IMAGE_PREFIXES):
+        if _in_family(sop, OTHER_IMAGE_PREFIXES):
             return Reason.UNSUPPORTED_MODALITY
         return Reason.NOT_IMAGE
     if not sop and not h.rows:

@@ -8,10 +8,11 @@ Outcome rules assumed for real files (``_classify_dicom``), in this order: not a
 object with a SOP Class -> quarantined/unreadable; Secondary Capture SOP classes ->
 secondary_capture; non-image SOP classes (SR, RT, SEG, waveforms, PR, KO, ...) -> not_image;
 modality other than CT/MR -> unsupported_modality; ImageType LOCALIZER/SCOUT -> localizer;
-BurnedInAnnotation YES -> burned_in_annotation; no pixel data -> no_pixel_data; no orientation and
-positions (top level or functional groups) -> inconsistent_geometry; pixel data that pydicom cannot
-decode -> decode_failed. A NIfTI is CT when at least 10% of its voxels are <= -900 (air in HU), MR
-otherwise; a 4D NIfTI is quarantined with reason inconsistent_geometry.
+BurnedInAnnotation YES -> burned_in_annotation; header readable but the object cut off in its pixel
+data -> decode_failed; no pixel data -> no_pixel_data; pixel data that pydicom cannot decode ->
+decode_failed; no orientation and positions (top level or functional groups) -> inconsistent_geometry
+(the ingest decodes before it assembles geometry). A NIfTI is CT when at least 10% of its voxels
+are <= -900 (air in HU), MR otherwise; a 4D NIfTI is quarantined with reason inconsistent_geometry.
 """
 
 from __future__ import annotations
@@ -90,10 +91,23 @@ def _classify_dicom(path: Path) -> tuple[Reason | None, Dataset | None]:
     """Return the expected reason for a real DICOM object (None: ingested), by the module's rules."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        pixels_parsed = True
         try:
             ds = pydicom.dcmread(path)
-        except Exception:  # noqa: BLE001 - any parse failure makes the object unreadable
-            return Reason.UNREADABLE, None
+        except Exception:  # noqa: BLE001 - the pixel data may be what is broken
+            pixels_parsed = False
+            try:
+                ds = pydicom.dcmread(path, stop_before_pixels=True)
+            except Exception:  # noqa: BLE001 - the header itself is broken: unreadable
+                return Reason.UNREADABLE, None
+        if not ds.get("SOPClassUID"):
+            # pydicom can return an empty dataset for an object cut off in its pixel data.
+            try:
+                header = pydicom.dcmread(path, stop_before_pixels=True)
+            except Exception:  # noqa: BLE001 - the header itself is broken: unreadable
+                header = None
+            if header is not None and header.get("SOPClassUID"):
+                ds, pixels_parsed = header, False
         sop_class = str(ds.get("SOPClassUID", ""))
         if not sop_class or "SOPInstanceUID" not in ds:
             return Reason.UNREADABLE, None
@@ -107,14 +121,16 @@ def _classify_dicom(path: Path) -> tuple[Reason | None, Dataset | None]:
             return Reason.LOCALIZER, ds
         if str(ds.get("BurnedInAnnotation", "")).upper() == "YES":
             return Reason.BURNED_IN_ANNOTATION, ds
+        if not pixels_parsed:
+            return Reason.DECODE_FAILED, ds
         if "PixelData" not in ds:
             return Reason.NO_PIXEL_DATA, ds
-        if not _has_geometry(ds):
-            return Reason.INCONSISTENT_GEOMETRY, ds
         try:
             ds.pixel_array  # noqa: B018 - decoding is the check
         except Exception:  # noqa: BLE001 - whatever the decoder raises, the pixels are unusable
             return Reason.DECODE_FAILED, ds
+        if not _has_geometry(ds):
+            return Reason.INCONSISTENT_GEOMETRY, ds
     return None, ds
 
 

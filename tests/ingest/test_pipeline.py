@@ -133,3 +133,21 @@ def test_cli_ingest_prints_summary_and_rejects_bad_runs(
     blocker.write_text("x")
     assert main(["ingest", spec.root, str(blocker / "ds")]) == 1
     assert "not writable" in capsys.readouterr().err
+
+
+def test_sample_archive_of_real_files_matches_its_expected_outcomes(ray_local: None, tmp_path: Path) -> None:
+    """Real DICOM/NIfTI files from pydicom, pydicom-data, nibabel and nilearn, plus a synthetic export."""
+    from ingest.synthetic import build_sample_archive
+
+    spec = build_sample_archive(str(tmp_path / "sample"))
+    ds = tmp_path / "ds"
+    summary = run_ingest(spec.root, str(ds), load_config(overrides=CFG))
+    manifest = _manifest(ds)
+    assert Counter((m["status"], m["reason"]) for m in manifest) == Counter(
+        (e.status, e.reason) for e in spec.series
+    )
+    assert sum(m["n_objects"] for m in manifest) == summary.objects == len(spec.files())
+    assert {e.source for e in spec.with_status("ingested")} >= {"pydicom", "pydicom-data", "nibabel", "nilearn"}
+    outputs = _all_output_bytes(ds)
+    for marker in spec.markers():
+        assert all(marker.encode() not in data for _, data in outputs), marker
