@@ -7,6 +7,7 @@ cluster. Decisions live in pure modules (:mod:`ingest.series`, :mod:`ingest.volu
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 
 from ingest.assemble import load_dicom_volume, load_nifti_volume
 from ingest.config import IngestConfig
@@ -24,12 +26,24 @@ from ingest.errors import IngestError, Reason, SourceError, Status
 from ingest.series import SeriesPlan, group_key, plan_group
 from ingest.slicer import SliceCounts, volume_samples
 from sharder.catalog import MANIFESTS, load_catalog
-from sharder.datasink import MDSDatasink
+from sharder.datasink import MDSDatasink, count_key
+from sharder.mds import SampleEncoder
+from sharder.schema import COLUMNS
 from sharder.storage import Location, resolve
 
 log = logging.getLogger(__name__)
 
-_EMPTY_SAMPLE = {"key": "", "image": b"", "dtype": "", "shape": "", "fg": b"", "fg_shape": "", "meta": ""}
+# Every row crossing from the series stage to the datasink has these columns. Samples arrive
+# already MDS-encoded (``sample``), so the write side only concatenates, compresses and stores.
+ROW_SCHEMA = pa.schema(
+    [
+        ("record", pa.string()),  # "sample" | "series"
+        ("key", pa.string()),
+        ("sample", pa.large_binary()),
+        ("count", pa.string()),  # sharder.datasink.count_key of the sample
+        ("series", pa.string()),  # series record JSON (record == "series")
+    ]
+)
 
 
 @dataclass
@@ -89,7 +103,7 @@ def _series_row(plan: SeriesPlan, counts: SliceCounts, archive_id: str) -> dict[
         "slices_dropped": counts.dropped_slices,
         "transfer_syntax": plan.transfer_syntax,
     }
-    return {"record": "series", **_EMPTY_SAMPLE, "series": json.dumps(record)}
+    return {"record": "series", "key": "", "sample": b"", "count": "", "series": json.dumps(record)}
 
 
 def process_series(
@@ -123,6 +137,7 @@ def process_series(
                 base_meta["sex"] = plan.attrs.get("sex")
             if cfg.deid.keep_age_bucket:
                 base_meta["age_bucket"] = plan.attrs.get("age_bucket")
+            encoder = _encoder()
             for sample in volume_samples(
                 vol,
                 modality=modality,
@@ -133,7 +148,15 @@ def process_series(
                 base_meta=base_meta,
                 counts=counts,
             ):
-                rows.append({**sample, "series": ""})
+                rows.append(
+                    {
+                        "record": "sample",
+                        "key": sample["key"],
+                        "sample": encoder.encode(sample),
+                        "count": count_key(sample["meta"]),
+                        "series": "",
+                    }
+                )
             if counts.written == 0:
                 plan.stop(
                     Reason.NO_CONTENT, f"all {counts.dropped_slices} slices below the foreground threshold"
@@ -154,11 +177,16 @@ def process_series(
     return rows
 
 
-def _process(batch: pd.DataFrame, *, root: Location, cfg: IngestConfig, archive_id: str) -> pd.DataFrame:
+def _process(batch: pd.DataFrame, *, root: Location, cfg: IngestConfig, archive_id: str) -> pa.Table:
     rows: list[dict[str, Any]] = []
     for text in batch["plan"]:
         rows.extend(process_series(SeriesPlan.from_json(text), root=root, cfg=cfg, archive_id=archive_id))
-    return pd.DataFrame(rows)
+    return pa.Table.from_pylist(rows, schema=ROW_SCHEMA)
+
+
+@functools.cache
+def _encoder() -> SampleEncoder:
+    return SampleEncoder(COLUMNS)
 
 
 # ---- driver ----------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ by all its windows; slices whose foreground share is below the threshold are cou
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -54,7 +53,7 @@ def volume_samples(
     base_meta: dict[str, Any],
     counts: SliceCounts,
 ) -> Iterator[dict[str, Any]]:
-    """Yield sample rows for every kept slice of ``vol`` in every plane and window."""
+    """Yield samples (the :mod:`sharder.schema` columns) for every kept slice, plane and window."""
     for plane in planes:
         for ps in plane_slices(vol, plane):  # type: ignore[arg-type]
             c = analyse(
@@ -87,12 +86,8 @@ def volume_samples(
                 meta["window"] = window
                 counts.written += 1
                 yield {
-                    "record": "sample",
                     "key": sample_key(series_key, plane, ps.index, window),
-                    "image": np.ascontiguousarray(img).tobytes(),
-                    "dtype": img.dtype.str,
-                    "shape": list(img.shape),
-                    "fg": np.ascontiguousarray(c.fg).tobytes(),
-                    "fg_shape": list(c.fg.shape),
-                    "meta": json.dumps(meta, separators=(",", ":")),
+                    "image": np.ascontiguousarray(img),
+                    "fg": c.fg,
+                    "meta": dict(meta),
                 }

@@ -3,9 +3,10 @@
 Lifecycle (Ray Data calls these hooks):
 
 - ``on_write_start`` (driver): removes orphans of runs that died before their commit;
-- ``write`` (one Ray task per group of blocks): writes that task's samples with streaming's
-  ``MDSWriter`` into a staging folder, then publishes them under a folder named after a hash of
-  the task's sample keys, so a retried task overwrites its own output rather than adding a copy;
+- ``write`` (one Ray task per group of blocks): writes that task's (already MDS-encoded) samples
+  with :class:`sharder.mds.ShardWriter` into a staging folder, then publishes them under a
+  folder named after a hash of the task's sample keys, so a retried task overwrites its own
+  output rather than adding a copy;
   returns its shard entries and the series records it carried;
 - ``on_write_complete`` (driver, only after every task succeeded): writes the part's series
   manifest and commits the part by atomically replacing the root index (see :mod:`sharder.catalog`).
@@ -33,6 +34,7 @@ from ray.data.block import Block, BlockAccessor
 from ray.data.datasource.datasink import WriteResult
 
 from sharder.catalog import MANIFESTS, PARTS, Catalog, commit, load_catalog, shard_files
+from sharder.mds import SampleEncoder, ShardWriter
 from sharder.schema import COLUMNS, SCHEMA_VERSION
 from sharder.storage import Location, ensure_dir, resolve
 
@@ -57,15 +59,6 @@ COUNT_FIELDS = ("modality", "plane", "window", "body_part")
 def count_key(meta: dict[str, Any]) -> str:
     """The '|'-joined (modality, plane, window, body part) a sample is counted under in the catalog."""
     return "|".join(str(meta.get(f) or "-") for f in COUNT_FIELDS)
-
-
-def decode_sample(row: dict[str, Any]) -> dict[str, Any]:
-    """A pipeline row (bytes + dtype + shape) -> the MDS sample of :mod:`sharder.schema`."""
-    import numpy as np
-
-    image = np.frombuffer(row["image"], dtype=np.dtype(row["dtype"])).reshape(tuple(row["shape"]))
-    fg = np.frombuffer(row["fg"], dtype=np.uint8).reshape(tuple(row["fg_shape"]))
-    return {"key": row["key"], "image": image, "fg": fg, "meta": json.loads(row["meta"])}
 
 
 class MDSDatasink(Datasink[dict[str, Any]]):
@@ -107,8 +100,6 @@ class MDSDatasink(Datasink[dict[str, Any]]):
 
     # ---- one Ray task ------------------------------------------------------------------------
     def write(self, blocks: Iterable[Block], ctx: Any) -> dict[str, Any]:
-        from streaming import MDSWriter
-
         root = resolve(self.dataset_uri)
         part = root.join(PARTS, self.part_id)
         staging_local = part.join(f"{STAGING_PREFIX}{uuid.uuid4().hex}").path if part.is_local else None
@@ -119,24 +110,24 @@ class MDSDatasink(Datasink[dict[str, Any]]):
         writer = None
         try:
             for block in blocks:
-                row: dict[str, Any]
-                for row in BlockAccessor.for_block(block).iter_rows(public_row_format=False):
-                    if row["record"] == "series":
-                        series.append(json.loads(row["series"]))
+                table = BlockAccessor.for_block(block).to_arrow()
+                columns = {n: table.column(n).to_pylist() for n in ("record", "key", "count", "series")}
+                payloads = table.column("sample")
+                for i, record in enumerate(columns["record"]):
+                    if record == "series":
+                        series.append(json.loads(columns["series"][i]))
                         continue
                     if writer is None:
-                        writer = MDSWriter(
-                            columns=COLUMNS,
-                            out=staging,
+                        writer = ShardWriter(
+                            staging,
+                            encoder=SampleEncoder(COLUMNS),
                             compression=self.compression,
                             hashes=self.hashes,
                             size_limit=self.size_limit,
-                            exist_ok=True,
                         )
-                    sample = decode_sample(row)
-                    writer.write(sample)
-                    keys.append(row["key"])
-                    counts[count_key(sample["meta"])] += 1
+                    writer.add(payloads[i].as_py())
+                    keys.append(columns["key"][i])
+                    counts[columns["count"][i]] += 1
             if writer is None:
                 return {"task": None, "shards": [], "series": series, "samples": 0, "bytes": 0, "counts": {}}
             writer.finish()

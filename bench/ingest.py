@@ -1,0 +1,116 @@
+"""Ingest speed on an uncompressed 512x512 CT archive: the decode floor, a naive peer, radforge.
+
+One run, the same archive (built with the project's generator, page cache warmed):
+
+  (a) floor: ``pydicom.dcmread`` + ``pixel_array`` + HU for every file, one process (one core);
+  (b) naive peer: the same plus ``np.save`` of each slice, one process;
+  (c) ``radforge ingest`` into an MDS dataset (zstd:1 shards) on a local Ray with ``--cpus`` CPUs,
+      after a warm-up run so Ray's workers are started (Ray's start-up is a fixed cost, not throughput).
+
+Throughput counts source slices (files) per second for all three. radforge's figure is divided
+by the CPUs Ray was given to compare per core. Ends with one JSON line:
+{"bench": "ingest", "floor_slices_per_s", "peer_slices_per_s", "radforge_slices_per_s",
+ "radforge_slices_per_s_per_core", "cores", "ratio_vs_floor", "ratio_vs_peer"} (per-core ratios).
+
+    .venv/bin/python -m bench.ingest [--series 4] [--slices 96] [--cpus 2]   (run as a module: the
+    script name would shadow the ingest package)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pydicom
+
+
+def _files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file())
+
+
+def floor(files: list[Path]) -> float:
+    t = time.perf_counter()
+    for f in files:
+        ds = pydicom.dcmread(f)
+        hu = ds.pixel_array.astype(np.float32) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+        assert hu.shape == (512, 512)
+    return len(files) / (time.perf_counter() - t)
+
+
+def peer(files: list[Path], out: Path) -> float:
+    out.mkdir(parents=True, exist_ok=True)
+    t = time.perf_counter()
+    for i, f in enumerate(files):
+        ds = pydicom.dcmread(f)
+        hu = ds.pixel_array.astype(np.float32) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+        np.save(out / f"{i:06d}.npy", hu.astype(np.int16))
+    return len(files) / (time.perf_counter() - t)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--series", type=int, default=4)
+    parser.add_argument("--slices", type=int, default=96)
+    parser.add_argument("--cpus", type=int, default=2)
+    parser.add_argument("--compression", default="zstd:1")
+    args = parser.parse_args()
+    os.environ.setdefault("RADFORGE_SALT", "bench-salt-0123456789")
+    os.environ["RAY_DATA_DISABLE_PROGRESS_BARS"] = "1"
+    logging.basicConfig(level=logging.WARNING)
+
+    from ingest.cluster import ensure_ray
+    from ingest.config import load_config
+    from ingest.pipeline import run_ingest
+    from ingest.synthetic import build_uncompressed_ct_archive
+
+    work = Path(tempfile.mkdtemp(prefix="radforge-bench-ingest-"))
+    try:
+        archive = work / "archive"
+        build_uncompressed_ct_archive(str(archive), n_series=args.series, n_slices=args.slices)
+        warm = work / "warm"
+        build_uncompressed_ct_archive(str(warm), n_series=1, n_slices=8, seed=99)
+        files = _files(archive)
+        for f in files:  # warm the page cache for every contender
+            f.read_bytes()
+
+        cfg = load_config(overrides={"ray": {"num_cpus": args.cpus}, "shards": {"compression": args.compression}})
+        ensure_ray(num_cpus=args.cpus)
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        run_ingest(str(warm), str(work / "warm-ds"), cfg)
+
+        floor_rate = floor(files)
+        peer_rate = peer(files, work / "peer")
+        t = time.perf_counter()
+        summary = run_ingest(str(archive), str(work / "ds"), cfg)
+        radforge_rate = len(files) / (time.perf_counter() - t)
+        assert summary.committed and summary.by_status.get("ingested") == args.series
+        per_core = radforge_rate / args.cpus
+        print(
+            json.dumps(
+                {
+                    "bench": "ingest",
+                    "slices": len(files),
+                    "cores": args.cpus,
+                    "compression": args.compression,
+                    "floor_slices_per_s": round(floor_rate, 1),
+                    "peer_slices_per_s": round(peer_rate, 1),
+                    "radforge_slices_per_s": round(radforge_rate, 1),
+                    "radforge_slices_per_s_per_core": round(per_core, 1),
+                    "ratio_vs_floor": round(per_core / floor_rate, 3),
+                    "ratio_vs_peer": round(per_core / peer_rate, 3),
+                }
+            )
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
