@@ -105,6 +105,7 @@ def main() -> None:
                     "radforge_slices_per_s_per_core": round(per_core, 1),
                     "ratio_vs_floor": round(per_core / floor_rate, 3),
                     "ratio_vs_peer": round(per_core / peer_rate, 3),
+                    "radforge_phase_seconds": summary.phase_seconds,
                 }
             )
         )

@@ -62,6 +62,7 @@ class IngestSummary:
     slices_dropped: int = 0
     bytes_written: int = 0
     seconds: float = 0.0
+    phase_seconds: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -281,6 +282,7 @@ def run_ingest(
     src, dst = resolve(source_uri), resolve(dataset_uri)
     archive_id = cfg.archive_id or default_archive_id(src)
     objects = list_objects(src)
+    phases: dict[str, float] = {"list": time.perf_counter() - t0}
     catalog = load_catalog(dst)
     _check_writable(dst)
     recorded = _recorded_series(dst, catalog)
@@ -295,6 +297,7 @@ def run_ingest(
         batch_size=cfg.ray.header_batch_size,
         batch_format="pandas",
     )
+    t_plan = time.perf_counter()
     plans = _plan_series(
         headers,
         salt=salt,
@@ -324,7 +327,10 @@ def run_ingest(
         batch_size=1,
         batch_format="pandas",
     )
+    phases["headers_and_plan"] = time.perf_counter() - t_plan
+    t_write = time.perf_counter()
     samples.write_datasink(sink)
+    phases["decode_and_write"] = time.perf_counter() - t_write
     result = sink.result or {}
     series = result.get("all_series", [])
     by_status = Counter(s["status"] for s in series)
@@ -342,6 +348,7 @@ def run_ingest(
         slices_dropped=int(sum(s["slices_dropped"] for s in series)),
         bytes_written=int(result.get("bytes", 0)),
         seconds=round(time.perf_counter() - t0, 3),
+        phase_seconds={k: round(v, 3) for k, v in phases.items()},
     )
 
 

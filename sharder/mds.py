@@ -20,69 +20,161 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
-
-_ZSTD_STREAMING_LEVELS = range(1, 23)
 
 
 class ShardFormatError(ValueError):
     """An invalid shard-writing setting; the message names it and what is valid."""
 
 
+# Codecs MosaicML Streaming's reader decompresses, with the levels its index names accept.
+CODEC_LEVELS: dict[str, range | None] = {
+    "br": range(0, 12),
+    "bz2": range(1, 10),
+    "gz": range(0, 10),
+    "snappy": None,
+    "zstd": range(1, 23),
+}
+
+
 def parse_compression(spec: str | None) -> tuple[str | None, int | None, str | None]:
-    """``'zstd:-3'`` -> (family, level, label recorded in the index). Only zstd levels are free-form."""
+    """``'zstd:-3'`` -> (family, level, label recorded in the index).
+
+    zstd also accepts its fast negative levels (-100..-1): the frame format does not depend on the
+    level, so the index records the family alone (``zstd``) and the stock reader decompresses it.
+    """
     if spec is None:
         return None, None, None
-    from streaming.base.compression import get_compressions
+    family, sep, level_text = spec.partition(":")
+    valid = ", ".join(sorted(CODEC_LEVELS))
+    if family not in CODEC_LEVELS:
+        raise ShardFormatError(f"unknown compression {spec!r}; valid codecs: {valid} (with ':level')")
+    levels = CODEC_LEVELS[family]
+    if not sep:
+        return family, None, spec
+    try:
+        level = int(level_text)
+    except ValueError:
+        raise ShardFormatError(f"compression {spec!r}: the level must be an integer") from None
+    if family == "zstd" and -100 <= level <= -1:
+        return family, level, "zstd"
+    if levels is None or level not in levels:
+        allowed = "no level" if levels is None else f"levels {levels.start}..{levels.stop - 1}"
+        extra = " (or -100..-1)" if family == "zstd" else ""
+        raise ShardFormatError(f"compression {spec!r}: {family} takes {allowed}{extra}")
+    return family, level, spec
 
-    family, _, level_text = spec.partition(":")
-    if family == "zstd" and level_text:
-        try:
-            level = int(level_text)
-        except ValueError:
-            raise ShardFormatError(f"compression {spec!r}: zstd level must be an integer") from None
-        if not -100 <= level <= 22 or level == 0:
-            raise ShardFormatError(f"compression {spec!r}: zstd level must be in -100..-1 or 1..22")
-        return family, level, spec if level in _ZSTD_STREAMING_LEVELS else "zstd"
-    if spec not in get_compressions():
-        codecs = sorted({c.split(":")[0] for c in get_compressions()})
+
+def _hashers() -> dict[str, Callable[[bytes], str]]:
+    """Hashes the stock reader can validate (as streaming.base.hashing computes them)."""
+    import hashlib
+
+    import xxhash
+
+    return {
+        "blake2b": lambda d: hashlib.blake2b(d).hexdigest(),
+        "blake2s": lambda d: hashlib.blake2s(d).hexdigest(),
+        "md5": lambda d: hashlib.md5(d).hexdigest(),
+        "sha1": lambda d: hashlib.sha1(d).hexdigest(),
+        "sha224": lambda d: hashlib.sha224(d).hexdigest(),
+        "sha256": lambda d: hashlib.sha256(d).hexdigest(),
+        "sha384": lambda d: hashlib.sha384(d).hexdigest(),
+        "sha512": lambda d: hashlib.sha512(d).hexdigest(),
+        "xxh32": lambda d: xxhash.xxh32(d).hexdigest(),
+        "xxh64": lambda d: xxhash.xxh64(d).hexdigest(),
+        "xxh128": lambda d: xxhash.xxh128(d).hexdigest(),
+        "xxh3_64": lambda d: xxhash.xxh3_64(d).hexdigest(),
+        "xxh3_128": lambda d: xxhash.xxh3_128(d).hexdigest(),
+    }
+
+
+HASHES = tuple(sorted(_hashers()))
+
+
+def file_hash(algo: str, data: bytes) -> str:
+    """Hex digest of ``data`` under ``algo``, as streaming records it in index entries."""
+    fn = _hashers().get(algo)
+    if fn is None:
+        raise ShardFormatError(f"unknown hash {algo!r}; valid: {', '.join(HASHES)}")
+    return fn(data)
+
+
+# ---- column encodings: the MDS layout (see streaming.base.format.mds.encodings) -------------------
+# ndarray with per-sample dtype and shape: dtype code byte, (ndim << 2 | shape dtype code) byte,
+# the shape in the smallest unsigned dtype that holds it, then the values.
+_NDARRAY_DTYPE_CODE = {
+    "uint8": 8,
+    "int8": 9,
+    "uint16": 16,
+    "int16": 17,
+    "float16": 18,
+    "uint32": 32,
+    "int32": 33,
+    "float32": 34,
+    "uint64": 64,
+    "int64": 65,
+    "float64": 66,
+}
+_SHAPE_DTYPES: tuple[tuple[int, type[np.unsignedinteger[Any]], int], ...] = (
+    (1 << 8, np.uint8, 0),
+    (1 << 16, np.uint16, 1),
+    (1 << 32, np.uint32, 2),
+)
+
+
+def _encode_ndarray(arr: np.ndarray) -> bytes:
+    code = _NDARRAY_DTYPE_CODE.get(arr.dtype.name)
+    if code is None:
         raise ShardFormatError(
-            f"unknown compression {spec!r}; valid codecs: {', '.join(codecs)} (with ':level')"
+            f"ndarray dtype {arr.dtype.name} cannot be stored; valid: {', '.join(_NDARRAY_DTYPE_CODE)}"
         )
-    return family, None, spec
+    if arr.size == 0 or arr.ndim == 0 or arr.ndim >= 64:
+        raise ShardFormatError(f"ndarray of shape {arr.shape} cannot be stored (1-63 axes, none empty)")
+    biggest = max(arr.shape)
+    shape_dtype: type[np.unsignedinteger[Any]] = np.uint64
+    shape_code = 3
+    for bound, dtype, c in _SHAPE_DTYPES:
+        if biggest < bound:
+            shape_dtype, shape_code = dtype, c
+            break
+    head = bytes([code, (arr.ndim << 2) | shape_code]) + np.asarray(arr.shape, shape_dtype).tobytes()
+    return head + np.ascontiguousarray(arr).tobytes()
+
+
+_ENCODERS: dict[str, Callable[[Any], bytes]] = {
+    "str": lambda v: v.encode("utf-8"),
+    "json": lambda v: json.dumps(v).encode("utf-8"),
+    "bytes": bytes,
+    "ndarray": _encode_ndarray,
+}
 
 
 class SampleEncoder:
-    """Encodes sample dicts into MDS sample bytes for a fixed set of columns."""
+    """Encodes sample dicts into MDS sample bytes for a fixed set of variable-size columns.
+
+    Implements the MDS layout of the encodings radforge stores (``str``, ``json``, ``bytes`` and
+    ``ndarray`` with per-sample dtype and shape) without importing streaming, whose import pulls in
+    torch: ingest workers stay light. Byte equality with streaming's own encoder is tested.
+    """
 
     def __init__(self, columns: Mapping[str, str]) -> None:
-        from streaming.base.format.mds.encodings import get_mds_encoded_size, is_mds_encoding
-
         for name, encoding in columns.items():
-            if not is_mds_encoding(encoding):
-                raise ShardFormatError(f"column {name!r}: unknown MDS encoding {encoding!r}")
+            if encoding not in _ENCODERS:
+                raise ShardFormatError(
+                    f"column {name!r}: encoding {encoding!r} is not supported; "
+                    f"valid: {', '.join(sorted(_ENCODERS))}"
+                )
         self.names = sorted(columns)
         self.encodings = [columns[n] for n in self.names]
-        self.sizes = [get_mds_encoded_size(e) for e in self.encodings]
+        self.sizes: list[int | None] = [None for _ in self.names]
+        self._fns = [_ENCODERS[e] for e in self.encodings]
 
     def encode(self, sample: Mapping[str, Any]) -> bytes:
-        from streaming.base.format.mds.encodings import mds_encode
-
-        sizes: list[int] = []
-        parts: list[bytes] = []
-        for name, encoding, size in zip(self.names, self.encodings, self.sizes, strict=True):
-            datum = mds_encode(encoding, sample[name])
-            if size is None:
-                sizes.append(len(datum))
-            elif size != len(datum):
-                raise ShardFormatError(
-                    f"column {name!r}: {len(datum)} bytes, encoding {encoding} needs {size}"
-                )
-            parts.append(datum)
-        return np.asarray(sizes, np.uint32).tobytes() + b"".join(parts)
+        parts = [fn(sample[name]) for name, fn in zip(self.names, self._fns, strict=True)]
+        return np.asarray([len(p) for p in parts], np.uint32).tobytes() + b"".join(parts)
 
     def format_config(self, *, compression: str | None, hashes: list[str], size_limit: int) -> dict[str, Any]:
         return {
@@ -111,15 +203,12 @@ class ShardWriter:
         hashes: list[str] | None = None,
         size_limit: int = 64 << 20,
     ) -> None:
-        from streaming.base.hashing import is_hash
-
         self.folder = folder
         self.encoder = encoder
         self.family, self.level, self.label = parse_compression(compression)
         self.hashes = sorted(hashes or [])
         for algo in self.hashes:
-            if not is_hash(algo):
-                raise ShardFormatError(f"unknown hash {algo!r}")
+            file_hash(algo, b"")  # refuses unknown algorithms early
         self.size_limit = size_limit
         self.config = encoder.format_config(compression=self.label, hashes=self.hashes, size_limit=size_limit)
         self._config_bytes = json.dumps(self.config, sort_keys=True).encode()
@@ -143,13 +232,7 @@ class ShardWriter:
         self._size += size
 
     def _file_info(self, data: bytes, basename: str) -> dict[str, Any]:
-        from streaming.base.hashing import get_hash
-
-        return {
-            "basename": basename,
-            "bytes": len(data),
-            "hashes": {a: get_hash(a, data) for a in self.hashes},
-        }
+        return {"basename": basename, "bytes": len(data), "hashes": {a: file_hash(a, data) for a in self.hashes}}
 
     def flush(self) -> None:
         if not self._samples:

@@ -41,7 +41,7 @@ class VerifyReport:
 
 def check_shard_bytes(data: bytes, info: dict[str, Any]) -> Problem | None:
     """Compare one stored shard file's bytes with its index entry (pure; no I/O)."""
-    from streaming.base.hashing import get_hash
+    from sharder.mds import file_hash
 
     path = info["basename"]
     expected = int(info["bytes"])
@@ -50,7 +50,7 @@ def check_shard_bytes(data: bytes, info: dict[str, Any]) -> Problem | None:
     if len(data) != expected:
         return Problem("size", path, f"{len(data)} bytes, index says {expected}")
     for algo, digest in sorted((info.get("hashes") or {}).items()):
-        if get_hash(algo, data) != digest:
+        if file_hash(algo, data) != digest:
             return Problem("corrupt", path, f"{algo} hash does not match the index")
     return None
 
