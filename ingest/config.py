@@ -129,6 +129,11 @@ class IngestConfig(_Model):
         None, description="name recorded in the catalog; default: source folder name"
     )
     planes: list[Plane] = Field(default_factory=lambda: list[Plane](["axial"]), min_length=1)
+    modalities: list[Literal["CT", "MR"]] = Field(
+        default_factory=lambda: list[Literal["CT", "MR"]](["CT", "MR"]),
+        min_length=1,
+        description="modalities this dataset takes (one dataset per modality lets training mix them)",
+    )
     windows: WindowConfig = WindowConfig()
     content: ContentConfig = ContentConfig()
     geometry: GeometryConfig = GeometryConfig()

@@ -28,6 +28,7 @@ class Reason(StrEnum):
     BURNED_IN_ANNOTATION = "burned_in_annotation"
     UNSUPPORTED_MODALITY = "unsupported_modality"  # not CT or MR (CR, US, NM, ...)
     ALREADY_INGESTED = "already_ingested"  # same salted series key already committed
+    EXCLUDED_BY_CONFIG = "excluded_by_config"  # e.g. a modality this dataset does not take
     # quarantined: bad input
     UNREADABLE = "unreadable"  # zero-byte, truncated header, not DICOM/NIfTI, I/O error
     NO_PIXEL_DATA = "no_pixel_data"
@@ -49,6 +50,7 @@ SKIP_REASONS = frozenset(
         Reason.BURNED_IN_ANNOTATION,
         Reason.UNSUPPORTED_MODALITY,
         Reason.ALREADY_INGESTED,
+        Reason.EXCLUDED_BY_CONFIG,
         Reason.NO_CONTENT,
     }
 )

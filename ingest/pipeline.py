@@ -107,6 +107,13 @@ def _series_row(plan: SeriesPlan, counts: SliceCounts, archive_id: str) -> dict[
     return {"record": "series", "key": "", "sample": b"", "count": "", "series": json.dumps(record)}
 
 
+def _check_modality(modality: str, cfg: IngestConfig) -> None:
+    if modality not in cfg.modalities:
+        raise IngestError(
+            Reason.EXCLUDED_BY_CONFIG, f"modality {modality} is not among this dataset's {cfg.modalities}"
+        )
+
+
 def process_series(
     plan: SeriesPlan, *, root: Location, cfg: IngestConfig, archive_id: str
 ) -> list[dict[str, Any]]:
@@ -121,9 +128,10 @@ def process_series(
 
         try:
             if plan.kind == "nifti":
-                vol, modality = load_nifti_volume(plan.instances[0].path, read, geometry=cfg.geometry)
-                plan.modality = modality
+                vol, plan.modality = load_nifti_volume(plan.instances[0].path, read, geometry=cfg.geometry)
+                _check_modality(plan.modality, cfg)
             else:
+                _check_modality(plan.modality or "CT", cfg)  # known from the headers: skip before decoding
                 vol = load_dicom_volume(plan, read, geometry=cfg.geometry)
             modality = plan.modality or "CT"
             windows = cfg.windows.ct if modality == "CT" else cfg.windows.mr

@@ -33,10 +33,10 @@ from ray.data import Datasink
 from ray.data.block import Block, BlockAccessor
 from ray.data.datasource.datasink import WriteResult
 
-from sharder.catalog import MANIFESTS, PARTS, Catalog, commit, load_catalog, shard_files
+from sharder.catalog import INDEX, MANIFESTS, PARTS, Catalog, commit, load_catalog, shard_files
 from sharder.mds import SampleEncoder, ShardWriter
 from sharder.schema import COLUMNS, SCHEMA_VERSION
-from sharder.storage import Location, ensure_dir, resolve
+from sharder.storage import Location, ensure_dir, resolve, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -239,6 +239,8 @@ def commit_part(
     ensure_dir(root.join(MANIFESTS))
     with manifest.fs.open(manifest.path, "wb") as f:
         pq.write_table(table, f)
+    part_shards = sorted(shards, key=lambda s: s["raw_data"]["basename"])
+    write_part_index(root, part_id, part_shards)
     catalog.shards = [
         s for s in catalog.shards if not s["raw_data"]["basename"].startswith(f"{PARTS}/{part_id}/")
     ] + sorted(shards, key=lambda s: s["raw_data"]["basename"])
@@ -248,12 +250,26 @@ def commit_part(
     return {**entry, "committed": True, "all_series": all_series}
 
 
+def write_part_index(root: Location, part_id: str, shards: list[dict[str, Any]]) -> None:
+    """An MDS index inside ``parts/<id>/`` so one part can be read (or mixed) on its own."""
+    prefix = f"{PARTS}/{part_id}/"
+    local = []
+    for shard in shards:
+        entry = json.loads(json.dumps(shard))
+        for kind in ("raw_data", "zip_data"):
+            if entry.get(kind):
+                entry[kind]["basename"] = entry[kind]["basename"].removeprefix(prefix)
+        local.append(entry)
+    data = json.dumps({"version": 2, "shards": local}, sort_keys=True).encode()
+    write_bytes_atomic(root.join(PARTS, part_id, INDEX), data)
+
+
 def _remove_unreferenced(root: Location, part_id: str, catalog: Catalog) -> None:
     """Delete files of ``part_id`` that the committed index does not reference (failed attempts)."""
     part = root.join(PARTS, part_id)
     if not part.fs.exists(part.path):
         return
-    referenced = {f for s in catalog.shards for f in shard_files(s)}
+    referenced = {f for s in catalog.shards for f in shard_files(s)} | {f"{PARTS}/{part_id}/{INDEX}"}
     for path in part.fs.find(part.path):
         rel = root.relative(path)
         if rel not in referenced:

@@ -232,7 +232,11 @@ class ShardWriter:
         self._size += size
 
     def _file_info(self, data: bytes, basename: str) -> dict[str, Any]:
-        return {"basename": basename, "bytes": len(data), "hashes": {a: file_hash(a, data) for a in self.hashes}}
+        return {
+            "basename": basename,
+            "bytes": len(data),
+            "hashes": {a: file_hash(a, data) for a in self.hashes},
+        }
 
     def flush(self) -> None:
         if not self._samples:

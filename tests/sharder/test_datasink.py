@@ -105,6 +105,7 @@ def test_sigkilled_write_task_is_retried_and_every_key_is_written_once(
     # The killed attempt's staging files are gone: only referenced shards remain.
     catalog = load_catalog(resolve(str(ds)))
     referenced = {(s.get("zip_data") or s["raw_data"])["basename"] for s in catalog.shards}
+    referenced |= {f"parts/{p['id']}/index.json" for p in catalog.parts}
     on_disk = {p.relative_to(ds).as_posix() for p in (ds / "parts").rglob("*") if p.is_file()}
     assert on_disk == referenced
     _same_samples(expected, read_all(ds))
