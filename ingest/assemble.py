@@ -52,7 +52,7 @@ def load_dicom_volume(plan: SeriesPlan, read: Reader, *, geometry: GeometryConfi
     spacing = plan.pixel_spacing
     thickness = plan.slice_thickness
     for inst in plan.instances:
-        frames = decode_instance(read(inst.path), max_pixels=geometry.max_pixels_per_slice)
+        frames = decode_instance(read(inst.path), max_pixels=geometry.max_pixels_per_slice, integer_ok=is_ct)
         pix = frames.pixels
         _check_size(None, None, len(images) + pix.shape[0], geometry)
         if pix.shape[0] == 1:
@@ -89,8 +89,12 @@ def load_dicom_volume(plan: SeriesPlan, read: Reader, *, geometry: GeometryConfi
     order, distances = order_slices(pos.tolist(), iop)
     slice_spacing = check_spacing(distances, default=thickness or 1.0)
     tilt = gantry_tilt_deg(pos[order], iop)
-    stack = np.stack([images[i] for i in order])
-    stack = hu_to_int16(stack) if is_ct else stack.astype(np.float32, copy=False)
+    if is_ct:  # straight into int16 HU, one slice at a time (no float or int32 copy of the volume)
+        stack = np.empty((len(order), *images[0].shape), dtype=np.int16)
+        for k, i in enumerate(order):
+            stack[k] = hu_to_int16(images[i])
+    else:
+        stack = np.stack([images[i] for i in order]).astype(np.float32, copy=False)
     row_col = (float(spacing[0]), float(spacing[1])) if spacing else (1.0, 1.0)
     vol = to_canonical(
         stack,

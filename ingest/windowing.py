@@ -99,8 +99,12 @@ def hu_to_int16(hu: np.ndarray, *, clip_min: float = -1024.0, clip_max: float = 
     if arr.dtype.kind == "f":
         return np.clip(np.rint(arr), clip_min, clip_max).astype(np.int16)
     # Integer input: integer bounds keep numpy from promoting (or refusing, NEP 50) the whole slice.
-    work = arr if arr.dtype == np.int16 else arr.astype(np.int64)
-    return np.clip(work, math.ceil(clip_min), math.floor(clip_max)).astype(np.int16, copy=False)
+    lo_i, hi_i = math.ceil(clip_min), math.floor(clip_max)
+    if arr.dtype == np.int16:
+        return np.clip(arr, lo_i, hi_i)
+    if arr.dtype == np.int32:  # the decoder's exact CT path: clip within int32, then one narrowing pass
+        return np.clip(arr, lo_i, hi_i).astype(np.int16)
+    return np.clip(arr.astype(np.int64), lo_i, hi_i).astype(np.int16)
 
 
 def mr_to_uint16(img: np.ndarray) -> np.ndarray:

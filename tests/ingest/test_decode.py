@@ -643,3 +643,14 @@ def test_errors_and_logs_carry_no_header_values(caplog: pytest.LogCaptureFixture
             assert "PLANTED" not in str(caught.value) and "SECRET" not in str(caught.value)
     assert "general decode path" in caplog.text  # the log ran, and said nothing identifying
     assert "PLANTED" not in caplog.text
+
+
+@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small.dcm", "emri_small_big_endian.dcm"])
+def test_integer_path_is_exact_and_matches_the_float_path(name: str) -> None:
+    from pydicom.data import get_testdata_file
+
+    data = Path(str(get_testdata_file(name))).read_bytes()
+    as_float = decode_instance(data).pixels
+    as_int = decode_instance(data, integer_ok=True).pixels
+    assert as_int.dtype == np.int32
+    assert np.array_equal(as_int.astype(np.float32), as_float)
