@@ -69,7 +69,7 @@ def foreground_mask(
 
     Lungs and other air inside the body count as body; the table and specks outside it do not.
     """
-    grid = _body_grid(
+    grid, _ = _body_grid(
         image, modality=modality, hu_threshold=hu_threshold, cell=cell, min_fraction=min_component_fraction
     )
     height, width = image.shape
@@ -83,16 +83,15 @@ def patch_foreground(mask: np.ndarray, *, patch: int = 16) -> np.ndarray:
     outside the image count as background.
     """
     _check_patch(patch)
-    counts = _block_sum(np.asarray(mask, dtype=bool).view(np.uint8), patch, dtype=np.uint32)
-    return _scale_counts(counts, patch)
+    return _scale_counts(_count_blocks(np.asarray(mask, dtype=bool), patch), patch)
 
 
 def body_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
     """Return the half-open pixel box ``(row0, col0, row1, col1)`` holding the mask, None if it is empty."""
-    rows = np.flatnonzero(mask.any(axis=1))
+    (rows,) = np.logical_or.reduce(mask, axis=1).nonzero()  # ufuncs directly: called twice per slice
     if rows.size == 0:
         return None
-    cols = np.flatnonzero(mask.any(axis=0))
+    (cols,) = np.logical_or.reduce(mask, axis=0).nonzero()
     return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
 
 
@@ -110,23 +109,26 @@ def analyse(image: np.ndarray, *, modality: str, patch: int = 16, hu_threshold: 
     """
     _check_patch(patch)
     cell = max(c for c in range(1, MAX_CELL + 1) if patch % c == 0)
-    grid = _body_grid(
+    grid, cells_box = _body_grid(
         image, modality=modality, hu_threshold=hu_threshold, cell=cell, min_fraction=MIN_COMPONENT_FRACTION
     )
     height, width = image.shape
-    box = _grid_box(grid, cell=cell, shape=(height, width))
-    if box is None:  # air-only slice (scan ends): nothing to measure
+    if cells_box is None:  # air-only slice (scan ends): nothing to measure
         empty = np.zeros(_grid_shape((height, width), patch), dtype=np.uint8)
         return Content(fg=empty, box=None, fraction=0.0)
+    r0, c0, r1, c1 = cells_box  # cut to the image, as the upsampled pixel mask is
+    box = (r0 * cell, c0 * cell, min(r1 * cell, height), min(c1 * cell, width))
     k = patch // cell
     if height % cell == 0 and width % cell == 0 and k * k < 256:
         # Whole cells only: the patch value depends on its number of body cells alone, a table lookup.
-        fg = _cell_count_lut(k=k, cell=cell)[_block_sum(grid.view(np.uint8), k, dtype=np.uint8)]
+        fg = _cell_count_lut(k=k, cell=cell)[_count_blocks(grid, k)]
     else:
         # Pixels of each cell inside the image (edge cells are cut), so counts match the pixel mask.
         cell_rows = np.minimum(cell, height - cell * np.arange(grid.shape[0]))
         cell_cols = np.minimum(cell, width - cell * np.arange(grid.shape[1]))
         weighted = grid * np.outer(cell_rows, cell_cols).astype(np.uint32)
+        gh, gw = _grid_shape(grid.shape, k)
+        weighted = np.pad(weighted, ((0, gh * k - grid.shape[0]), (0, gw * k - grid.shape[1])))
         fg = _scale_counts(_block_sum(weighted, k, dtype=np.uint32), patch)
     return Content(fg=fg, box=box, fraction=foreground_fraction(fg))
 
@@ -158,8 +160,8 @@ def otsu_threshold(values: np.ndarray, *, bins: int = _OTSU_BINS) -> float | Non
 
 def _body_grid(
     image: np.ndarray, *, modality: str, hu_threshold: float, cell: int, min_fraction: float
-) -> np.ndarray:
-    """Bool cell grid ``(ceil(H/cell), ceil(W/cell))`` of the cleaned body mask (steps 1-4)."""
+) -> tuple[np.ndarray, tuple[int, int, int, int] | None]:
+    """Bool cell grid ``(ceil(H/cell), ceil(W/cell))`` of the cleaned body mask (steps 1-4), and its box."""
     img = np.asarray(image)
     if img.ndim != 2:
         raise ConfigError(f"content analysis needs a 2D slice, got {img.ndim}D")
@@ -170,20 +172,22 @@ def _body_grid(
     elif modality == "MR":
         threshold = otsu_threshold(img[::cell, ::cell])  # a strided sample is plenty for a histogram
         if threshold is None:
-            return np.zeros(_grid_shape(img.shape, cell), dtype=bool)
+            return np.zeros(_grid_shape(img.shape, cell), dtype=bool), None
         passed = _above(img, threshold, inclusive=True)
     else:
         raise ConfigError(f"unknown modality {modality!r}; valid modalities: {', '.join(_MODALITIES)}")
-    counts = _block_sum(passed.view(np.uint8), cell, dtype=np.uint8 if cell <= 15 else np.uint16)
-    grid = counts >= (cell * cell + 1) // 2
+    grid = _count_blocks(passed, cell) >= (cell * cell + 1) // 2
     box = body_box(grid)
     if box is None:
-        return grid
+        return grid, None
     # Label only the box around the cells that passed: everything outside it is background connected
     # to the image border, so hole filling inside the box gives the same result (and costs less).
     r0, c0, r1, c1 = box
-    grid[r0:r1, c0:c1] = _keep_main_components(_fill_holes(grid[r0:r1, c0:c1]), min_fraction=min_fraction)
-    return grid
+    cleaned = _keep_main_components(_fill_holes(grid[r0:r1, c0:c1]), min_fraction=min_fraction)
+    grid[r0:r1, c0:c1] = cleaned
+    inner = body_box(cleaned)  # never None: the largest component stays
+    assert inner is not None
+    return grid, (r0 + inner[0], c0 + inner[1], r0 + inner[2], c0 + inner[3])
 
 
 def _above(img: np.ndarray, threshold: float, *, inclusive: bool) -> np.ndarray:
@@ -198,12 +202,18 @@ def _above(img: np.ndarray, threshold: float, *, inclusive: bool) -> np.ndarray:
         t = img.dtype.type(threshold)
         return img >= t if inclusive else img > t
     bound = math.ceil(threshold) if inclusive else math.floor(threshold) + 1
-    info = np.iinfo(img.dtype)
-    if bound <= info.min:
+    lowest, highest = _integer_range(img.dtype)
+    if bound <= lowest:
         return np.ones(img.shape, dtype=bool)
-    if bound > info.max:
+    if bound > highest:
         return np.zeros(img.shape, dtype=bool)
     return img >= img.dtype.type(bound)
+
+
+@functools.cache
+def _integer_range(dtype: np.dtype) -> tuple[int, int]:
+    info = np.iinfo(dtype)
+    return int(info.min), int(info.max)
 
 
 def _fill_holes(grid: np.ndarray) -> np.ndarray:
@@ -239,21 +249,27 @@ def _keep_main_components(grid: np.ndarray, *, min_fraction: float) -> np.ndarra
     return keep[labels]
 
 
-def _block_sum(a: np.ndarray, size: int, *, dtype: type[np.unsignedinteger]) -> np.ndarray:
-    """Sum a 2D array over ``size`` x ``size`` blocks, zero-padding the edges; shape ``ceil(shape/size)``.
-
-    ``dtype`` accumulates; with uint8 the caller guarantees every block sum is below 256.
-    """
-    height, width = a.shape
-    gh, gw = _grid_shape(a.shape, size)
+def _count_blocks(mask: np.ndarray, size: int) -> np.ndarray:
+    """True pixels per ``size`` x ``size`` block of a bool mask (edges padded False), as uint8 or uint32."""
+    height, width = mask.shape
+    gh, gw = _grid_shape(mask.shape, size)
     if (gh * size, gw * size) != (height, width):
-        a = np.pad(a, ((0, gh * size - height), (0, gw * size - width)))
-    rows = a.reshape(gh, size, gw * size).sum(axis=1, dtype=dtype)  # contiguous row adds: fast
-    if dtype is np.uint8 and size in _BYTE_LANES:
-        # Sum `size` adjacent bytes at once: read them as one unsigned word and multiply by 0x0101..01;
-        # the top byte of the product is the sum of all bytes (no carries, as every sum is < 256).
-        word, ones = _BYTE_LANES[size]
-        return ((rows.view(word) * ones) >> word(8 * (size - 1))).astype(np.uint8)
+        mask = np.pad(mask, ((0, gh * size - height), (0, gw * size - width)))
+    if size not in _BYTE_LANES:
+        return _block_sum(mask.view(np.uint8), size, dtype=np.uint32)
+    # SWAR: read the `size` bytes (0/1) of a block row as one unsigned word. Adding the words of the
+    # block's rows counts each column in its own byte (<= 8, no carries); multiplying by 0x0101..01
+    # then gathers the byte sum (<= 64) in the top byte. One pass over 1/size of the words, no temporaries.
+    word, ones = _BYTE_LANES[size]
+    words = np.ascontiguousarray(mask).view(word).reshape(gh, size, gw)
+    columns = np.add.reduce(words, axis=1, dtype=word)
+    return ((columns * ones) >> word(8 * (size - 1))).astype(np.uint8)
+
+
+def _block_sum(a: np.ndarray, size: int, *, dtype: type[np.unsignedinteger]) -> np.ndarray:
+    """Sum a 2D array whose shape is a multiple of ``size`` over ``size`` x ``size`` blocks."""
+    gh, gw = a.shape[0] // size, a.shape[1] // size
+    rows = np.add.reduce(a.reshape(gh, size, gw * size), axis=1, dtype=dtype)
     blocks = rows.reshape(gh, gw, size)
     # A loop of strided adds beats numpy's reduction over a short last axis (measured ~2x).
     out = blocks[:, :, 0].astype(dtype)
@@ -272,15 +288,6 @@ def _scale_counts(counts: np.ndarray, patch: int) -> np.ndarray:
 def _cell_count_lut(*, k: int, cell: int) -> np.ndarray:
     """Patch value for 0..k*k body cells of ``cell`` x ``cell`` pixels in a ``k * cell`` pixel patch."""
     return _scale_counts(np.arange(k * k + 1, dtype=np.uint32) * np.uint32(cell * cell), k * cell)
-
-
-def _grid_box(grid: np.ndarray, *, cell: int, shape: tuple[int, int]) -> tuple[int, int, int, int] | None:
-    """Return the pixel box of a cell grid, cut to the image as the upsampled mask is."""
-    box = body_box(grid)
-    if box is None:
-        return None
-    r0, c0, r1, c1 = box
-    return r0 * cell, c0 * cell, min(r1 * cell, shape[0]), min(c1 * cell, shape[1])
 
 
 def _grid_shape(shape: tuple[int, ...], size: int) -> tuple[int, int]:

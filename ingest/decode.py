@@ -333,6 +333,41 @@ def _scan(data: bytes) -> _Header:
     return _Header(uid, values, pixel_data if len(pixel_data or b"") else None, vr)
 
 
+def scan_top_level(data: bytes, wanted: frozenset[int]) -> tuple[str, dict[int, bytes], bool] | None:
+    """Raw values of the ``wanted`` top-level tags of a standard DICOM file, without pydicom.
+
+    Returns (transfer syntax UID, tag -> raw value bytes (empty for undefined-length sequences),
+    little endian), or None when the object needs pydicom's parser (no preamble, deflated, an
+    irregular or cut-off header). Stops at Pixel Data, so the first bytes of an object suffice.
+    """
+    if len(data) < 132 or data[128:132] != b"DICM":
+        return None
+    meta: dict[int, bytes] = {}
+    found: dict[int, bytes] = {}
+    try:
+        pos = _walk_meta(data, 132, meta)
+        raw_uid = meta.get(_TRANSFER_SYNTAX)
+        if raw_uid is None:
+            return None
+        uid = raw_uid.decode("ascii", "replace").strip(" \x00")
+        if uid == DEFLATED_EXPLICIT_VR_LE:
+            return None
+        little = uid != EXPLICIT_VR_BE
+        _walk(
+            data,
+            pos,
+            len(data),
+            implicit=uid == IMPLICIT_VR_LE,
+            little=little,
+            found=found,
+            nested=False,
+            wanted=wanted,
+        )
+    except (_GeneralPath, struct.error, IndexError):
+        return None
+    return uid, found, little
+
+
 def _walk_meta(data: bytes, pos: int, found: dict[int, bytes]) -> int:
     """Read the group 0002 file meta elements (always explicit VR little endian); return where it ends."""
     tag_s, u16, u32, _, _ = _STRUCTS[True]
@@ -358,7 +393,15 @@ def _walk_meta(data: bytes, pos: int, found: dict[int, bytes]) -> int:
 
 
 def _walk(
-    data: bytes, pos: int, end: int, *, implicit: bool, little: bool, found: dict[int, bytes], nested: bool
+    data: bytes,
+    pos: int,
+    end: int,
+    *,
+    implicit: bool,
+    little: bool,
+    found: dict[int, bytes],
+    nested: bool,
+    wanted: frozenset[int] = _WANTED,
 ) -> tuple[int, int, str] | None:
     """Walk data elements from ``pos``; record wanted top-level values in ``found``.
 
@@ -390,12 +433,12 @@ def _walk(
         if length == _UNDEFINED:
             # sequence items of an undefined-length UN are implicit VR little endian (PS3.5 6.2.2)
             pos = _skip_items(data, pos, end, implicit=implicit or vr == b"UN", little=little or vr == b"UN")
-            if not nested and tag in _WANTED:
+            if not nested and tag in wanted:
                 found[tag] = b""  # only the presence of a sequence matters here
             continue
         if pos + length > end:
             raise _GeneralPath("element value runs past the end", truncated=True)
-        if not nested and tag in _WANTED:
+        if not nested and tag in wanted:
             found[tag] = data[pos : pos + length]
         pos += length
     if nested:
