@@ -80,7 +80,9 @@ def main() -> None:
         for f in files:  # warm the page cache for every contender
             f.read_bytes()
 
-        cfg = load_config(overrides={"ray": {"num_cpus": args.cpus}, "shards": {"compression": args.compression}})
+        cfg = load_config(
+            overrides={"ray": {"num_cpus": args.cpus}, "shards": {"compression": args.compression}}
+        )
         ensure_ray(num_cpus=args.cpus)
         logging.getLogger("ray.data").setLevel(logging.WARNING)
         run_ingest(str(warm), str(work / "warm-ds"), cfg)

@@ -95,7 +95,9 @@ class ShardConfig(_Model):
     size_limit: int = Field(64 << 20, ge=1 << 12, description="bytes per shard before a new one starts")
     compression: str | None = Field("zstd:1", description="MDS compression 'codec[:level]' or null")
     hashes: list[str] = Field(default_factory=lambda: ["xxh64"], description="integrity hashes per shard")
-    samples_per_task: int = Field(2048, ge=1, description="target samples per write task")
+    samples_per_task: int = Field(
+        256, ge=1, description="samples bundled per write task (parallelism vs shard count)"
+    )
 
     @field_validator("compression")
     @classmethod

@@ -10,8 +10,8 @@ How the body mask is found (CT on HU, MR on raw intensities):
    Otsu threshold computed from a histogram of a strided sample of the slice.
 2. Reduce to a grid of ``cell`` x ``cell`` pixel cells (8 px by default): a cell is body when at least
    half its pixels passed. Everything below happens on this grid (64 x 64 for 512 x 512), which is what
-   makes the whole analysis cost ~0.2 ms per slice; the mask is blocky at ``cell`` pixels, finer than
-   the 16-pixel patch map it feeds.
+   makes the whole analysis cost ~0.2 ms per slice (bench/content.py); the mask is blocky at ``cell``
+   pixels, finer than the 16-pixel patch map it feeds.
 3. Fill holes: background regions not connected to the image border (4-connectivity) become body, so
    lungs, bowel gas and sinuses count as anatomy.
 4. Drop components (8-connectivity) smaller than ``min_component_fraction`` of the largest (noise
@@ -33,8 +33,8 @@ from scipy import ndimage
 
 from ingest.errors import ConfigError
 
-# Largest grid cell (px). 8 keeps a 16-px patch map at quarter resolution per patch while the
-# connected-component passes run on 64 x 64 cells (measured: ~4x cheaper than 4-px cells).
+# Largest grid cell (px). 8 keeps a 16-px patch map at quarter-patch resolution while the two
+# connected-component passes run on 64 x 64 cells (4-px cells: 128 x 128, ~1.5x the total cost).
 MAX_CELL = 8
 MIN_COMPONENT_FRACTION = 0.05  # components below 5% of the largest are specks, not anatomy
 _OTSU_BINS = 256
@@ -64,13 +64,19 @@ def foreground_mask(
     hu_threshold: float = -500.0,
     cell: int = MAX_CELL,
     min_component_fraction: float = MIN_COMPONENT_FRACTION,
+    mr_threshold: float | None = None,
 ) -> np.ndarray:
     """Bool body mask of a 2D CT (HU) or MR slice, computed on ``cell``-pixel cells (module docstring).
 
     Lungs and other air inside the body count as body; the table and specks outside it do not.
     """
     grid, _ = _body_grid(
-        image, modality=modality, hu_threshold=hu_threshold, cell=cell, min_fraction=min_component_fraction
+        image,
+        modality=modality,
+        hu_threshold=hu_threshold,
+        cell=cell,
+        min_fraction=min_component_fraction,
+        mr_threshold=mr_threshold,
     )
     height, width = image.shape
     return np.repeat(np.repeat(grid, cell, axis=0), cell, axis=1)[:height, :width]
@@ -100,8 +106,18 @@ def foreground_fraction(fg: np.ndarray) -> float:
     return float(fg.mean()) / 255.0 if fg.size else 0.0
 
 
-def analyse(image: np.ndarray, *, modality: str, patch: int = 16, hu_threshold: float = -500.0) -> Content:
+def analyse(
+    image: np.ndarray,
+    *,
+    modality: str,
+    patch: int = 16,
+    hu_threshold: float = -500.0,
+    mr_threshold: float | None = None,
+) -> Content:
     """Patch map, body box and foreground fraction of a 2D slice in one pass (~0.2 ms at 512 x 512).
+
+    MR: pass ``mr_threshold`` from :func:`mr_body_threshold` of the whole volume. A per-slice
+    threshold (the fallback) cannot tell an air-only slice at the end of a scan from anatomy.
 
     Equal to ``patch_foreground(foreground_mask(image, cell=c), patch=patch)`` and ``body_box`` of the
     same mask, where ``c`` is the largest divisor of ``patch`` not above :data:`MAX_CELL` (8 for 16-px
@@ -110,7 +126,12 @@ def analyse(image: np.ndarray, *, modality: str, patch: int = 16, hu_threshold: 
     _check_patch(patch)
     cell = max(c for c in range(1, MAX_CELL + 1) if patch % c == 0)
     grid, cells_box = _body_grid(
-        image, modality=modality, hu_threshold=hu_threshold, cell=cell, min_fraction=MIN_COMPONENT_FRACTION
+        image,
+        modality=modality,
+        hu_threshold=hu_threshold,
+        cell=cell,
+        min_fraction=MIN_COMPONENT_FRACTION,
+        mr_threshold=mr_threshold,
     )
     height, width = image.shape
     if cells_box is None:  # air-only slice (scan ends): nothing to measure
@@ -131,6 +152,21 @@ def analyse(image: np.ndarray, *, modality: str, patch: int = 16, hu_threshold: 
         weighted = np.pad(weighted, ((0, gh * k - grid.shape[0]), (0, gw * k - grid.shape[1])))
         fg = _scale_counts(_block_sum(weighted, k, dtype=np.uint32), patch)
     return Content(fg=fg, box=box, fraction=foreground_fraction(fg))
+
+
+def mr_body_threshold(values: np.ndarray) -> float | None:
+    """Body/background threshold of MR intensities: Otsu's threshold of log(1 + value).
+
+    MR intensities span decades (noise ~10, tissue ~100s, fat ~1000s): on a linear histogram Otsu
+    splits fat from everything else; in the log domain the widest gap is background vs tissue.
+    Give it a strided sample of the whole volume so air-only slices get the volume's threshold.
+    """
+    v = np.asarray(values, dtype=np.float64).ravel()
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return None
+    t = otsu_threshold(np.log1p(np.maximum(v, 0.0)))
+    return None if t is None else float(np.expm1(t))
 
 
 def otsu_threshold(values: np.ndarray, *, bins: int = _OTSU_BINS) -> float | None:
@@ -159,7 +195,13 @@ def otsu_threshold(values: np.ndarray, *, bins: int = _OTSU_BINS) -> float | Non
 
 
 def _body_grid(
-    image: np.ndarray, *, modality: str, hu_threshold: float, cell: int, min_fraction: float
+    image: np.ndarray,
+    *,
+    modality: str,
+    hu_threshold: float,
+    cell: int,
+    min_fraction: float,
+    mr_threshold: float | None = None,
 ) -> tuple[np.ndarray, tuple[int, int, int, int] | None]:
     """Bool cell grid ``(ceil(H/cell), ceil(W/cell))`` of the cleaned body mask (steps 1-4), and its box."""
     img = np.asarray(image)
@@ -170,7 +212,7 @@ def _body_grid(
     if modality == "CT":
         passed = _above(img, hu_threshold, inclusive=False)
     elif modality == "MR":
-        threshold = otsu_threshold(img[::cell, ::cell])  # a strided sample is plenty for a histogram
+        threshold = mr_threshold if mr_threshold is not None else mr_body_threshold(img[::cell, ::cell])
         if threshold is None:
             return np.zeros(_grid_shape(img.shape, cell), dtype=bool), None
         passed = _above(img, threshold, inclusive=True)
@@ -238,15 +280,17 @@ def _keep_main_components(grid: np.ndarray, *, min_fraction: float) -> np.ndarra
         return grid
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
-    largest = int(np.argmax(sizes))
-    inner = labels[1:-1, 1:-1]
-    core = grid[1:-1, 1:-1] & grid[:-2, 1:-1] & grid[2:, 1:-1] & grid[1:-1, :-2] & grid[1:-1, 2:]
-    thick = np.zeros(n + 1, dtype=bool)
-    thick[inner[core]] = True
-    keep = thick & (sizes >= min_fraction * sizes[largest])
-    keep[largest] = True
-    keep[0] = False
-    return keep[labels]
+    largest = int(sizes.argmax())
+    keep = sizes >= min_fraction * sizes[largest]
+    if np.count_nonzero(keep) > 1:  # other large components: keep only those with a core (not thin)
+        core = grid[1:-1, 1:-1] & grid[:-2, 1:-1] & grid[2:, 1:-1] & grid[1:-1, :-2] & grid[1:-1, 2:]
+        thick = np.zeros(n + 1, dtype=bool)
+        thick[labels[1:-1, 1:-1][core]] = True
+        keep &= thick
+        keep[largest] = True
+        if np.count_nonzero(keep) > 1:
+            return keep[labels]
+    return labels == largest  # the usual case: one body, the rest specks or table
 
 
 def _count_blocks(mask: np.ndarray, size: int) -> np.ndarray:

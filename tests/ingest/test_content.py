@@ -73,11 +73,13 @@ def test_table_and_specks_outside_the_body_are_removed() -> None:
 
 
 def test_two_legs_of_equal_size_are_both_kept() -> None:
-    img = np.full((256, 256), AIR, dtype=np.int16)
-    img[ellipse(img.shape, (128, 70), (50, 45))] = SOFT
-    img[ellipse(img.shape, (128, 186), (50, 45))] = SOFT
+    img = np.full((512, 512), AIR, dtype=np.int16)
+    img[ellipse(img.shape, (256, 140), (100, 90))] = SOFT
+    img[ellipse(img.shape, (256, 372), (100, 90))] = SOFT
+    img[16:40, 240:264] = BONE  # a thick but small blob: 3 x 3 cells, ~2% of a leg
     mask = foreground_mask(img, modality="CT")
-    assert mask[128, 70] and mask[128, 186] and not mask[128, 128]
+    assert mask[256, 140] and mask[256, 372] and not mask[256, 256]
+    assert not mask[16:40, 240:264].any()
 
 
 def test_lungs_inside_the_body_count_as_foreground() -> None:
@@ -195,3 +197,21 @@ def test_bad_arguments_are_config_errors() -> None:
         analyse(np.zeros((2, 32, 32)), modality="CT")
     with pytest.raises(ConfigError):
         analyse(img, modality="CT", hu_threshold=float("nan"))
+
+
+def test_mr_volume_threshold_keeps_air_slices_empty_and_finds_the_body() -> None:
+    from ingest.content import mr_body_threshold
+    from ingest.synthetic import mr_phantom
+
+    ph = mr_phantom(shape=(16, 128, 128), seed=680)
+    t = mr_body_threshold(ph.array[::2, ::4, ::4])
+    assert t is not None
+    for k in range(ph.array.shape[0]):
+        truth = float((ph.labels[k] > 0).mean())
+        got = analyse(ph.array[k], modality="MR", mr_threshold=t).fraction
+        if truth == 0:
+            assert got == 0.0, k
+        else:
+            assert abs(got - truth) < 0.06, (k, got, truth)
+    # Bright fat must not become the threshold: tissue (~100s) sits above it.
+    assert t < float(np.percentile(ph.array[ph.labels == 1], 5))

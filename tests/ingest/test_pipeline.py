@@ -147,7 +147,12 @@ def test_sample_archive_of_real_files_matches_its_expected_outcomes(ray_local: N
         (e.status, e.reason) for e in spec.series
     )
     assert sum(m["n_objects"] for m in manifest) == summary.objects == len(spec.files())
-    assert {e.source for e in spec.with_status("ingested")} >= {"pydicom", "pydicom-data", "nibabel", "nilearn"}
+    assert {e.source for e in spec.with_status("ingested")} >= {
+        "pydicom",
+        "pydicom-data",
+        "nibabel",
+        "nilearn",
+    }
     outputs = _all_output_bytes(ds)
     for marker in spec.markers():
         assert all(marker.encode() not in data for _, data in outputs), marker

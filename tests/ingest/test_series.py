@@ -117,7 +117,10 @@ def test_skip_rules() -> None:
     assert skip_reason(_h(0, image_type=["ORIGINAL", "PRIMARY", "LOCALIZER"])) is Reason.LOCALIZER
     # UID families match whole components: SEG (...1.66.4) is not US (...1.6).
     assert skip_reason(_h(0, sop_class="1.2.840.10008.5.1.4.1.1.66.4", modality="SEG")) is Reason.NOT_IMAGE
-    assert skip_reason(_h(0, sop_class="1.2.840.10008.5.1.4.1.1.6.1", modality="US")) is Reason.UNSUPPORTED_MODALITY
+    assert (
+        skip_reason(_h(0, sop_class="1.2.840.10008.5.1.4.1.1.6.1", modality="US"))
+        is Reason.UNSUPPORTED_MODALITY
+    )
 
 
 def test_burned_in_annotation_skips_the_series() -> None:

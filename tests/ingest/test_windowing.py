@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
@@ -70,17 +68,6 @@ def test_window_keeps_shape_and_accepts_int16() -> None:
 def test_width_one_is_a_step() -> None:
     out = window_to_uint8(np.array([39.0, 39.5, 39.6, 41.0]), Window(40, 1))
     assert out.tolist() == [0, 0, 255, 255]
-
-
-def test_window_is_fast_on_a_512_slice() -> None:
-    hu = np.random.default_rng(1).integers(-1024, 3000, size=(512, 512)).astype(np.int16)
-    win = CT_PRESETS["lung"]
-    window_to_uint8(hu, win)
-    start = time.perf_counter()
-    for _ in range(20):
-        window_to_uint8(hu, win)
-    per_slice = (time.perf_counter() - start) / 20
-    assert per_slice < 0.01  # ~0.2 ms measured; generous for a loaded CI machine
 
 
 @pytest.mark.parametrize("bad", [(40, 0.5), (40, -10), (float("nan"), 400), (40, float("inf"))])
