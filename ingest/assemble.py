@@ -23,6 +23,8 @@ from ingest.windowing import hu_to_int16
 
 Reader = Callable[[str], bytes]
 _AXIAL_IOP = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+# Raw CT storage range: below air folds into air (scanner padding -2000/-3024), as Curia-2 clips.
+HU_MIN, HU_MAX = -1024, 32767
 _IOP_TOLERANCE = 1e-3
 # A NIfTI volume is taken as CT (HU) when at least this share of voxels is air (<= -900 HU).
 _CT_AIR_HU = -900.0
@@ -92,7 +94,10 @@ def load_dicom_volume(plan: SeriesPlan, read: Reader, *, geometry: GeometryConfi
     if is_ct:  # straight into int16 HU, one slice at a time (no float or int32 copy of the volume)
         stack = np.empty((len(order), *images[0].shape), dtype=np.int16)
         for k, i in enumerate(order):
-            stack[k] = hu_to_int16(images[i])
+            if images[i].dtype.kind in "iu":  # exact integer HU: clip and narrow in one pass
+                np.clip(images[i], HU_MIN, HU_MAX, out=stack[k], casting="unsafe")
+            else:
+                stack[k] = hu_to_int16(images[i], clip_min=HU_MIN, clip_max=HU_MAX)
     else:
         stack = np.stack([images[i] for i in order]).astype(np.float32, copy=False)
     row_col = (float(spacing[0]), float(spacing[1])) if spacing else (1.0, 1.0)

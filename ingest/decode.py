@@ -137,8 +137,8 @@ def decode_instance(
     """Decode every frame of one DICOM instance into float32 modality units, with its geometry.
 
     With ``integer_ok``, integer stored values under an integral rescale (slope and intercept whole
-    numbers, no Modality LUT; the usual CT case) come back as exact int32 modality units instead,
-    which saves two float conversions per slice downstream.
+    numbers, no Modality LUT; the usual CT case) come back as exact integer modality units instead
+    (int16 when the stored range maps inside it, else int32), which saves float conversions.
 
     ``source`` is the whole object (bytes or a binary file-like read to its end). Sizes are checked
     against ``max_pixels`` per frame, ``max_frames`` and ``MAX_TOTAL_PIXELS`` before any pixel
@@ -897,12 +897,18 @@ def _modality_units(
             np.asarray(intercept, dtype=np.float64),
         )
         if np.all(slope_arr == np.rint(slope_arr)) and np.all(intercept_arr == np.rint(intercept_arr)):
-            # |stored| < 2**16 and whole-number rescale: int32 holds the exact result.
-            values = stored.astype(np.int32)
+            # |stored| < 2**16 and whole-number rescale: int32 holds the exact result, and int16 does
+            # when the stored range maps inside it (12-bit CT with intercept -1024, the common case).
+            lo, hi = _stored_range(bits_stored, signed=signed)
+            ends = np.concatenate(
+                [(slope_arr * lo + intercept_arr).ravel(), (slope_arr * hi + intercept_arr).ravel()]
+            )
+            fits16 = -32768 <= ends.min() and ends.max() <= 32767 and max(abs(lo), abs(hi)) <= 32767
+            values: np.ndarray[Any, Any] = stored.astype(np.int16 if fits16 else np.int32)
             if np.any(slope_arr != 1):
-                values *= slope_arr.astype(np.int32)
+                values *= slope_arr.astype(values.dtype)
             if np.any(intercept_arr != 0):
-                values += intercept_arr.astype(np.int32)
+                values += intercept_arr.astype(values.dtype)
             return values
     slope32 = np.asarray(slope, dtype=np.float32)
     intercept32 = np.asarray(intercept, dtype=np.float32)
