@@ -158,10 +158,9 @@ class MDSDatasink(Datasink[dict[str, Any]]):
             os.remove(os.path.join(staging, "index.json"))
             os.makedirs(os.path.dirname(target.path), exist_ok=True)
             os.replace(staging, target.path)
-        else:
-            for shard in shards:
-                for rel in shard_files(shard):
-                    target.fs.put_file(os.path.join(staging, rel), target.join(rel).path)
+        else:  # one batched put: fsspec's async filesystems (s3fs, gcsfs) upload the files concurrently
+            rels = [rel for shard in shards for rel in shard_files(shard)]
+            target.fs.put([os.path.join(staging, r) for r in rels], [target.join(r).path for r in rels])
         for shard in shards:
             for kind in ("raw_data", "zip_data"):
                 if shard.get(kind):
