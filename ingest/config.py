@@ -95,8 +95,11 @@ class ShardConfig(_Model):
     size_limit: int = Field(64 << 20, ge=1 << 12, description="bytes per shard before a new one starts")
     compression: str | None = Field("zstd:1", description="MDS compression 'codec[:level]' or null")
     hashes: list[str] = Field(default_factory=lambda: ["xxh64"], description="integrity hashes per shard")
-    samples_per_task: int = Field(
-        256, ge=1, description="samples bundled per write task (parallelism vs shard count)"
+    samples_per_task: int | None = Field(
+        None,
+        ge=1,
+        description="None: each decoding task writes its own shards (no object-store hop); "
+        "a number bundles at least that many samples per write task",
     )
 
     @field_validator("compression")
@@ -116,6 +119,7 @@ class RayConfig(_Model):
     )
     num_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray (default: all)")
     header_batch_size: int = Field(64, ge=1, description="files per header-reading task batch")
+    series_per_task: int = Field(1, ge=1, description="series decoded (and written) per task")
     distributed_grouping_min_objects: int = Field(
         200_000,
         ge=0,

@@ -332,7 +332,7 @@ def run_ingest(
     samples = plans.map_batches(
         _process,
         fn_kwargs={"root": src, "cfg": cfg, "archive_id": archive_id},
-        batch_size=1,
+        batch_size=cfg.ray.series_per_task,
         batch_format="pandas",
     )
     phases["headers_and_plan"] = time.perf_counter() - t_plan

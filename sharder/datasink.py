@@ -73,7 +73,7 @@ class MDSDatasink(Datasink[dict[str, Any]]):
         compression: str | None = "zstd:1",
         hashes: list[str] | None = None,
         size_limit: int = 64 << 20,
-        samples_per_task: int = 2048,
+        samples_per_task: int | None = None,
         known_records: frozenset[tuple[str, str, str | None]] = frozenset(),
         on_commit: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:

@@ -50,7 +50,7 @@ def test_local_and_s3_give_identical_samples_through_a_stock_reader(
     import s3fs
 
     local_ds = tmp_path / "ds"
-    summary = run_ingest(str(archive), str(local_ds), _cfg())
+    summary = run_ingest(f"file://{archive}", f"file://{local_ds}", _cfg())
     assert summary.committed and summary.samples_written > 0
 
     fs = s3fs.S3FileSystem()
