@@ -25,6 +25,7 @@ def ensure_ray(address: str | None = None, *, num_cpus: int | None = None) -> No
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray.init(
+        address="local",  # always a new embedded cluster, never another session's Ray on this machine
         num_cpus=num_cpus,
         include_dashboard=False,
         _node_ip_address="127.0.0.1",
