@@ -56,9 +56,9 @@ def _samples(n: int) -> list[dict[str, Any]]:
 
 
 def _encode_batch(batch: dict[str, Any]) -> Any:
-    import pyarrow as pa
+    import pandas as pd
 
-    from ingest.pipeline import ROW_SCHEMA, _encoder
+    from ingest.pipeline import ROW_COLUMNS, _encoder
     from sharder.datasink import count_key
 
     enc = _encoder()
@@ -74,7 +74,7 @@ def _encode_batch(batch: dict[str, Any]) -> Any:
                 "series": "",
             }
         )
-    return pa.Table.from_pylist(rows, schema=ROW_SCHEMA)
+    return pd.DataFrame(rows, columns=ROW_COLUMNS)
 
 
 def floor(samples: list[dict[str, Any]], out: Path) -> float:

@@ -110,9 +110,9 @@ class MDSDatasink(Datasink[dict[str, Any]]):
         writer = None
         try:
             for block in blocks:
-                table = BlockAccessor.for_block(block).to_arrow()
-                columns = {n: table.column(n).to_pylist() for n in ("record", "key", "count", "series")}
-                payloads = table.column("sample")
+                frame = BlockAccessor.for_block(block).to_pandas()
+                columns = {n: frame[n].tolist() for n in ("record", "key", "count", "series")}
+                payloads = frame["sample"].tolist()
                 for i, record in enumerate(columns["record"]):
                     if record == "series":
                         series.append(json.loads(columns["series"][i]))
@@ -125,7 +125,7 @@ class MDSDatasink(Datasink[dict[str, Any]]):
                             hashes=self.hashes,
                             size_limit=self.size_limit,
                         )
-                    writer.add(payloads[i].as_py())
+                    writer.add(payloads[i])
                     keys.append(columns["key"][i])
                     counts[columns["count"][i]] += 1
             if writer is None:
