@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint typecheck clean bench
+.PHONY: venv demo test lint clean system-deps
 
 venv: $(STAMP)
 
@@ -23,7 +23,15 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check ingest sharder trainer services tests bench
 	$(VENV)/bin/mypy ingest sharder trainer services
 
-test: $(STAMP) lint
+# Debian packages the metrics and dashboard tests use for real: Prometheus (promtool, a scraping
+# server) and headless Chromium. Installed when missing (CI runs as root on a fresh machine).
+system-deps:
+	@if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null || ! command -v chromium >/dev/null; then \
+		echo "installing Debian packages: prometheus chromium"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus chromium; \
+	fi
+
+test: $(STAMP) system-deps lint
 	$(VENV)/bin/pytest -q tests
 
 clean:

@@ -90,6 +90,23 @@ def cmd_dataset_stats(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from ingest.config import parse_overrides
+    from services.main import serve
+    from services.settings import load_settings
+
+    flags = {
+        "host": args.host,
+        "port": args.port,
+        "state_dir": args.state_dir,
+        "ray_address": args.ray_address,
+        "database_url": args.database_url,
+    }
+    settings = load_settings(args.config, overrides={**parse_overrides(args.set or []), **flags})
+    serve(settings)
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="radforge",
@@ -118,6 +135,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("dataset", metavar="DATASET_URI")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_dataset_stats)
+
+    sv = sub.add_parser("serve", help="run the control plane (API, scheduler, metrics, dashboard)")
+    sv.add_argument("--host", help="address to listen on (default 127.0.0.1; others need a token)")
+    sv.add_argument("--port", type=int, help="TCP port (default 8000)")
+    sv.add_argument("--config", help="YAML file with service settings (see docs/control-plane.md)")
+    sv.add_argument("--state-dir", help="database, job folders and embedded Ray info (default .radforge)")
+    sv.add_argument("--ray-address", help="Ray cluster to run jobs on (default: an embedded local Ray)")
+    sv.add_argument("--database-url", help="sqlite:///PATH (default: STATE_DIR/radforge.db)")
+    sv.add_argument("--set", action="append", metavar="KEY=VALUE", help="a setting, e.g. max_running_jobs=4")
+    sv.set_defaults(func=cmd_serve)
     return parser
 
 

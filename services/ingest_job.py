@@ -1,0 +1,161 @@
+"""The ingest job process: ``python -m services.ingest_job --job-dir DIR --ray-address ADDR``.
+
+A Ray driver that runs :func:`ingest.pipeline.run_ingest` for the spec in ``DIR/spec.json`` on
+the given cluster, with live progress: the datasink's write tasks report what they wrote to a
+small counter actor, and a reporter thread turns the counts into ``DIR/progress.json`` (with
+current rates) every second. It ends with ``result.json`` (the PHI-free ingest summary) or
+``error.json`` (one line), following :mod:`services.progress`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from services.progress import ERROR, PROGRESS, RESULT, SPEC, JobProgress, RateWindow, write_json_atomic
+from services.raycluster import ray_reachable
+
+log = logging.getLogger("radforge.ingest_job")
+REPORT_EVERY_S = 1.0
+EXIT_FAILED = 1
+
+
+def progress_sink_class(counter: Any) -> type:
+    """The project's MDS datasink, reporting each finished write task to ``counter`` (a Ray actor)."""
+    from sharder.datasink import MDSDatasink
+
+    class ProgressSink(MDSDatasink):
+        def write(self, blocks: Any, ctx: Any) -> dict[str, Any]:
+            out = super().write(blocks, ctx)
+            counter.add.remote(
+                samples=out["samples"],
+                nbytes=out["bytes"],
+                shards=len(out["shards"]),
+                series=len(out["series"]),
+            )
+            return out
+
+    return ProgressSink
+
+
+class _Counts:
+    """Totals reported by write tasks (the body of the counter actor)."""
+
+    def __init__(self) -> None:
+        self.totals = {"samples": 0, "nbytes": 0, "shards": 0, "series": 0}
+
+    def add(self, *, samples: int, nbytes: int, shards: int, series: int) -> None:
+        for key, value in (("samples", samples), ("nbytes", nbytes), ("shards", shards), ("series", series)):
+            self.totals[key] += int(value)
+
+    def snapshot(self) -> dict[str, int]:
+        return dict(self.totals)
+
+
+class _Reporter(threading.Thread):
+    """Writes ``progress.json`` from the counter actor every second until stopped."""
+
+    def __init__(self, counter: Any, path: Path) -> None:
+        super().__init__(name="progress-reporter", daemon=True)
+        self.counter = counter
+        self.path = path
+        self.stopped = threading.Event()
+        self.samples_rate = RateWindow()
+        self.bytes_rate = RateWindow()
+
+    def report(self, *, phase: str) -> JobProgress:
+        import ray
+
+        totals = ray.get(self.counter.snapshot.remote(), timeout=30)
+        progress = JobProgress(
+            phase=phase,
+            updated_at=time.time(),
+            series_done=totals["series"],
+            samples_written=totals["samples"],
+            shards_written=totals["shards"],
+            bytes_written=totals["nbytes"],
+            samples_per_second=self.samples_rate.add(totals["samples"]),
+            bytes_per_second=self.bytes_rate.add(totals["nbytes"]),
+        )
+        write_json_atomic(self.path, progress.model_dump(mode="json", exclude_none=True))
+        return progress
+
+    def run(self) -> None:
+        while not self.stopped.wait(REPORT_EVERY_S):
+            try:
+                self.report(phase="running")
+            except Exception as e:  # progress is best effort; the job goes on
+                log.warning("progress report failed: %s", type(e).__name__)
+
+
+def run(job_dir: Path, ray_address: str) -> int:
+    """Run the job; returns the process exit status."""
+    import ray
+
+    from ingest.cluster import ensure_ray
+    from ingest.config import RayConfig
+    from ingest.deid import silence_identifying_library_logs
+    from ingest.errors import ConfigError, SourceError
+    from ingest.pipeline import run_ingest
+    from services.models import IngestJobCreate
+    from sharder.catalog import DatasetError
+    from sharder.schema import SchemaVersionError
+
+    silence_identifying_library_logs()
+    spec = IngestJobCreate.model_validate_json((job_dir / SPEC).read_text())
+    cfg = spec.config.model_copy(update={"ray": RayConfig(address=ray_address)})
+    write_json_atomic(
+        job_dir / PROGRESS,
+        JobProgress(phase="starting", updated_at=time.time()).model_dump(mode="json", exclude_none=True),
+    )
+    try:
+        if not ray_reachable(ray_address):
+            raise SourceError(f"the Ray cluster at {ray_address} is not reachable")
+        ensure_ray(ray_address)
+        counter = ray.remote(num_cpus=0)(_Counts).remote()
+        reporter = _Reporter(counter, job_dir / PROGRESS)
+        reporter.start()
+        try:
+            summary = run_ingest(
+                spec.source_uri, spec.dataset_uri, cfg, sink_cls=progress_sink_class(counter)
+            )
+        finally:
+            reporter.stopped.set()
+            reporter.join()
+        final = reporter.report(phase="done")
+    except (ConfigError, SourceError, DatasetError, SchemaVersionError) as e:
+        write_json_atomic(job_dir / ERROR, {"error": f"{type(e).__name__}: {e}"})
+        log.error("ingest job failed: %s", e)
+        return EXIT_FAILED
+    result = summary.to_dict()
+    final = final.model_copy(update={"series_total": summary.series, "series_done": summary.series})
+    write_json_atomic(job_dir / PROGRESS, final.model_dump(mode="json", exclude_none=True))
+    write_json_atomic(job_dir / RESULT, result)
+    log.info("summary %s", json.dumps(result, sort_keys=True))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the job process."""
+    parser = argparse.ArgumentParser(prog="python -m services.ingest_job", description=__doc__)
+    parser.add_argument("--job-dir", type=Path, required=True)
+    parser.add_argument("--ray-address", required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return run(args.job_dir, args.ray_address)
+    except Exception as e:
+        # the message of an unexpected error may quote anything: only its type leaves the process
+        write_json_atomic(args.job_dir / ERROR, {"error": f"unexpected {type(e).__name__}"})
+        log.exception("ingest job failed unexpectedly")
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""The control plane app and its server (``radforge serve``).
+
+``create_app(settings)`` wires the database, metrics, Ray, the runner and the scheduler into a
+FastAPI app; ``serve(settings)`` runs it under uvicorn.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from services.api.routes import dashboard, health, jobs, overview, sources
+from services.kinds import KINDS
+from services.models import PLANNED_KINDS
+from services.service import build_service
+from services.settings import ServiceSettings
+
+log = logging.getLogger("radforge.serve")
+API_VERSION = "v1"
+
+
+def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
+    """FastAPI's 422 details without echoing inputs back; unavailable job kinds explained."""
+    out = []
+    for err in exc.errors():
+        loc = list(err.get("loc", ()))
+        msg = str(err.get("msg", "invalid"))
+        kind = err.get("input")
+        if loc[-1:] == ["kind"] and isinstance(kind, str) and kind in PLANNED_KINDS:
+            msg = f"job kind {kind!r} is not available in this build: {PLANNED_KINDS[kind]}; available: " + (
+                ", ".join(sorted(KINDS))
+            )
+            out.append({"loc": loc, "msg": msg, "type": "kind_unavailable"})
+            continue
+        out.append({"loc": loc, "msg": msg, "type": err.get("type", "value_error")})
+    return out
+
+
+def create_app(settings: ServiceSettings) -> FastAPI:
+    """The FastAPI app; the service (database, runner, scheduler, Ray) starts with the app's lifespan."""
+    service = build_service(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        log.info(
+            "radforge control plane: database %s, Ray %s, API token %s",
+            settings.database_path,
+            "embedded (local, 127.0.0.1)" if settings.ray_address is None else "external",
+            service.secrets.token_source,
+        )
+        service.runner.start()
+        service.scheduler.start()
+        try:
+            yield
+        finally:
+            service.scheduler.stop()
+            service.runner.stop()
+            service.ray.close(jobs_running=service.runner.has_running_jobs())
+            service.store.close()
+
+    app = FastAPI(
+        title="radforge control plane",
+        version=API_VERSION,
+        description="Jobs (ingest; train and eval when built), watched sources, metrics and a dashboard.",
+        lifespan=lifespan,
+    )
+    app.state.service = service
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(status_code=422, content={"detail": _validation_errors(exc)})
+
+    for module in (health, jobs, sources, overview, dashboard):
+        app.include_router(module.router)
+    return app
+
+
+def serve(settings: ServiceSettings) -> None:
+    """Run the app under uvicorn until SIGINT/SIGTERM (jobs keep running; a restart re-attaches)."""
+    import uvicorn
+
+    app = create_app(settings)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        access_log=settings.access_log,
+        log_level="info",
+        timeout_graceful_shutdown=10,
+    )

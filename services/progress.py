@@ -1,0 +1,82 @@
+"""The contract between a job process and the service: progress, result and exit files in its job folder.
+
+A job process (any kind) writes ``progress.json`` (a :class:`JobProgress`, replaced atomically,
+about once a second) and, when it ends normally, ``result.json`` (its PHI-free summary) or
+``error.json`` (one line). The supervisor (:mod:`services.jobproc`) writes ``exit.json`` with the
+exit status. The service reads these files; it never talks to the job process, so it can restart
+at any time and read them again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+PROGRESS = "progress.json"
+RESULT = "result.json"
+ERROR = "error.json"
+EXIT = "exit.json"
+SPEC = "spec.json"
+LOG = "log.txt"
+
+
+class JobProgress(BaseModel):
+    """How far a job is. Counters are cumulative; ``*_per_second`` are current rates (last seconds)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    phase: str | None = None
+    updated_at: float | None = None
+    # ingest
+    series_done: int | None = None
+    series_total: int | None = None
+    samples_written: int | None = None  # 2D slice samples (one slice in one window)
+    shards_written: int | None = None
+    bytes_written: int | None = None
+    samples_per_second: float | None = None
+    bytes_per_second: float | None = None
+    # train
+    step: int | None = None
+    total_steps: int | None = None
+    images_seen: int | None = None
+    images_per_second: float | None = None
+    loss: float | None = None
+    data_wait_seconds: float | None = None  # cumulative time the step loop waited for data
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Replace ``path`` with ``obj`` as JSON so that readers see the old or the new whole file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> Any | None:
+    """The JSON in ``path``, or None if it does not exist (or is not JSON, e.g. a foreign file)."""
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+class RateWindow:
+    """The rate of a growing counter over the last ``seconds`` (for "current throughput")."""
+
+    def __init__(self, *, seconds: float = 10.0) -> None:
+        self.seconds = seconds
+        self._points: deque[tuple[float, float]] = deque()
+
+    def add(self, value: float, *, now: float | None = None) -> float | None:
+        """Record ``value`` at ``now``; returns the rate over the window (None until two points)."""
+        t = time.monotonic() if now is None else now
+        self._points.append((t, value))
+        while len(self._points) > 2 and t - self._points[1][0] >= self.seconds:
+            self._points.popleft()
+        (t0, v0), (t1, v1) = self._points[0], self._points[-1]
+        return (v1 - v0) / (t1 - t0) if t1 > t0 else None

@@ -1,0 +1,64 @@
+"""The parts of a running control plane, built once from the settings (``build_service``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.db import Store
+from services.kinds import KINDS
+from services.metrics import Metrics
+from services.raycluster import EmbeddedRay, ExternalRay, RayProvider
+from services.runner import JobRunner
+from services.scheduler import Scheduler
+from services.settings import Secrets, ServiceSettings, SettingsError, resolve_secrets
+
+
+@dataclass
+class Service:
+    """Everything a request handler may need, built once per app."""
+
+    settings: ServiceSettings
+    secrets: Secrets
+    store: Store
+    metrics: Metrics
+    ray: RayProvider
+    runner: JobRunner
+    scheduler: Scheduler
+
+
+def check_salt() -> None:
+    """Ingest jobs need the de-identification salt from the service's environment: refuse to start without."""
+    from ingest.config import DeidConfig
+    from ingest.errors import ConfigError
+
+    try:
+        DeidConfig().resolved_salt()
+    except ConfigError as e:
+        raise SettingsError(str(e)) from None
+
+
+def build_service(settings: ServiceSettings) -> Service:
+    """Open the database, resolve secrets, choose where jobs run; nothing is started yet."""
+    check_salt()
+    secrets = resolve_secrets(settings)
+    store = Store(settings.database_path)
+    metrics = Metrics(job_counts=store.count_by_kind_state, kinds=lambda: sorted(KINDS))
+    ray: RayProvider = (
+        EmbeddedRay(settings.state_dir, num_cpus=settings.embedded_ray_cpus)
+        if settings.ray_address is None
+        else ExternalRay(settings.ray_address)
+    )
+    runner = JobRunner(
+        store=store,
+        metrics=metrics,
+        ray=ray,
+        jobs_dir=settings.state_dir / "jobs",
+        max_running=settings.max_running_jobs,
+        max_running_by_kind=settings.max_running_by_kind,
+        tick_seconds=settings.runner_tick_seconds,
+        cancel_grace_seconds=settings.cancel_grace_seconds,
+    )
+    scheduler = Scheduler(
+        store=store, runner=runner, metrics=metrics, tick_seconds=settings.scheduler_tick_seconds
+    )
+    return Service(settings, secrets, store, metrics, ray, runner, scheduler)

@@ -1,0 +1,171 @@
+"""Service settings: typed, layered, resolved once at start, refused when unsafe.
+
+Layers: defaults <- YAML file <- ``RADFORGE_*`` environment <- command line.
+
+Embedded defaults (loopback host, local Ray, SQLite in the state folder, local paths allowed) run
+out of the box. Anything listening beyond loopback must name its token and its buckets: the
+service refuses to start otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+from ingest.config import format_validation_error
+from ingest.errors import ConfigError
+from services.security import TOKEN_MIN_LENGTH, generated_token, is_loopback
+
+ANY_LOCAL_PATH = "file:///"
+# Environment variables read by load_settings (secrets belong here or in a file, not in YAML).
+ENV_FIELDS = {
+    "RADFORGE_API_TOKEN": "api_token",
+    "RADFORGE_API_TOKEN_FILE": "api_token_file",
+    "RADFORGE_DATABASE_URL": "database_url",
+    "RADFORGE_RAY_ADDRESS": "ray_address",
+    "RADFORGE_STATE_DIR": "state_dir",
+}
+
+
+class SettingsError(ConfigError):
+    """Settings the service refuses; one line naming the field and what would be valid."""
+
+
+class ServiceSettings(BaseModel):
+    """Everything ``radforge serve`` needs. See docs/control-plane.md for each field."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = Field("127.0.0.1", description="address to listen on; beyond loopback a token is required")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port (0: any free port)")
+    state_dir: Path = Field(Path(".radforge"), description="database, job folders, embedded Ray info")
+    database_url: str | None = Field(None, description="sqlite:///PATH (default: STATE_DIR/radforge.db)")
+    ray_address: str | None = Field(None, description="Ray cluster address; default: embedded local Ray")
+    embedded_ray_cpus: int | None = Field(None, ge=1, description="CPUs of the embedded Ray (default: all)")
+    api_token: SecretStr | None = Field(None, description="bearer token (prefer $RADFORGE_API_TOKEN)")
+    api_token_file: Path | None = Field(None, description="file holding the bearer token (a mounted secret)")
+    allowed_sources: list[str] = Field(
+        default_factory=lambda: [ANY_LOCAL_PATH], description="URI prefixes archives may be read from"
+    )
+    allowed_datasets: list[str] = Field(
+        default_factory=lambda: [ANY_LOCAL_PATH], description="URI prefixes datasets may be written to"
+    )
+    max_running_jobs: int = Field(2, ge=1, le=10_000, description="jobs running at once, all kinds")
+    max_running_by_kind: dict[str, int] = Field(default_factory=dict, description="per-kind limits")
+    runner_tick_seconds: float = Field(0.5, gt=0, le=60, description="how often running jobs are checked")
+    scheduler_tick_seconds: float = Field(1.0, gt=0, le=600, description="how often sources are checked")
+    cancel_grace_seconds: float = Field(30.0, ge=0, description="SIGTERM to SIGKILL delay when cancelling")
+    access_log: bool = Field(False, description="uvicorn access log")
+
+    @model_validator(mode="after")
+    def _refuse_unsafe(self) -> ServiceSettings:
+        if self.database_url is not None and not self.database_url.startswith("sqlite:///"):
+            scheme = self.database_url.split(":", 1)[0]
+            raise ValueError(
+                f"database_url: scheme {scheme!r} is not available in this build; use sqlite:///PATH"
+            )
+        if self.api_token is not None and len(self.api_token.get_secret_value()) < TOKEN_MIN_LENGTH:
+            raise ValueError(f"api_token: at least {TOKEN_MIN_LENGTH} characters are required")
+        if not is_loopback(self.host):
+            if self.api_token is None and self.api_token_file is None:
+                raise ValueError(
+                    f"host {self.host} is not loopback: set $RADFORGE_API_TOKEN or api_token_file "
+                    "(the service refuses to listen beyond loopback without a token)"
+                )
+            for name in ("allowed_sources", "allowed_datasets"):
+                if ANY_LOCAL_PATH in getattr(self, name):
+                    raise ValueError(
+                        f"{name}: host {self.host} is not loopback; name the buckets/prefixes "
+                        f"instead of the embedded default {ANY_LOCAL_PATH!r} (any local path)"
+                    )
+        return self
+
+    @property
+    def database_path(self) -> Path:
+        if self.database_url is None:
+            return self.state_dir / "radforge.db"
+        return Path(self.database_url.removeprefix("sqlite:///"))
+
+    @property
+    def embedded_ray(self) -> bool:
+        return self.ray_address is None
+
+
+@dataclass(frozen=True)
+class Secrets:
+    """Secrets resolved at start (never logged, never returned)."""
+
+    api_token: str
+    token_source: str  # "environment", "file <path>" or "generated <path>" (safe to log)
+
+
+def resolve_secrets(settings: ServiceSettings) -> Secrets:
+    """The API token: from the setting/environment, the secret file, or generated into the state folder.
+
+    A generated token exists only on loopback (the settings refuse other hosts without a token).
+    """
+    if settings.api_token is not None:
+        return Secrets(settings.api_token.get_secret_value(), "environment")
+    if settings.api_token_file is not None:
+        try:
+            token = settings.api_token_file.read_text().strip()
+        except OSError as e:
+            raise SettingsError(
+                f"api_token_file: cannot read {settings.api_token_file} ({e.strerror})"
+            ) from None
+        if len(token) < TOKEN_MIN_LENGTH:
+            raise SettingsError(f"api_token_file: the token must have at least {TOKEN_MIN_LENGTH} characters")
+        return Secrets(token, f"file {settings.api_token_file}")
+    path = settings.state_dir / "api-token"
+    return Secrets(generated_token(path), f"generated {path}")
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_settings(
+    path: str | None = None,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> ServiceSettings:
+    """Layered settings: defaults <- YAML ``path`` <- ``RADFORGE_*`` environment <- ``overrides``.
+
+    Raises :class:`SettingsError` with one line per problem (field, message, value).
+    """
+    data: dict[str, Any] = {}
+    source = "settings"
+    if path:
+        source = path
+        try:
+            with open(path) as f:
+                loaded = yaml.safe_load(f) or {}
+        except OSError as e:
+            raise SettingsError(f"{path}: cannot read settings file ({e.strerror})") from None
+        except yaml.YAMLError as e:
+            raise SettingsError(f"{path}: not valid YAML ({e.__class__.__name__})") from None
+        if not isinstance(loaded, dict):
+            raise SettingsError(f"{path}: expected a mapping of settings at the top level")
+        data = loaded
+    env = os.environ if environ is None else environ
+    data = _merge(data, {field: env[var] for var, field in ENV_FIELDS.items() if env.get(var)})
+    data = _merge(data, {k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return ServiceSettings.model_validate(data)
+    except ValidationError as e:
+        message = format_validation_error(e, source=source).replace("Value error, ", "")
+        # never echo a secret back (format_validation_error quotes the bad value)
+        for secret in (data.get("api_token"),):
+            if isinstance(secret, str) and secret:
+                message = message.replace(secret, "***")
+        raise SettingsError(message) from None
