@@ -133,7 +133,8 @@ def test_ingest_job_succeeds_with_progress_result_and_metrics(
 
 
 def test_cancel_a_running_job(server: LiveServer, api: httpx.Client, tmp_path: Path) -> None:
-    archive = make_archive(tmp_path / "arch-cancel", n_ct=1, n_mr=0, seed=3)
+    # Big enough that decoding outlasts the cancel (a tiny archive can commit before the cancel lands).
+    archive = make_archive(tmp_path / "arch-cancel", n_ct=6, n_mr=0, size=192, n_slices=40, seed=3)
     dataset = tmp_path / "dataset"
     r = api.post(
         "/api/v1/jobs", json={"kind": "ingest", "source_uri": str(archive), "dataset_uri": str(dataset)}
