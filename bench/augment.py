@@ -4,9 +4,9 @@ Both turn the same stored 512x512 int16 CT slices (phantoms) into 2 global 224-p
 views. The baseline is DINOv2's DataAugmentationDINO with torchvision transforms on PIL images (the
 slice windowed to uint8 and converted to RGB, as DINOv2's loader decodes images); radforge runs
 trainer.views.MultiCrop on the int16 array (content-aware crops, intensity ops, foreground priors).
-One thread, rounds interleaved so both see the same machine load; medians reported.
+One thread, rounds interleaved so both see the same machine load; the best round of each is compared.
 
-    .venv/bin/python bench/augment.py [--seconds 8] [--rounds 3]
+    .venv/bin/python -m bench.augment [--seconds 5] [--rounds 5]
 
 Ends with one JSON line: {"bench": "augment", ..., "ratio": radforge / baseline samples per second}.
 """
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from collections.abc import Callable
 
@@ -61,8 +60,8 @@ def slices(n: int) -> list[tuple[np.ndarray, np.ndarray, dict]]:
     for z in range(2, n + 2):
         image = vol.array[z].astype(np.int16)
         content = analyse(image, modality="CT")
-        meta = {"modality": "CT", "window": "raw", "plane": "axial", "fg_patch": 16,
-                "body_box": list(content.box) if content.box else None, "pixel_spacing": [0.8, 0.8]}  # fmt: skip
+        box = list(content.box) if content.box else None
+        meta = {"modality": "CT", "window": "raw", "plane": "axial", "fg_patch": 16, "body_box": box}
         out.append((image, content.fg, meta))
     return out
 
@@ -78,8 +77,8 @@ def rate(fn: Callable[[int], object], n_items: int, seconds: float) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=8.0, help="per method per round")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=5.0, help="per method per round")
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -102,18 +101,22 @@ def main() -> None:
     for _ in range(args.rounds):
         ours.append(rate(run_radforge, len(data), args.seconds))
         theirs.append(rate(run_baseline, len(data), args.seconds))
-    r, b = statistics.median(ours), statistics.median(theirs)
-    print(json.dumps({
-        "bench": "augment",
-        "slice": "512x512 int16 CT phantom",
-        "views": "2x224 + 8x96",
-        "threads": 1,
-        "radforge_samples_per_s": round(r, 1),
-        "baseline": "torchvision PIL DINOv2 DataAugmentationDINO",
-        "baseline_samples_per_s": round(b, 1),
-        "rounds": [[round(x, 1) for x in ours], [round(x, 1) for x in theirs]],
-        "ratio": round(r / b, 2),
-    }))  # fmt: skip
+    r, b = max(ours), max(theirs)  # best round: other processes on a shared machine only slow a round down
+    print(
+        json.dumps(
+            {
+                "bench": "augment",
+                "slice": "512x512 int16 CT phantom",
+                "views": "2x224 + 8x96",
+                "threads": 1,
+                "radforge_samples_per_s": round(r, 1),
+                "baseline": "torchvision PIL DINOv2 DataAugmentationDINO",
+                "baseline_samples_per_s": round(b, 1),
+                "rounds": [[round(x, 1) for x in ours], [round(x, 1) for x in theirs]],
+                "ratio": round(r / b, 2),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

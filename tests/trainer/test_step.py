@@ -1,0 +1,204 @@
+"""One training step: what it updates, its metrics, its failure mode, and its GPU paths run on CPU.
+
+FSDP2 runs here on a one-process gloo group (CPU): sharded and unsharded steps must agree exactly.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+
+from ingest.content import analyse
+from ingest.synthetic.phantom import ct_phantom
+from trainer import (
+    NonFiniteLossError,
+    RecipeConfig,
+    TrainState,
+    ViewBatch,
+    build_mask_sampler,
+    build_multicrop,
+    build_train_state,
+    collate_views,
+    load_recipe,
+    train_step,
+)
+from trainer.parallel import compile_blocks, shard_network
+
+torch.set_num_threads(2)
+TINY = Path(__file__).resolve().parents[2] / "configs" / "recipe-tiny-cpu.yaml"
+METRICS = {"loss", "dino", "ibot", "koleo", "sigreg", "lr", "weight_decay", "momentum", "teacher_temp"}
+METRICS |= {"teacher_entropy", "prototype_entropy", "cls_std", "masked_ratio", "grad_norm", "images_per_s"}
+
+
+def recipe(*overrides: str) -> RecipeConfig:
+    return load_recipe(TINY, overrides=["heads.num_prototypes=32", *overrides])
+
+
+@pytest.fixture(scope="module")
+def batch() -> ViewBatch:
+    cfg = recipe()
+    vol = ct_phantom(shape=(10, 64, 64), seed=0)
+    samples = []
+    for z in range(2, 8):
+        image = vol.array[z].astype(np.int16)
+        content = analyse(image, modality="CT")
+        samples.append(
+            (
+                image,
+                content.fg,
+                {"modality": "CT", "window": "raw", "fg_patch": 16, "body_box": list(content.box)},
+            )
+        )
+    rng = np.random.default_rng(0)
+    return collate_views(build_multicrop(cfg).batch(samples, rng=rng), masks=build_mask_sampler(cfg), rng=rng)
+
+
+def snapshot(module: torch.nn.Module) -> list[torch.Tensor]:
+    return [
+        (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone() for p in module.parameters()
+    ]
+
+
+def test_step_updates_student_and_ema_teacher(batch: ViewBatch) -> None:
+    state = build_train_state(recipe(), global_batch_size=6, seed=0)
+    state.step = 150  # past warm-up and the frozen prototypes
+    student_before, teacher_before = snapshot(state.student), snapshot(state.teacher)
+    metrics = train_step(state, batch)
+    assert set(metrics) == METRICS
+    assert all(np.isfinite(v) for v in metrics.values())
+    assert state.step == 151
+    m = metrics["momentum"]
+    changed = 0
+    pairs = zip(
+        state.teacher.parameters(), teacher_before, state.student.parameters(), student_before, strict=True
+    )
+    for t_new, t_old, s_new, s_old in pairs:
+        torch.testing.assert_close(t_new, m * t_old + (1 - m) * s_new)
+        changed += int(not torch.equal(s_new, s_old))
+    assert changed == len(student_before)  # every student tensor moved (all receive gradients)
+    assert 0.0 < metrics["masked_ratio"] < 0.5
+    assert metrics["lr"] == pytest.approx(state.schedules.at(150).lr)
+
+
+def test_prototypes_are_frozen_at_the_start(batch: ViewBatch) -> None:
+    state = build_train_state(recipe(), global_batch_size=6, seed=0)
+    state.step = 50  # warm-up done, prototypes still frozen (first epoch = 100 steps)
+    before = state.student.dino_head.last_layer.weight.detach().clone()
+    mlp_before = state.student.dino_head.mlp[0].weight.detach().clone()
+    train_step(state, batch)
+    assert torch.equal(state.student.dino_head.last_layer.weight, before)
+    assert not torch.equal(state.student.dino_head.mlp[0].weight, mlp_before)
+
+
+def test_non_finite_loss_raises_and_leaves_weights_untouched(batch: ViewBatch) -> None:
+    state = build_train_state(recipe(), global_batch_size=6, seed=0)
+    state.step = 150
+    before = snapshot(state.student)
+    poisoned = ViewBatch(
+        global_crops=batch.global_crops * float("nan"),
+        local_crops=batch.local_crops,
+        masks=batch.masks,
+        n_global=batch.n_global,
+        n_local=batch.n_local,
+    )
+    with pytest.raises(NonFiniteLossError, match="step 150"):
+        train_step(state, poisoned)
+    assert state.step == 150
+    for p, b in zip(state.student.parameters(), before, strict=True):
+        assert torch.equal(p, b)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ("heads.ibot_separate_head=true",),
+        ("loss.centering=ema",),
+        ("model.num_registers=2", "model.ffn=mlp"),
+        ("crops.local_count=0",),
+        ("loss.koleo_weight=0", "loss.sigreg_weight=0"),
+    ],
+    ids=["separate-ibot-head", "ema-centering", "registers-gelu", "no-local-crops", "no-regularisers"],
+)
+def test_recipe_variants_step(batch: ViewBatch, overrides: tuple[str, ...]) -> None:
+    cfg = recipe(*overrides)
+    state = build_train_state(cfg, global_batch_size=6, seed=0)
+    b = batch
+    if cfg.crops.local_count == 0:
+        b = ViewBatch(
+            global_crops=batch.global_crops,
+            local_crops=batch.local_crops[:0],
+            masks=batch.masks,
+            n_global=batch.n_global,
+            n_local=0,
+        )
+    metrics = train_step(state, b)
+    assert np.isfinite(metrics["loss"])
+    if cfg.heads.ibot_separate_head:
+        assert state.student.ibot_head is not state.student.dino_head
+
+
+def test_bf16_autocast_step_on_cpu_is_close_to_fp32(batch: ViewBatch) -> None:
+    losses = []
+    for dtype in (None, torch.bfloat16):
+        state = build_train_state(recipe(), global_batch_size=6, seed=0)
+        state.step, state.autocast_dtype = 150, dtype
+        losses.append(train_step(state, batch)["loss"])
+    assert losses[1] == pytest.approx(losses[0], rel=0.05)
+
+
+@pytest.fixture
+def cpu_mesh(tmp_path: Path) -> Iterator[DeviceMesh]:
+    """A one-process gloo group: FSDP2's code path without a GPU."""
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        yield init_device_mesh("cpu", (1,))
+    finally:
+        dist.destroy_process_group()
+
+
+def run_two_steps(state: TrainState, batch: ViewBatch) -> list[dict[str, Any]]:
+    state.step = 150
+    return [train_step(state, batch), train_step(state, batch)]
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_fsdp2_sharded_step_matches_the_plain_step(batch: ViewBatch, cpu_mesh: DeviceMesh) -> None:
+    cfg = recipe("heads.ibot_separate_head=true")
+    plain = build_train_state(cfg, global_batch_size=6, seed=0)
+    shard = functools.partial(shard_network, mesh=cpu_mesh, param_dtype=None, reduce_dtype=None)
+    sharded = build_train_state(cfg, global_batch_size=6, seed=0, shard=shard)
+    assert type(next(sharded.student.parameters())).__name__ == "DTensor"
+    a, b = run_two_steps(plain, batch), run_two_steps(sharded, batch)
+    for ma, mb in zip(a, b, strict=True):
+        assert ma["loss"] == pytest.approx(mb["loss"], rel=1e-5)
+        assert ma["grad_norm"] == pytest.approx(mb["grad_norm"], rel=1e-4)
+    for p, q in zip(snapshot(plain.teacher), snapshot(sharded.teacher), strict=True):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_fsdp2_bf16_mixed_precision_step_runs(batch: ViewBatch, cpu_mesh: DeviceMesh) -> None:
+    shard = functools.partial(shard_network, mesh=cpu_mesh)  # bf16 parameters, fp32 reduction
+    state = build_train_state(recipe(), global_batch_size=6, seed=0, shard=shard)
+    metrics = run_two_steps(state, batch)
+    assert all(np.isfinite(m["loss"]) for m in metrics)
+    assert next(state.student.parameters()).dtype == torch.float32  # sharded master weights stay fp32
+
+
+def test_compiled_blocks_match_eager(batch: ViewBatch) -> None:
+    state = build_train_state(recipe(), global_batch_size=6, seed=0)
+    x = batch.global_crops[:2]
+    with torch.no_grad():
+        eager = state.teacher.backbone(x)
+        compile_blocks(state.teacher, backend="eager")
+        compiled = state.teacher.backbone(x)
+    torch.testing.assert_close(compiled, eager)

@@ -1,0 +1,171 @@
+"""From a :class:`trainer.config.RecipeConfig` to modules, with explicit keyword arguments.
+
+The config object stops here: every module below is constructed from plain values, so it can be
+built and tested without a config. :func:`build_train_state` assembles a ready-to-step
+:class:`trainer.step.TrainState`: student and teacher built on the meta device, optionally sharded,
+materialised on ``device``, initialised, teacher = student, optimizer with DINOv2's groups.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from trainer.config import RecipeConfig
+from trainer.heads import DINOHead, Network
+from trainer.losses import Centering, DINOLoss, IBOTLoss, KoLeoLoss, SigRegLoss
+from trainer.models.vit import VIT_SIZES, VisionTransformer
+from trainer.optim import param_groups
+from trainer.parallel import compile_blocks
+from trainer.schedules import Schedules, scaled_lr
+from trainer.step import LossWeights, Objective, TrainState
+from trainer.views.multicrop import MaskSampler, MultiCrop
+
+
+def build_backbone(cfg: RecipeConfig, *, drop_path_rate: float | None = None) -> VisionTransformer:
+    """The configured ViT size; ``drop_path_rate`` overrides the config (the teacher uses 0)."""
+    m = cfg.model
+    kwargs: dict[str, Any] = dict(
+        img_size=m.img_size,
+        patch_size=m.patch_size,
+        in_chans=m.in_chans,
+        num_registers=m.num_registers,
+        layerscale_init=m.layerscale_init,
+        drop_path_rate=m.drop_path_rate if drop_path_rate is None else drop_path_rate,
+        drop_path_uniform=m.drop_path_uniform,
+        qkv_bias=m.qkv_bias,
+        checkpoint_blocks=m.activation_checkpointing,
+    )
+    overrides = {"ffn_layer": m.ffn, "embed_dim": m.embed_dim, "depth": m.depth, "num_heads": m.num_heads}
+    kwargs.update({k: v for k, v in overrides.items() if v is not None})
+    return VIT_SIZES[m.size](**kwargs)
+
+
+def build_network(cfg: RecipeConfig, *, teacher: bool = False) -> Network:
+    """Backbone + DINO head (+ separate iBOT head if configured); the teacher has no drop path."""
+    backbone = build_backbone(cfg, drop_path_rate=0.0 if teacher else None)
+    h = cfg.heads
+
+    def head() -> DINOHead:
+        return DINOHead(
+            backbone.embed_dim,
+            num_prototypes=h.num_prototypes,
+            hidden_dim=h.hidden_dim,
+            bottleneck_dim=h.bottleneck_dim,
+            num_layers=h.num_layers,
+        )
+
+    return Network(backbone=backbone, dino_head=head(), ibot_head=head() if h.ibot_separate_head else None)
+
+
+def build_objective(cfg: RecipeConfig, *, device: torch.device | str = "cpu") -> Objective:
+    """Loss modules, centerings and weights."""
+    loss, k = cfg.loss, cfg.heads.num_prototypes
+
+    def centering() -> Centering:
+        return Centering(
+            k, method=loss.centering, iterations=loss.sinkhorn_iterations, momentum=loss.center_momentum
+        )
+
+    return Objective(
+        dino=DINOLoss(student_temp=loss.student_temp),
+        ibot=IBOTLoss(student_temp=loss.student_temp),
+        koleo=KoLeoLoss(),
+        sigreg=SigRegLoss(
+            num_directions=loss.sigreg_directions, t_max=loss.sigreg_t_max, num_points=loss.sigreg_points
+        ).to(device),
+        dino_centering=centering().to(device),
+        ibot_centering=centering().to(device),
+        weights=LossWeights(
+            dino=loss.dino_weight, ibot=loss.ibot_weight, koleo=loss.koleo_weight, sigreg=loss.sigreg_weight
+        ),
+    )
+
+
+def build_schedules(cfg: RecipeConfig, *, global_batch_size: int) -> Schedules:
+    """Schedules in steps, with the peak lr scaled to ``global_batch_size``."""
+    s, o = cfg.schedule, cfg.optim
+    return Schedules(
+        total_steps=s.total_steps,
+        lr=scaled_lr(o.base_lr, batch_size=global_batch_size, rule=o.lr_scaling),
+        min_lr=o.min_lr,
+        lr_warmup_steps=s.steps(s.warmup_epochs),
+        weight_decay=s.weight_decay,
+        weight_decay_end=s.weight_decay_end,
+        momentum=s.momentum_teacher,
+        momentum_end=s.momentum_teacher_end,
+        teacher_temp_start=s.teacher_temp_start,
+        teacher_temp=s.teacher_temp,
+        teacher_temp_warmup_steps=s.steps(s.teacher_temp_warmup_epochs),
+        freeze_last_layer_steps=s.steps(s.freeze_last_layer_epochs),
+    )
+
+
+def build_optimizer(cfg: RecipeConfig, student: Network) -> torch.optim.AdamW:
+    """AdamW over DINOv2's parameter groups (lr and weight decay are set every step)."""
+    o = cfg.optim
+    groups = param_groups(
+        student,
+        depth=student.backbone.depth,
+        layerwise_decay=o.layerwise_decay,
+        patch_embed_lr_mult=o.patch_embed_lr_mult,
+    )
+    return torch.optim.AdamW(groups, lr=0.0, betas=o.betas, fused=cfg.compute.fused_optimizer or None)
+
+
+def build_multicrop(cfg: RecipeConfig) -> MultiCrop:
+    """The views of a slice, from the crop and intensity sections."""
+    return MultiCrop(patch_size=cfg.model.patch_size, **cfg.crops.model_dump(), **cfg.intensity.model_dump())
+
+
+def build_mask_sampler(cfg: RecipeConfig) -> MaskSampler:
+    """Batch-level iBOT masking from the masking section."""
+    return MaskSampler(**cfg.masking.model_dump())
+
+
+def build_train_state(
+    cfg: RecipeConfig,
+    *,
+    global_batch_size: int,
+    device: torch.device | str = "cpu",
+    shard: Callable[[Network], object] | None = None,
+    seed: int | None = None,
+) -> TrainState:
+    """A ready-to-step :class:`TrainState`.
+
+    Both networks are built on the meta device (a giant in well under a second), passed to
+    ``shard`` (e.g. ``functools.partial(trainer.parallel.shard_network, mesh=mesh)``), materialised
+    on ``device`` and initialised; the teacher starts as an exact copy of the student and never
+    receives gradients. ``seed`` seeds the weight initialisation.
+    """
+    with torch.device("meta"):
+        student = build_network(cfg)
+        teacher = build_network(cfg, teacher=True)
+    if shard is not None:
+        shard(student)
+        shard(teacher)
+    student.to_empty(device=device)
+    teacher.to_empty(device=device)
+    if seed is not None:
+        torch.manual_seed(seed)
+    student.init_weights()
+    teacher.load_state_dict(student.state_dict())
+    teacher.requires_grad_(False)
+    if cfg.compute.compile_blocks:
+        compile_blocks(student)
+        compile_blocks(teacher)
+    on_gpu = torch.device(device).type == "cuda"
+    return TrainState(
+        student=student,
+        teacher=teacher,
+        objective=build_objective(cfg, device=device),
+        optimizer=build_optimizer(cfg, student),
+        schedules=build_schedules(cfg, global_batch_size=global_batch_size),
+        clip_grad=cfg.optim.clip_grad,
+        # bf16 autocast unless FSDP2's mixed-precision policy already casts the parameters
+        autocast_dtype=torch.bfloat16
+        if cfg.compute.precision == "bf16" and on_gpu and shard is None
+        else None,
+    )
