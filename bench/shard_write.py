@@ -177,7 +177,7 @@ def main() -> None:
         for cpus in (1, args.cpus):
             ensure_ray(num_cpus=cpus)
             logging.getLogger("ray.data").setLevel(logging.WARNING)
-            radforge(samples[:64], str(work / f"warm{cpus}"), compression, cpus)  # start the workers
+            radforge(samples, str(work / f"warm{cpus}"), compression, cpus)  # start every worker first
             results[f"radforge_{cpus}cpu"] = radforge(samples, str(work / f"rf{cpus}"), compression, cpus)
             if cpus == 1:
                 results["bare_s3"] = bare(
