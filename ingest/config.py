@@ -153,6 +153,25 @@ class IngestConfig(_Model):
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def read_yaml_mapping(
+    path: str, *, error: type[Exception] = ConfigError, what: str = "config"
+) -> dict[str, Any]:
+    """The top-level mapping of a YAML file, or ``error`` with one line naming the file and the problem.
+
+    Shared by every layered configuration (ingest, service settings, training runs).
+    """
+    try:
+        with open(path) as f:
+            loaded = yaml.safe_load(f) or {}
+    except OSError as e:
+        raise error(f"{path}: cannot read {what} file ({e.strerror})") from None
+    except yaml.YAMLError as e:
+        raise error(f"{path}: not valid YAML ({e.__class__.__name__})") from None
+    if not isinstance(loaded, dict):
+        raise error(f"{path}: expected a mapping of settings at the top level")
+    return loaded
+
+
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node = tree
     parts = dotted.split(".")
@@ -201,16 +220,7 @@ def load_config(
     source = "defaults"
     if path:
         source = path
-        try:
-            with open(path) as f:
-                loaded = yaml.safe_load(f) or {}
-        except OSError as e:
-            raise ConfigError(f"{path}: cannot read config file ({e.strerror})") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML ({e.__class__.__name__})") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping of settings at the top level")
-        data = loaded
+        data = read_yaml_mapping(path)
     if overrides:
         data = _merge(data, overrides)
     try:

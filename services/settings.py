@@ -15,10 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
-from ingest.config import format_validation_error
+from ingest.config import format_validation_error, read_yaml_mapping
 from ingest.errors import ConfigError
 from services.security import TOKEN_MIN_LENGTH, generated_token, is_loopback
 
@@ -147,16 +146,7 @@ def load_settings(
     source = "settings"
     if path:
         source = path
-        try:
-            with open(path) as f:
-                loaded = yaml.safe_load(f) or {}
-        except OSError as e:
-            raise SettingsError(f"{path}: cannot read settings file ({e.strerror})") from None
-        except yaml.YAMLError as e:
-            raise SettingsError(f"{path}: not valid YAML ({e.__class__.__name__})") from None
-        if not isinstance(loaded, dict):
-            raise SettingsError(f"{path}: expected a mapping of settings at the top level")
-        data = loaded
+        data = read_yaml_mapping(path, error=SettingsError, what="settings")
     env = os.environ if environ is None else environ
     data = _merge(data, {field: env[var] for var, field in ENV_FIELDS.items() if env.get(var)})
     data = _merge(data, {k: v for k, v in (overrides or {}).items() if v is not None})
