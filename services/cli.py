@@ -107,6 +107,50 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from trainer.checkpoint import CheckpointError
+    from trainer.run_config import TrainConfigError, load_train_config
+
+    try:
+        cfg = load_train_config(args.config, overrides=args.overrides or [])
+    except TrainConfigError as e:
+        print(f"radforge: invalid configuration: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return _train(cfg, no_ray=args.no_ray, as_json=args.json)
+    except CheckpointError as e:
+        print(f"radforge: {e}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _train(cfg: Any, *, no_ray: bool, as_json: bool) -> int:
+    if no_ray:
+        from trainer.loop import run_training
+
+        summary = run_training(cfg)
+        rows: list[tuple[str, Any]] = [
+            ("steps", summary.step),
+            ("resumed from", summary.resumed_from),
+            ("checkpoint", summary.checkpoint),
+            ("images/s", round(summary.images_per_s, 2)),
+            ("data-wait fraction", round(summary.data_wait_fraction, 4)),
+        ]
+    else:
+        from trainer.checkpoint import latest
+        from trainer.distributed import launch
+
+        result = launch(cfg)
+        if result.error is not None:
+            raise result.error
+        ref = latest(cfg.output)
+        rows = [("steps", ref.step if ref else 0), ("checkpoint", ref.location.uri if ref else None)]
+    if as_json:
+        print(json.dumps(dict(rows)))
+    else:
+        _print_summary("radforge train", rows)
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="radforge",
@@ -145,6 +189,13 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--database-url", help="sqlite:///PATH (default: STATE_DIR/radforge.db)")
     sv.add_argument("--set", action="append", metavar="KEY=VALUE", help="a setting, e.g. max_running_jobs=4")
     sv.set_defaults(func=cmd_serve)
+
+    t = sub.add_parser("train", help="self-supervised pretraining on Ray Train (or one process)")
+    t.add_argument("--config", required=True, help="run YAML (see configs/tiny-cpu.yaml, docs/training.md)")
+    t.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. steps=100")
+    t.add_argument("--no-ray", action="store_true", help="train in this process (one CPU or GPU, no Ray)")
+    t.add_argument("--json", action="store_true", help="print the summary as one JSON line")
+    t.set_defaults(func=cmd_train)
     return parser
 
 

@@ -1,0 +1,170 @@
+"""The training loop in one process: checkpoints, metrics, exact resume, clear errors on bad inputs."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from services.cli import main as cli_main
+from sharder.schema import SchemaVersionError
+from tests.trainer.support import TINY, ingest_tiny, tiny_run
+from trainer import checkpoint as ckpt
+from trainer.data import mapped_shared_memory, stale_shared_memory
+from trainer.loop import read_metrics, run_training
+from trainer.run_config import load_train_config
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory, ray_local: None) -> str:
+    root = tmp_path_factory.mktemp("loop-data")
+    return ingest_tiny(root, str(root / "ds"))
+
+
+def test_run_writes_checkpoints_config_and_metrics(dataset: str, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    cfg = tiny_run(dataset, str(out), tmp_path, "steps=5", "checkpoint.every=2", "checkpoint.keep=2")
+    summary = run_training(cfg)
+
+    assert summary.step == 5 and summary.resumed_from is None
+    # every 2 steps and at the end; only the newest two are kept
+    assert sorted(p.name for p in (out / "checkpoints").glob("step-*")) == ["step-00000004", "step-00000005"]
+    ref = ckpt.latest(str(out))
+    assert ref is not None and ref.step == 5 and summary.checkpoint == ref.location.uri
+    state = ckpt.load(ref)
+    assert state["step"] == 5 and state["loader"]["sample_in_epoch"] > 0
+    saved = load_train_config(out / "checkpoints" / "step-00000005" / "config.yaml")
+    assert saved == cfg  # the resolved config round-trips
+
+    records = read_metrics(str(out))
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5]
+    for r in records:
+        assert math.isfinite(r["loss"]) and r["lr"] >= 0 and r["images_per_s"] > 0
+        assert 0.0 <= r["data_wait_fraction"] < 1.0 and len(r["keys"]) == 4
+    # 14 samples, 3 full batches of 4 per epoch: an epoch never repeats a key
+    assert len({k for r in records[:3] for k in r["keys"]}) == 12
+    assert summary.images_per_s > 0 and 0.0 <= summary.data_wait_fraction < 1.0
+
+
+def _train_in_subprocess(cfg_overrides: list[str], *, kill_at_step: int, output: Path) -> set[str]:
+    """``radforge train --no-ray`` in its own process group, SIGKILLed once step ``kill_at_step`` is
+    checkpointed; returns the streaming shared-memory segments it left behind."""
+    before = {p.name for p in stale_shared_memory()}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "train", "--config", str(TINY), "--no-ray", *cfg_overrides],
+        cwd=Path(__file__).resolve().parents[2],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    pointer = output / "checkpoints" / "latest"
+    try:
+        while True:  # poll the published pointer; the run is still going
+            assert proc.poll() is None, proc.stderr.read().decode()[-3000:] if proc.stderr else ""
+            if pointer.exists() and json.loads(pointer.read_text())["step"] >= kill_at_step:
+                break
+            time.sleep(0.02)
+        left = {p.name for p in stale_shared_memory()} - before
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return left
+
+
+def test_resume_after_sigkill_continues_exactly(dataset: str, tmp_path: Path) -> None:
+    """Run A: 7 steps straight. Run B: killed (whole process group) after its step-4 checkpoint,
+    then resumed in a new process: steps 5-7 see the same samples and give the same losses."""
+    straight = run_training(tiny_run(dataset, str(tmp_path / "a"), tmp_path, "steps=7", "checkpoint.every=4"))
+    out_b = tmp_path / "b"
+    overrides = [
+        f"data.mix.sources=[{{uri: '{dataset}'}}]",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        f"output={out_b}",
+        "batch.global_size=4",
+        "metrics.sample_keys=true",
+        "steps=1000",
+        "checkpoint.every=4",
+    ]
+    left = _train_in_subprocess(overrides, kill_at_step=4, output=out_b)
+    assert left, "the killed run should leave streaming segments in /dev/shm"
+    assert not left & mapped_shared_memory()  # nobody maps them any more: stale
+
+    resumed = run_training(tiny_run(dataset, str(out_b), tmp_path, "steps=7", "checkpoint.every=4"))
+
+    assert resumed.resumed_from == 4 and resumed.step == 7
+    a = read_metrics(str(tmp_path / "a"))
+    b = read_metrics(str(out_b))
+    assert [r["step"] for r in b] == list(range(1, 8))
+    for ra, rb in zip(a, b, strict=True):
+        assert rb["keys"] == ra["keys"], f"step {ra['step']}"
+        # bit-exact on CPU: same floats, not just close ones
+        for term in ("loss", "dino", "ibot", "koleo", "sigreg", "grad_norm", "lr"):
+            assert rb[term] == ra[term], f"step {ra['step']} {term}: {rb[term]} != {ra[term]}"
+    assert straight.step == 7
+
+
+def test_corrupt_checkpoint_is_named(dataset: str, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    cfg = tiny_run(dataset, str(out), tmp_path, "steps=2", "checkpoint.every=2")
+    run_training(cfg)
+    state = out / "checkpoints" / "step-00000002" / "state.pt"
+    state.write_bytes(state.read_bytes()[:1000])  # truncated mid-write by something else
+    with pytest.raises(ckpt.CheckpointError, match=r"step-00000002/state\.pt cannot be loaded"):
+        run_training(tiny_run(dataset, str(out), tmp_path, "steps=4"))
+
+    (out / "checkpoints" / "latest").write_text("{not json")
+    with pytest.raises(ckpt.CheckpointError, match=r"checkpoints/latest is not a valid checkpoint pointer"):
+        run_training(tiny_run(dataset, str(out), tmp_path, "steps=4"))
+
+
+def test_checkpoint_of_another_model_is_refused(dataset: str, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    run_training(tiny_run(dataset, str(out), tmp_path, "steps=1"))
+    wider = tiny_run(dataset, str(out), tmp_path, "steps=2", "recipe.model.embed_dim=48")
+    with pytest.raises(ckpt.CheckpointError, match="does not match this run's model"):
+        run_training(wider)
+
+
+def test_incompatible_dataset_is_named(dataset: str, tmp_path: Path) -> None:
+    copy = tmp_path / "future-ds"
+    shutil.copytree(dataset, copy)
+    index = json.loads((copy / "index.json").read_text())
+    index["radforge"]["schema_version"] = "9.0"
+    (copy / "index.json").write_text(json.dumps(index))
+    with pytest.raises(SchemaVersionError, match=f"{copy}.*schema 9.0"):
+        run_training(tiny_run(str(copy), str(tmp_path / "run"), tmp_path, "steps=1"))
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_cli_train_in_process(dataset: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    code = cli_main(
+        [
+            "train",
+            "--config",
+            str(TINY),
+            "--no-ray",
+            "--json",
+            f"data.mix.sources=[{{uri: '{dataset}'}}]",
+            f"output={out}",
+            "batch.global_size=4",
+            "steps=2",
+        ]
+    )
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["steps"] == 2 and summary["checkpoint"] == str(out / "checkpoints" / "step-00000002")
+    assert summary["images/s"] > 0
+
+
+def test_cli_train_rejects_bad_override(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main(["train", "--config", str(TINY), "--no-ray", "batch.global_sise=8"]) == 2
+    assert "global_sise" in capsys.readouterr().err

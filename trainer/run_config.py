@@ -1,0 +1,162 @@
+"""One training run as a typed configuration (:class:`TrainConfig`): data, recipe, batch, steps, output.
+
+The recipe (:class:`trainer.config.RecipeConfig`) is embedded as the ``recipe`` field. A run file
+may name a recipe file with ``recipe_file`` (relative to the run file); its ``recipe:`` section
+then overrides that file. Layering: defaults -> YAML file -> dotted ``key=value`` overrides (any
+field, e.g. ``batch.global_size=64`` or ``recipe.optim.base_lr=1e-3``), resolved once by
+:func:`load_train_config` and saved next to every checkpoint (:meth:`TrainConfig.to_yaml`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from sharder.mixing import MixSpec
+from trainer.config import RecipeConfig
+
+
+class TrainConfigError(ValueError):
+    """A run file or override is invalid; the message names the field and what is allowed."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Section):
+    """Where samples come from and how they are streamed."""
+
+    mix: MixSpec  # one or more dataset URIs (or parts) with proportions (sharder.mixing)
+    cache_dir: str = "/tmp/radforge-cache"  # local cache of remote shards (one folder per source)
+    cache_limit: str | None = "10gb"  # streaming evicts shards above this size; None = no limit
+    shuffle: bool = True  # streaming's deterministic shuffle (seeded by the run seed)
+    loader_workers: int = Field(2, ge=0)  # DataLoader processes decoding and building views per rank
+    prefetch_factor: int = Field(2, ge=1)  # batches each loader process prepares ahead
+
+
+class BatchConfig(_Section):
+    """Batch sizes: the global batch is constant whatever the number of workers."""
+
+    global_size: int = Field(32, ge=1)  # images per optimisation step, all workers together
+    per_worker_max: int | None = Field(None, ge=1)  # refuse to start if a worker would get more
+
+    def per_worker(self, world_size: int) -> int:
+        """Images per worker per step for ``world_size`` workers (the global batch split evenly)."""
+        if self.global_size % world_size:
+            raise TrainConfigError(
+                f"batch.global_size={self.global_size} is not divisible by {world_size} workers; "
+                f"choose a global size that is a multiple of every worker count in the range"
+            )
+        per = self.global_size // world_size
+        if self.per_worker_max is not None and per > self.per_worker_max:
+            raise TrainConfigError(
+                f"{world_size} workers would get {per} images each, above batch.per_worker_max="
+                f"{self.per_worker_max}; add workers or lower batch.global_size"
+            )
+        return per
+
+
+class CheckpointConfig(_Section):
+    """Checkpoint cadence and retention."""
+
+    every: int = Field(100, ge=1)  # steps between checkpoints (and one at the end)
+    keep: int = Field(3, ge=1)  # newest checkpoints kept; older ones are deleted after a publish
+    resume: bool = True  # resume from the latest checkpoint under output when there is one
+
+
+class MetricsConfig(_Section):
+    """Per-step metrics written as JSONL next to the checkpoints."""
+
+    sample_keys: bool = False  # record every sample key of each step (tests, audits; large for big batches)
+
+
+class TrainConfig(_Section):
+    """Everything one ``radforge train`` run needs."""
+
+    data: DataConfig
+    recipe: RecipeConfig = RecipeConfig()
+    recipe_file: str | None = None  # informational after resolution (its content is in ``recipe``)
+    batch: BatchConfig = BatchConfig()
+    steps: int = Field(1000, ge=1)  # stop after this many optimisation steps (schedules follow the recipe)
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    output: str  # local path or s3:// URI for checkpoints, the resolved config and metrics
+    ray_address: str | None = None  # None: start a local Ray bound to 127.0.0.1; "auto" or ray://...
+    workers: int | tuple[int, int] = 1  # fixed count, or (min, max) for elastic training
+    device: Literal["cpu", "cuda"] = "cpu"
+    seed: int = 0  # weights, shuffle, views and masks all derive from it
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if isinstance(self.workers, tuple):
+            lo, hi = self.workers
+            if not 1 <= lo <= hi:
+                raise ValueError(f"workers=({lo}, {hi}) must satisfy 1 <= min <= max")
+            counts = range(lo, hi + 1)
+        else:
+            if self.workers < 1:
+                raise ValueError(f"workers={self.workers} must be at least 1")
+            counts = range(self.workers, self.workers + 1)
+        for n in counts:
+            self.batch.per_worker(n)
+        return self
+
+    def to_yaml(self) -> str:
+        """The resolved config as YAML (saved next to every checkpoint)."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    node = tree
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise TrainConfigError(f"override {key!r}: {part!r} is a value, not a section")
+    node[parts[-1]] = value
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    loaded = yaml.safe_load(path.read_text())
+    if loaded is not None and not isinstance(loaded, dict):
+        raise TrainConfigError(f"{path}: expected a mapping, got {type(loaded).__name__}")
+    return loaded or {}
+
+
+def load_train_config(path: str | Path | None = None, *, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Resolve a run: defaults, the YAML file at ``path``, then ``key.sub=value`` overrides.
+
+    Override values are parsed as YAML (``workers=[1,2]``, ``recipe.loss.koleo_weight=0``).
+    Raises :class:`TrainConfigError` naming the offending field.
+    """
+    tree: dict[str, Any] = _read_yaml(Path(path)) if path is not None else {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise TrainConfigError(f"override {item!r} is not of the form section.field=value")
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw))
+    if tree.get("recipe_file"):
+        recipe_path = Path(tree["recipe_file"])
+        if not recipe_path.is_absolute() and path is not None:
+            recipe_path = Path(path).resolve().parent / recipe_path
+        if not recipe_path.is_file():
+            raise TrainConfigError(f"recipe_file {str(recipe_path)!r} does not exist")
+        tree["recipe"] = _merge(_read_yaml(recipe_path), tree.get("recipe") or {})
+        tree["recipe_file"] = str(recipe_path)
+    try:
+        return TrainConfig.model_validate(tree)
+    except ValidationError as err:
+        where = f" in {path}" if path is not None else ""
+        raise TrainConfigError(f"invalid run config{where}:\n{err}") from err
