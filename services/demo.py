@@ -2,7 +2,8 @@
 
 Builds a sample archive (real DICOM/NIfTI files shipped in PyPI packages plus a synthetic export
 with planted identifying values), starts a local Ray bound to 127.0.0.1, ingests the archive into
-an MDS dataset in a local folder (the object store), verifies it, and prints what it holds.
+an MDS dataset in a local folder (the object store), verifies it, prints what it holds, and
+pretrains a tiny ViT on it for a few steps on the CPU (Ray Train), printing where the checkpoint is.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 from pathlib import Path
 
 DEFAULT_ROOT = Path(".demo")
+TINY_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny-cpu.yaml"
 # The demo's own salt: real deployments set RADFORGE_SALT to a secret (see docs/ingest.md).
 DEMO_SALT = "radforge-demo-salt-not-secret"
 
@@ -49,10 +51,33 @@ def main(argv: list[str] | None = None) -> int:
         return status
     console.print("[bold]4. what the dataset holds[/]")
     status = cli(["dataset", "stats", str(dataset)])
+    if status:
+        return status
     console.print(
         f"\nDataset ready at {dataset} — a stock streaming.StreamingDataset(local='{dataset}') reads it."
     )
-    return status
+    run = root / "run"
+    console.print(f"[bold]5. pretraining a tiny ViT[/] on the dataset (CPU, Ray Train) into {run}")
+    status = cli(
+        [
+            "train",
+            "--config",
+            str(TINY_CONFIG),
+            f"data.mix.sources=[{{uri: {dataset}}}]",
+            f"output={run}",
+            f"data.cache_dir={root / 'cache'}",
+        ]
+    )
+    if status:
+        return status
+    from trainer.checkpoint import latest
+
+    ref = latest(str(run))
+    if ref is None:
+        console.print(f"[red]no checkpoint was published under {run}[/]")
+        return 1
+    print(f"\nCheckpoint (step {ref.step}): {ref.location.uri}")
+    return 0
 
 
 if __name__ == "__main__":
