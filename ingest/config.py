@@ -154,11 +154,12 @@ class IngestConfig(_Model):
 
 
 def read_yaml_mapping(
-    path: str, *, error: type[Exception] = ConfigError, what: str = "config"
+    path: str | os.PathLike[str], *, error: type[Exception] = ConfigError, what: str = "config"
 ) -> dict[str, Any]:
     """The top-level mapping of a YAML file, or ``error`` with one line naming the file and the problem.
 
-    Shared by every layered configuration (ingest, service settings, training runs).
+    This and :func:`parse_overrides` / :func:`merge_mappings` are the layered-configuration plumbing
+    every config shares (ingest, service settings, training runs and recipes).
     """
     try:
         with open(path) as f:
@@ -168,36 +169,34 @@ def read_yaml_mapping(
     except yaml.YAMLError as e:
         raise error(f"{path}: not valid YAML ({e.__class__.__name__})") from None
     if not isinstance(loaded, dict):
-        raise error(f"{path}: expected a mapping of settings at the top level")
+        raise error(f"{path}: expected a mapping of settings at the top level, got {type(loaded).__name__}")
     return loaded
 
 
-def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    node = tree
-    parts = dotted.split(".")
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"{dotted}: {part} is not a section")
-        node = child
-    node[parts[-1]] = value
-
-
-def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+def parse_overrides(items: Sequence[str], *, error: type[Exception] = ConfigError) -> dict[str, Any]:
     """``["a.b=1", "planes=[axial,coronal]"]`` -> nested dict; values parsed as YAML scalars/lists."""
     tree: dict[str, Any] = {}
     for item in items:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r}: expected key=value (e.g. content.min_foreground=0.05)")
-        key, raw = item.split("=", 1)
-        _set_dotted(tree, key.strip(), yaml.safe_load(raw))
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise error(f"override {item!r} is not of the form section.field=value (e.g. steps=100)")
+        node = tree
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise error(f"override {key!r}: {part!r} is a value, not a section")
+            node = child
+        node[parts[-1]] = yaml.safe_load(raw)
     return tree
 
 
-def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+def merge_mappings(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``over`` laid on top, nested mappings merged key by key."""
     out = dict(base)
     for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), dict) else v
+        out[k] = merge_mappings(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), dict) else v
     return out
 
 
@@ -222,7 +221,7 @@ def load_config(
         source = path
         data = read_yaml_mapping(path)
     if overrides:
-        data = _merge(data, overrides)
+        data = merge_mappings(data, overrides)
     try:
         return model.model_validate(data)
     except ValidationError as e:

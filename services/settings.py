@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
-from ingest.config import format_validation_error, read_yaml_mapping
+from ingest.config import format_validation_error, merge_mappings, read_yaml_mapping
 from ingest.errors import ConfigError
 from services.security import TOKEN_MIN_LENGTH, generated_token, is_loopback
 
@@ -125,13 +125,6 @@ def resolve_secrets(settings: ServiceSettings) -> Secrets:
     return Secrets(generated_token(path), f"generated {path}")
 
 
-def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def load_settings(
     path: str | None = None,
     *,
@@ -148,8 +141,8 @@ def load_settings(
         source = path
         data = read_yaml_mapping(path, error=SettingsError, what="settings")
     env = os.environ if environ is None else environ
-    data = _merge(data, {field: env[var] for var, field in ENV_FIELDS.items() if env.get(var)})
-    data = _merge(data, {k: v for k, v in (overrides or {}).items() if v is not None})
+    data = merge_mappings(data, {field: env[var] for var, field in ENV_FIELDS.items() if env.get(var)})
+    data = merge_mappings(data, {k: v for k, v in (overrides or {}).items() if v is not None})
     try:
         return ServiceSettings.model_validate(data)
     except ValidationError as e:

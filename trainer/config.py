@@ -14,11 +14,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ingest.config import merge_mappings, parse_overrides, read_yaml_mapping
 from ingest.windowing import CT_PRESETS
 from trainer.losses.centering import CenteringMethod
 from trainer.models.vit import VIT_SIZES
@@ -228,33 +229,14 @@ class RecipeConfig(_Section):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
-def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
-    parts = key.split(".")
-    node = tree
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise RecipeConfigError(f"override {key!r}: {part!r} is a value, not a section")
-    node[parts[-1]] = value
-
-
 def load_recipe(path: str | Path | None = None, *, overrides: Sequence[str] = ()) -> RecipeConfig:
     """Resolve a recipe: defaults, then the YAML file at ``path``, then ``section.field=value`` overrides.
 
     Override values are parsed as YAML (``loss.koleo_weight=0``, ``crops.global_scale=[0.4, 1]``).
     Raises :class:`RecipeConfigError` naming the offending field.
     """
-    tree: dict[str, Any] = {}
-    if path is not None:
-        loaded = yaml.safe_load(Path(path).read_text())
-        if loaded is not None and not isinstance(loaded, dict):
-            raise RecipeConfigError(f"{path}: expected a mapping of sections, got {type(loaded).__name__}")
-        tree = loaded or {}
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise RecipeConfigError(f"override {item!r} is not of the form section.field=value")
-        _set_dotted(tree, key.strip(), yaml.safe_load(raw))
+    tree = read_yaml_mapping(path, error=RecipeConfigError, what="recipe") if path is not None else {}
+    tree = merge_mappings(tree, parse_overrides(overrides, error=RecipeConfigError))
     try:
         return RecipeConfig.model_validate(tree)
     except ValidationError as err:

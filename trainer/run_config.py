@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from ingest.config import merge_mappings, parse_overrides, read_yaml_mapping
 from sharder.mixing import MixSpec
 from trainer.config import RecipeConfig
 
@@ -111,49 +112,22 @@ class TrainConfig(_Section):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
-def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
-    node = tree
-    parts = key.split(".")
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise TrainConfigError(f"override {key!r}: {part!r} is a value, not a section")
-    node[parts[-1]] = value
-
-
-def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in top.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    loaded = yaml.safe_load(path.read_text())
-    if loaded is not None and not isinstance(loaded, dict):
-        raise TrainConfigError(f"{path}: expected a mapping, got {type(loaded).__name__}")
-    return loaded or {}
-
-
 def load_train_config(path: str | Path | None = None, *, overrides: Sequence[str] = ()) -> TrainConfig:
     """Resolve a run: defaults, the YAML file at ``path``, then ``key.sub=value`` overrides.
 
     Override values are parsed as YAML (``workers=[1,2]``, ``recipe.loss.koleo_weight=0``).
     Raises :class:`TrainConfigError` naming the offending field.
     """
-    tree: dict[str, Any] = _read_yaml(Path(path)) if path is not None else {}
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise TrainConfigError(f"override {item!r} is not of the form section.field=value")
-        _set_dotted(tree, key.strip(), yaml.safe_load(raw))
+    tree = read_yaml_mapping(path, error=TrainConfigError, what="run config") if path is not None else {}
+    tree = merge_mappings(tree, parse_overrides(overrides, error=TrainConfigError))
     if tree.get("recipe_file"):
         recipe_path = Path(tree["recipe_file"])
         if not recipe_path.is_absolute() and path is not None:
             recipe_path = Path(path).resolve().parent / recipe_path
         if not recipe_path.is_file():
             raise TrainConfigError(f"recipe_file {str(recipe_path)!r} does not exist")
-        tree["recipe"] = _merge(_read_yaml(recipe_path), tree.get("recipe") or {})
+        recipe = read_yaml_mapping(recipe_path, error=TrainConfigError, what="recipe")
+        tree["recipe"] = merge_mappings(recipe, tree.get("recipe") or {})
         tree["recipe_file"] = str(recipe_path)
     try:
         return TrainConfig.model_validate(tree)
