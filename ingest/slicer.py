@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ingest.config import ContentConfig
-from ingest.content import analyse
+from ingest.content import analyse, foreground_mask, mr_body_threshold
 from ingest.volume import Volume, plane_slices
 from ingest.windowing import mr_to_uint16, percentile_to_uint8, resolve_window, window_to_uint8
 from sharder.schema import SCHEMA_VERSION, meta_defaults, sample_key
@@ -54,10 +54,16 @@ def volume_samples(
     counts: SliceCounts,
 ) -> Iterator[dict[str, Any]]:
     """Yield samples (the :mod:`sharder.schema` columns) for every kept slice, plane and window."""
+    # MR has no absolute scale: one body threshold per volume, so air-only end slices stay empty.
+    mr_threshold = mr_body_threshold(vol.array[::2, ::4, ::4]) if modality == "MR" else None
     for plane in planes:
         for ps in plane_slices(vol, plane):  # type: ignore[arg-type]
             c = analyse(
-                ps.image, modality=modality, patch=content.fg_patch, hu_threshold=content.ct_threshold_hu
+                ps.image,
+                modality=modality,
+                patch=content.fg_patch,
+                hu_threshold=content.ct_threshold_hu,
+                mr_threshold=mr_threshold,
             )
             if c.fraction < content.min_foreground:
                 counts.dropped_slices += 1
@@ -80,7 +86,12 @@ def volume_samples(
                 body_box=list(c.box) if c.box else None,
                 gantry_tilt_deg=round(float(vol.gantry_tilt_deg), 3),
             )
-            mask = None
+            # MR percentiles are taken over the body only (a dark background would compress the anatomy).
+            mask = (
+                foreground_mask(ps.image, modality="MR", mr_threshold=mr_threshold)
+                if modality == "MR" and "pct" in windows
+                else None
+            )
             for window in windows:
                 img = render_window(ps.image, modality=modality, window=window, mask=mask)
                 meta["window"] = window
