@@ -156,3 +156,22 @@ def test_sample_archive_of_real_files_matches_its_expected_outcomes(ray_local: N
     outputs = _all_output_bytes(ds)
     for marker in spec.markers():
         assert all(marker.encode() not in data for _, data in outputs), marker
+
+
+def test_distributed_grouping_gives_the_same_dataset_as_driver_grouping(
+    ray_local: None, tmp_path: Path
+) -> None:
+    """Big archives group series with a Ray Data groupby; small ones on the driver: same samples."""
+    from tests.support import make_archive
+
+    arch = make_archive(tmp_path / "arch", n_ct=2, n_mr=1, seed=21)
+    by_driver, by_groupby = tmp_path / "driver", tmp_path / "groupby"
+    run_ingest(str(arch), str(by_driver), load_config(overrides=CFG))
+    summary = run_ingest(
+        str(arch),
+        str(by_groupby),
+        load_config(overrides={**CFG, "ray": {"distributed_grouping_min_objects": 0}}),
+    )
+    assert summary.by_status == {"ingested": 3}
+    a, b = read_all(by_driver), read_all(by_groupby)
+    assert a.keys() == b.keys() and all(np.array_equal(a[k]["image"], b[k]["image"]) for k in a)
