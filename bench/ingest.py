@@ -103,15 +103,13 @@ def main() -> None:
         archive = work / "archive"
         build_uncompressed_ct_archive(str(archive), n_series=args.series, n_slices=args.slices)
         warm = work / "warm"
-        build_uncompressed_ct_archive(str(warm), n_series=1, n_slices=8, seed=99)
+        build_uncompressed_ct_archive(str(warm), n_series=args.cpus, n_slices=8, seed=99)  # every worker
         files = _files(archive)
         for f in files:  # warm the page cache for every contender
             f.read_bytes()
 
         compression = None if args.compression in ("none", "null") else args.compression
-        cfg = load_config(
-            overrides={"ray": {"num_cpus": args.cpus}, "shards": {"compression": compression}}
-        )
+        cfg = load_config(overrides={"ray": {"num_cpus": args.cpus}, "shards": {"compression": compression}})
         ensure_ray(num_cpus=args.cpus)
         logging.getLogger("ray.data").setLevel(logging.WARNING)
         run_ingest(str(warm), str(work / "warm-ds"), cfg)

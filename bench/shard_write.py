@@ -56,10 +56,8 @@ def _samples(n: int) -> list[dict[str, Any]]:
 
 
 def _encode_batch(batch: dict[str, Any]) -> Any:
-    import pandas as pd
-
-    from ingest.pipeline import ROW_COLUMNS, _encoder
-    from sharder.datasink import count_key
+    from ingest.pipeline import _encoder
+    from sharder.datasink import count_key, rows_block
 
     enc = _encoder()
     rows = []
@@ -74,7 +72,7 @@ def _encode_batch(batch: dict[str, Any]) -> Any:
                 "series": "",
             }
         )
-    return pd.DataFrame(rows, columns=ROW_COLUMNS)
+    return rows_block(rows)
 
 
 def floor(samples: list[dict[str, Any]], out: Path) -> float:

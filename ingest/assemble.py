@@ -54,7 +54,12 @@ def load_dicom_volume(plan: SeriesPlan, read: Reader, *, geometry: GeometryConfi
     spacing = plan.pixel_spacing
     thickness = plan.slice_thickness
     for inst in plan.instances:
-        frames = decode_instance(read(inst.path), max_pixels=geometry.max_pixels_per_slice, integer_ok=is_ct)
+        frames = decode_instance(
+            read(inst.path),
+            max_pixels=geometry.max_pixels_per_slice,
+            integer_ok=is_ct,
+            int16_range=(HU_MIN, HU_MAX) if is_ct else None,
+        )
         pix = frames.pixels
         _check_size(None, None, len(images) + pix.shape[0], geometry)
         if pix.shape[0] == 1:

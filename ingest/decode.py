@@ -133,12 +133,15 @@ def decode_instance(
     max_pixels: int = MAX_PIXELS_PER_FRAME,
     max_frames: int = MAX_FRAMES,
     integer_ok: bool = False,
+    int16_range: tuple[int, int] | None = None,
 ) -> Frames:
     """Decode every frame of one DICOM instance into float32 modality units, with its geometry.
 
     With ``integer_ok``, integer stored values under an integral rescale (slope and intercept whole
     numbers, no Modality LUT; the usual CT case) come back as exact integer modality units instead
     (int16 when the stored range maps inside it, else int32), which saves float conversions.
+    ``int16_range=(lo, hi)`` (inside int16) says the caller clips to that range anyway: a unit
+    slope then yields int16 already clipped, computed in 16-bit arithmetic (no int32 detour).
 
     ``source`` is the whole object (bytes or a binary file-like read to its end). Sizes are checked
     against ``max_pixels`` per frame, ``max_frames`` and ``MAX_TOTAL_PIXELS`` before any pixel
@@ -154,7 +157,13 @@ def decode_instance(
         except _GeneralPath as why:
             logger.debug("general decode path: %s", why.detail)
             header = _header_from_dataset(_read_dataset(data, header_truncated=why.truncated))
-        return _decode(header, max_pixels=max_pixels, max_frames=max_frames, integer_ok=integer_ok)
+        return _decode(
+            header,
+            max_pixels=max_pixels,
+            max_frames=max_frames,
+            integer_ok=integer_ok,
+            int16_range=int16_range,
+        )
     except (IngestError, MemoryError):
         raise
     except Exception as exc:  # pydicom meeting malformed nested values: still one reason, no values
@@ -652,7 +661,14 @@ def _is_multi(value: Any) -> bool:
 _COLOUR = frozenset({"RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "PALETTE COLOR", "HSV", "ARGB"})
 
 
-def _decode(h: _Header, *, max_pixels: int, max_frames: int, integer_ok: bool = False) -> Frames:
+def _decode(
+    h: _Header,
+    *,
+    max_pixels: int,
+    max_frames: int,
+    integer_ok: bool = False,
+    int16_range: tuple[int, int] | None = None,
+) -> Frames:
     """Check the header, then decode: the same steps whichever parser produced the header."""
     v = h.values
     if h.pixel_data is None:
@@ -735,6 +751,7 @@ def _decode(h: _Header, *, max_pixels: int, max_frames: int, integer_ok: bool = 
         signed=signed,
         invert=photometric == "MONOCHROME1",
         integer_ok=integer_ok,
+        int16_range=int16_range,
     )
     geometry = groups.geometry if groups is not None else _top_level_geometry(v, frames)
     spacing = geometry.pixel_spacing
@@ -794,6 +811,35 @@ def _native_values(
         shift = bits_allocated - bits_stored
         values = np.left_shift(values, shift, dtype=dtype.newbyteorder("="))  # native-endian copy
         np.right_shift(values, shift, out=values)
+    return values
+
+
+def _wrap16(value: int) -> np.int16:
+    """``value`` modulo 2**16 as a two's complement int16."""
+    return np.int16(((value + 32768) % 65536) - 32768)
+
+
+def rescale_unit_slope_int16(stored: np.ndarray, *, intercept: int, lo: int, hi: int) -> np.ndarray:
+    """``clip(stored + intercept, lo, hi)`` as int16, for integer ``stored`` of 8 or 16 bits.
+
+    The clip runs first, in the stored dtype (one same-type pass; with a unit slope the stored
+    bounds ``lo - intercept`` and ``hi - intercept`` are exact), and the shift then runs in int16
+    with wrap-around: every true result lies in ``[lo, hi]``, inside int16, and two's complement
+    arithmetic is exact modulo 2**16, so the wrapped result is the true one. A 16-bit unsigned CT
+    slice with intercept -1024 thus never goes through int32 (4x the memory traffic).
+    """
+    if not (-32768 <= lo <= hi <= 32767):
+        raise ValueError(f"int16_range ({lo}, {hi}) must lie inside int16")
+    info = np.iinfo(stored.dtype)
+    if lo - intercept > info.max or hi - intercept < info.min:  # every value lands outside, one side
+        return np.full(stored.shape, lo if lo - intercept > info.max else hi, dtype=np.int16)
+    clipped = np.clip(stored, max(info.min, lo - intercept), min(info.max, hi - intercept))
+    if clipped.dtype.itemsize == 2:
+        values = clipped.view(np.int16)  # uint16 above 32767 wraps; the shift below unwraps it
+    else:
+        values = clipped.astype(np.int16)
+    if intercept:
+        np.add(values, _wrap16(intercept), out=values)
     return values
 
 
@@ -874,6 +920,7 @@ def _modality_units(
     signed: bool,
     invert: bool,
     integer_ok: bool = False,
+    int16_range: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """Map stored values to float32 modality units; mirror MONOCHROME1 within the output range.
 
@@ -897,6 +944,10 @@ def _modality_units(
             np.asarray(intercept, dtype=np.float64),
         )
         if np.all(slope_arr == np.rint(slope_arr)) and np.all(intercept_arr == np.rint(intercept_arr)):
+            if int16_range is not None and slope_arr.size == 1 and intercept_arr.size == 1 and slope_arr == 1:
+                return rescale_unit_slope_int16(
+                    stored, intercept=int(intercept_arr.item()), lo=int16_range[0], hi=int16_range[1]
+                )
             # |stored| < 2**16 and whole-number rescale: int32 holds the exact result, and int16 does
             # when the stored range maps inside it (12-bit CT with intercept -1024, the common case).
             lo, hi = _stored_range(bits_stored, signed=signed)

@@ -13,34 +13,27 @@ import json
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 
 from ingest.assemble import load_dicom_volume, load_nifti_volume
+from ingest.cluster import ensure_ray, tune_worker_allocator
 from ingest.config import IngestConfig
 from ingest.discover import Header, list_objects, read_header
 from ingest.errors import IngestError, Reason, SourceError, Status
 from ingest.series import SeriesPlan, group_key, plan_group
 from ingest.slicer import SliceCounts, volume_samples
 from sharder.catalog import MANIFESTS, load_catalog
-from sharder.datasink import MDSDatasink, count_key
+from sharder.datasink import MDSDatasink, count_key, rows_block
 from sharder.mds import SampleEncoder
 from sharder.schema import COLUMNS
 from sharder.storage import Location, resolve
 
 log = logging.getLogger(__name__)
-
-# Every row crossing from the series stage to the datasink has these columns. Samples arrive
-# already MDS-encoded (``sample``), so the write side only concatenates, compresses and stores.
-ROW_COLUMNS = (
-    "record",  # "sample" | "series"
-    "key",
-    "sample",  # MDS-encoded sample bytes (b"" for series rows)
-    "count",  # sharder.datasink.count_key of the sample
-    "series",  # series record JSON (record == "series")
-)
 
 
 @dataclass
@@ -67,6 +60,7 @@ class IngestSummary:
 
 # ---- stage functions (run in Ray tasks) ------------------------------------------------------
 def _read_headers(batch: pd.DataFrame, *, root: Location) -> pd.DataFrame:
+    tune_worker_allocator()
     headers = [read_header(root, str(p), int(s)) for p, s in zip(batch["path"], batch["size"], strict=True)]
     return pd.DataFrame(
         {"group": [group_key(h) for h in headers], "header": [json.dumps(h.to_row()) for h in headers]}
@@ -183,13 +177,12 @@ def process_series(
     return rows
 
 
-def _process(batch: pd.DataFrame, *, root: Location, cfg: IngestConfig, archive_id: str) -> pd.DataFrame:
+def _process(batch: pd.DataFrame, *, root: Location, cfg: IngestConfig, archive_id: str) -> pa.Table:
+    tune_worker_allocator()
     rows: list[dict[str, Any]] = []
     for text in batch["plan"]:
         rows.extend(process_series(SeriesPlan.from_json(text), root=root, cfg=cfg, archive_id=archive_id))
-    # A pandas block holds references to the encoded samples: no copy of ~0.5 MB per slice into Arrow
-    # buffers on the way to the (fused) write task.
-    return pd.DataFrame(rows, columns=ROW_COLUMNS)
+    return rows_block(rows)
 
 
 @functools.cache
@@ -274,15 +267,19 @@ def _plan_series(headers: Any, *, salt: bytes, already: frozenset[str], distribu
 
 
 def run_ingest(
-    source_uri: str, dataset_uri: str, cfg: IngestConfig, *, sink_cls: type[MDSDatasink] = MDSDatasink
+    source_uri: str,
+    dataset_uri: str,
+    cfg: IngestConfig,
+    *,
+    sink_cls: type[MDSDatasink] = MDSDatasink,
+    on_plan: Callable[[int], None] | None = None,
 ) -> IngestSummary:
     """Run the ingest job; returns its summary. Raises SourceError/ConfigError when it cannot run.
 
-    ``sink_cls`` lets callers (tests injecting faults, alternative sinks) subclass the datasink.
+    ``sink_cls`` lets callers (tests injecting faults, alternative sinks) subclass the datasink;
+    ``on_plan(series)`` is told how many series were planned, before any is decoded (progress).
     """
     import ray
-
-    from ingest.cluster import ensure_ray
 
     t0 = time.perf_counter()
     salt = cfg.deid.resolved_salt()
@@ -313,6 +310,8 @@ def run_ingest(
     )
     keys = plans.select_columns(["series_key", "pending"]).to_pandas()
     pending = sorted(keys.loc[keys["pending"], "series_key"])
+    if on_plan is not None:
+        on_plan(len(keys))
     part_id = part_id_for(archive_id, cfg.content_hash(), pending)
     sink = sink_cls(
         dst.uri,

@@ -29,6 +29,8 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
 from ray.data import Datasink
 from ray.data.block import Block, BlockAccessor
 from ray.data.datasource.datasink import WriteResult
@@ -51,6 +53,61 @@ def task_folder_name(keys: Iterable[str]) -> str:
         h.update(k.encode())
         h.update(b"\n")
     return h.hexdigest()[:TASK_NAME_LENGTH]
+
+
+# Every row crossing from the series stage to the datasink has these columns. Samples arrive
+# already MDS-encoded (``sample``), so the write side only concatenates, compresses and stores.
+ROW_COLUMNS = (
+    "record",  # "sample" | "series"
+    "key",
+    "sample",  # MDS-encoded sample bytes (b"" for series rows)
+    "count",  # count_key of the sample's meta
+    "series",  # series record JSON (record == "series")
+)
+
+
+def rows_block(rows: list[dict[str, Any]]) -> pa.Table:
+    """The rows of one series stage task as one Arrow table, the block the datasink reads.
+
+    The encoded samples are laid end to end in one buffer (a single copy) behind a ``large_binary``
+    column: Ray Data then neither converts a pandas frame to Arrow row by row nor re-grows a
+    binary builder, and :func:`iter_rows` reads each sample back as a zero-copy view.
+    """
+    samples = [r["sample"] for r in rows]
+    offsets = np.zeros(len(samples) + 1, dtype=np.int64)
+    np.cumsum([len(s) for s in samples], out=offsets[1:])
+    payload = pa.LargeBinaryArray.from_buffers(
+        pa.large_binary(), len(samples), [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(samples))]
+    )
+    columns = {c: pa.array([r[c] for r in rows], type=pa.string()) for c in ROW_COLUMNS if c != "sample"}
+    return pa.table({**columns, "sample": payload}).select(list(ROW_COLUMNS))
+
+
+def _binary_views(chunk: pa.Array) -> list[memoryview]:
+    """Zero-copy views of the values of a (large_)binary Arrow array (no nulls)."""
+    offset_type = np.int64 if pa.types.is_large_binary(chunk.type) else np.int32
+    _, offsets_buf, data_buf = chunk.buffers()
+    offsets = np.frombuffer(offsets_buf, dtype=offset_type)[chunk.offset : chunk.offset + len(chunk) + 1]
+    data = memoryview(data_buf) if data_buf is not None else memoryview(b"")
+    return [data[int(a) : int(b)] for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+
+
+def iter_rows(block: Block) -> Iterable[tuple[str, str, memoryview | bytes, str, str]]:
+    """``(record, key, sample, count, series)`` per row of a block of :data:`ROW_COLUMNS`.
+
+    Arrow blocks (see :func:`rows_block`) give their samples as views into the block's buffer;
+    other block types (pandas) go through Arrow first.
+    """
+    table = BlockAccessor.for_block(block).to_arrow()
+    for batch in table.to_batches():
+        text = {c: batch.column(c).to_pylist() for c in ROW_COLUMNS if c != "sample"}
+        sample_col = batch.column("sample")
+        if not (pa.types.is_binary(sample_col.type) or pa.types.is_large_binary(sample_col.type)):
+            raise TypeError(f"column 'sample' must hold bytes, got Arrow type {sample_col.type}")
+        if sample_col.null_count:
+            raise ValueError("column 'sample' has nulls: use b'' for series rows")
+        views = _binary_views(sample_col)
+        yield from zip(text["record"], text["key"], views, text["count"], text["series"], strict=True)
 
 
 COUNT_FIELDS = ("modality", "plane", "window", "body_part")
@@ -110,12 +167,9 @@ class MDSDatasink(Datasink[dict[str, Any]]):
         writer = None
         try:
             for block in blocks:
-                frame = BlockAccessor.for_block(block).to_pandas()
-                columns = {n: frame[n].tolist() for n in ("record", "key", "count", "series")}
-                payloads = frame["sample"].tolist()
-                for i, record in enumerate(columns["record"]):
+                for record, key, sample, count, series_json in iter_rows(block):
                     if record == "series":
-                        series.append(json.loads(columns["series"][i]))
+                        series.append(json.loads(series_json))
                         continue
                     if writer is None:
                         writer = ShardWriter(
@@ -125,9 +179,9 @@ class MDSDatasink(Datasink[dict[str, Any]]):
                             hashes=self.hashes,
                             size_limit=self.size_limit,
                         )
-                    writer.add(payloads[i])
-                    keys.append(columns["key"][i])
-                    counts[columns["count"][i]] += 1
+                    writer.add(sample)
+                    keys.append(key)
+                    counts[count] += 1
             if writer is None:
                 return {"task": None, "shards": [], "series": series, "samples": 0, "bytes": 0, "counts": {}}
             writer.finish()

@@ -212,7 +212,7 @@ class ShardWriter:
         self.size_limit = size_limit
         self.config = encoder.format_config(compression=self.label, hashes=self.hashes, size_limit=size_limit)
         self._config_bytes = json.dumps(self.config, sort_keys=True).encode()
-        self._samples: list[bytes] = []
+        self._samples: list[bytes | memoryview] = []
         self._size = 0
         self.shards: list[dict[str, Any]] = []
         self._compressor: Any = None
@@ -222,7 +222,7 @@ class ShardWriter:
             self._compressor = zstandard.ZstdCompressor(level=self.level or 3, write_content_size=True)
         os.makedirs(folder, exist_ok=True)
 
-    def add(self, encoded: bytes) -> None:
+    def add(self, encoded: bytes | memoryview) -> None:
         """Add one encoded sample (see :class:`SampleEncoder`); flushes a shard at the size limit."""
         size = len(encoded) + self.EXTRA_BYTES_PER_SAMPLE
         fixed = 4 + 4 + len(self._config_bytes)

@@ -197,3 +197,51 @@ def test_incremental_ingest_adds_new_series_once_and_unchanged_archive_changes_n
     catalog = json.loads(index)["radforge"]
     assert [p["archive_id"] for p in catalog["parts"]] == ["A", "AB"]
     assert {p["config_hash"] for p in catalog["parts"]} == {_cfg().content_hash()}
+
+
+def _rows(n: int) -> list[dict[str, Any]]:
+    rows = [
+        {
+            "record": "sample",
+            "key": f"k{i}",
+            "sample": bytes([i]) * (1000 + i),
+            "count": "CT|axial",
+            "series": "",
+        }
+        for i in range(n)
+    ]
+    return [
+        *rows,
+        {"record": "series", "key": "", "sample": b"", "count": "", "series": '{"series_key": "s"}'},
+    ]
+
+
+def test_rows_block_reads_back_every_row_as_views_of_one_buffer() -> None:
+    from sharder.datasink import iter_rows, rows_block
+
+    rows = _rows(5)
+    got = list(iter_rows(rows_block(rows)))
+    assert [(r, k, bytes(s), c, j) for r, k, s, c, j in got] == [
+        (r["record"], r["key"], r["sample"], r["count"], r["series"]) for r in rows
+    ]
+    views = [s for _, _, s, _, _ in got if len(s)]
+    assert all(isinstance(v, memoryview) for v in views)
+    assert len({id(v.obj) for v in views}) == 1  # zero-copy: every sample points into one Arrow buffer
+
+
+def test_iter_rows_reads_sliced_arrow_and_pandas_blocks() -> None:
+    import pyarrow as pa
+
+    from sharder.datasink import iter_rows, rows_block
+
+    rows = _rows(6)
+    table = pa.concat_tables([rows_block(rows[:3]), rows_block(rows[3:])]).slice(2, 4)  # two chunks, offsets
+    assert [bytes(s) for _, _, s, _, _ in iter_rows(table)] == [r["sample"] for r in rows[2:6]]
+    frame = rows_block(rows).to_pandas()
+    assert [k for _, k, _, _, _ in iter_rows(frame)] == [r["key"] for r in rows]
+    with pytest.raises(TypeError, match="column 'sample' must hold bytes"):
+        list(
+            iter_rows(
+                pa.table({"record": ["sample"], "key": ["k"], "sample": [1], "count": [""], "series": [""]})
+            )
+        )
