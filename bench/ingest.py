@@ -34,28 +34,41 @@ import numpy as np
 import pydicom
 
 
-def _ray_cpu_seconds() -> float:
-    """User+system CPU seconds of every Ray process on this machine (workers, raylet, GCS), from /proc.
+def _tree_cpu_seconds() -> dict[int, float]:
+    """CPU seconds of every process below this one (the local Ray it started: workers, raylet, GCS).
 
-    CPU time, unlike wall time, does not depend on what else the machine runs: it is the honest
-    per-core cost on a shared machine.
+    User + system time of each, plus that of its children already reaped (a Ray worker that exited
+    is counted in its raylet's ``cutime``), read from /proc. CPU time, unlike wall time, does not
+    depend on what else the machine runs: it is the honest per-core cost on a shared machine.
+    Other Ray clusters on the machine are not ours and are left out.
     """
     tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
+    parent: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
             continue
         try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmd = f.read()
-            if b"ray" not in cmd or pid == str(os.getpid()):
-                continue
-            with open(f"/proc/{pid}/stat") as f:
+            with open(f"/proc/{name}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
-        except (FileNotFoundError, ProcessLookupError, PermissionError, IndexError):
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
             continue
-    return total
+        pid = int(name)
+        parent[pid] = int(fields[1])
+        cpu[pid] = sum(int(fields[i]) for i in (11, 12, 13, 14)) / tick  # utime stime cutime cstime
+    me, mine = os.getpid(), {}
+    for pid in cpu:
+        p = pid
+        while p in parent and p != me and p > 1:
+            p = parent[p]
+        if p == me and pid != me:
+            mine[pid] = cpu[pid]
+    return mine
+
+
+def _cpu_since(before: dict[int, float]) -> float:
+    after = _tree_cpu_seconds()
+    return sum(v - before.get(pid, 0.0) for pid, v in after.items())
 
 
 def _files(root: Path) -> list[Path]:
@@ -116,10 +129,10 @@ def main() -> None:
 
         floor_rate, floor_cpu_rate = floor(files)
         peer_rate, peer_cpu_rate = peer(files, work / "peer")
-        t, c0, d0 = time.perf_counter(), _ray_cpu_seconds(), time.process_time()
+        t, c0, d0 = time.perf_counter(), _tree_cpu_seconds(), time.process_time()
         summary = run_ingest(str(archive), str(work / "ds"), cfg)
         radforge_rate = len(files) / (time.perf_counter() - t)
-        cpu = (_ray_cpu_seconds() - c0) + (time.process_time() - d0)  # Ray processes + this driver
+        cpu = _cpu_since(c0) + (time.process_time() - d0)  # our Ray's processes + this driver
         radforge_cpu_rate = len(files) / cpu
         assert summary.committed and summary.by_status.get("ingested") == args.series
         per_core = radforge_rate / args.cpus

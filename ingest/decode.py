@@ -833,7 +833,8 @@ def rescale_unit_slope_int16(stored: np.ndarray, *, intercept: int, lo: int, hi:
     info = np.iinfo(stored.dtype)
     if lo - intercept > info.max or hi - intercept < info.min:  # every value lands outside, one side
         return np.full(stored.shape, lo if lo - intercept > info.max else hi, dtype=np.int16)
-    clipped = np.clip(stored, max(info.min, lo - intercept), min(info.max, hi - intercept))
+    bound = stored.dtype.type  # typed bounds: numpy's fast clip loop (Python ints take a ~8x slower path)
+    clipped = np.clip(stored, bound(max(info.min, lo - intercept)), bound(min(info.max, hi - intercept)))
     if clipped.dtype.itemsize == 2:
         values = clipped.view(np.int16)  # uint16 above 32767 wraps; the shift below unwraps it
     else:

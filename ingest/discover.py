@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import logging
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import pydicom
@@ -64,7 +64,9 @@ class Header:
     age_bucket: str | None = None
 
     def to_row(self) -> dict[str, Any]:
-        return asdict(self)
+        # Flat fields (scalars and lists of scalars): a shallow copy of the lists is enough, and
+        # ~10x cheaper per file than dataclasses.asdict's recursive deep copy.
+        return {k: list(v) if isinstance(v, list) else v for k, v in self.__dict__.items()}
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Header:

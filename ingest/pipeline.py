@@ -152,7 +152,7 @@ def process_series(
                     {
                         "record": "sample",
                         "key": sample["key"],
-                        "sample": encoder.encode(sample),
+                        "sample": encoder.encode_parts(sample),  # views; rows_block copies once
                         "count": count_key(sample["meta"]),
                         "series": "",
                     }

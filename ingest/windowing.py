@@ -82,7 +82,7 @@ def window_to_uint8(hu: np.ndarray, window: Window) -> np.ndarray:
     offset = (0.5 - (window.level - 0.5) / (window.width - 1.0)) * 255.0 + 0.5  # + 0.5: round half up
     y = np.multiply(hu, np.float32(scale), dtype=np.float32)
     y += np.float32(offset)
-    np.clip(y, 0.5, 255.5, out=y)  # after the + 0.5 shift: truncation below is floor, in 0..255
+    np.clip(y, np.float32(0.5), np.float32(255.5), out=y)  # + 0.5 shift done: truncation is floor, 0..255
     return y.astype(np.uint8)
 
 
@@ -147,5 +147,5 @@ def percentile_to_uint8(
     y = np.subtract(arr, p_lo, dtype=np.float32)
     y *= np.float32(255.0 / (p_hi - p_lo))
     y += np.float32(0.5)
-    np.clip(y, 0.5, 255.5, out=y)
+    np.clip(y, np.float32(0.5), np.float32(255.5), out=y)
     return y.astype(np.uint8)

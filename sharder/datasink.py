@@ -69,15 +69,21 @@ ROW_COLUMNS = (
 def rows_block(rows: list[dict[str, Any]]) -> pa.Table:
     """The rows of one series stage task as one Arrow table, the block the datasink reads.
 
-    The encoded samples are laid end to end in one buffer (a single copy) behind a ``large_binary``
+    ``sample`` is bytes or a list of pieces (:meth:`SampleEncoder.encode_parts`: views of the
+    slice arrays). They are laid end to end in one buffer (the only copy) behind a ``large_binary``
     column: Ray Data then neither converts a pandas frame to Arrow row by row nor re-grows a
     binary builder, and :func:`iter_rows` reads each sample back as a zero-copy view.
     """
-    samples = [r["sample"] for r in rows]
-    offsets = np.zeros(len(samples) + 1, dtype=np.int64)
-    np.cumsum([len(s) for s in samples], out=offsets[1:])
+    pieces: list[Any] = []  # bytes-like
+    sizes: list[int] = []
+    for r in rows:  # a sample is bytes, or the pieces of SampleEncoder.encode_parts
+        parts = [r["sample"]] if isinstance(r["sample"], bytes | bytearray | memoryview) else r["sample"]
+        pieces.extend(parts)
+        sizes.append(sum(len(p) for p in parts))
+    offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum(sizes, out=offsets[1:])
     payload = pa.LargeBinaryArray.from_buffers(
-        pa.large_binary(), len(samples), [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(samples))]
+        pa.large_binary(), len(rows), [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(pieces))]
     )
     columns = {c: pa.array([r[c] for r in rows], type=pa.string()) for c in ROW_COLUMNS if c != "sample"}
     return pa.table({**columns, "sample": payload}).select(list(ROW_COLUMNS))

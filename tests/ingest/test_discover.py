@@ -77,3 +77,16 @@ def test_listing_errors(tmp_path: Path) -> None:
     (tmp_path / "deep" / "er").mkdir(parents=True)
     (tmp_path / "deep" / "er" / "a b é.dcm").write_bytes(b"x")
     assert list_objects(resolve(str(tmp_path))) == [("deep/er/a b é.dcm", 1)]
+
+
+def test_header_row_is_a_detached_copy_that_round_trips() -> None:
+    from dataclasses import asdict
+
+    from ingest.discover import Header
+
+    h = Header(path="s/1.dcm", size=10, kind="dicom", image_type=["ORIGINAL", "AXIAL"], ipp=[0.0, 1.0, 2.0])
+    row = h.to_row()
+    assert row == asdict(h)
+    row["image_type"].append("LOCALIZER")  # the row is the header's copy, not a view of it
+    assert h.image_type == ["ORIGINAL", "AXIAL"]
+    assert Header.from_row(h.to_row()) == h
