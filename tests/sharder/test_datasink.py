@@ -224,6 +224,8 @@ def test_rows_block_reads_back_every_row_as_views_of_one_buffer() -> None:
     assert [(r, k, bytes(s), c, j) for r, k, s, c, j in got] == [
         (r["record"], r["key"], r["sample"], r["count"], r["series"]) for r in rows
     ]
+    parts = [{**r, "sample": [r["sample"][:7], memoryview(r["sample"])[7:]]} for r in rows]  # encode_parts
+    assert [bytes(s) for _, _, s, _, _ in iter_rows(rows_block(parts))] == [r["sample"] for r in rows]
     views = [s for _, _, s, _, _ in got if len(s)]
     assert all(isinstance(v, memoryview) for v in views)
     assert len({id(v.obj) for v in views}) == 1  # zero-copy: every sample points into one Arrow buffer
