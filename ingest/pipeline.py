@@ -294,7 +294,10 @@ def run_ingest(
     known = frozenset((k, s, r) for k, (s, r) in recorded.items())
 
     ensure_ray(cfg.ray.address, num_cpus=cfg.ray.num_cpus)
-    items = ray.data.from_items([{"path": p, "size": s} for p, s in objects])
+    items = ray.data.from_items(
+        [{"path": p, "size": s} for p, s in objects],
+        override_num_blocks=max(1, -(-len(objects) // cfg.ray.header_files_per_task)),  # one task per block
+    )
     headers = items.map_batches(
         _read_headers,  # type: ignore[arg-type]  # keyword arguments arrive through fn_kwargs
         fn_kwargs={"root": src},
