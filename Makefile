@@ -24,12 +24,24 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy ingest sharder trainer services
 
 # Debian packages the metrics and dashboard tests use for real: Prometheus (promtool, a scraping
-# server) and headless Chromium. Installed when missing (CI runs as root on a fresh machine).
+# server) and headless Chromium; shellcheck for the deploy scripts. Installed when missing (CI runs
+# as root on a fresh machine). tests/deploy renders Kustomize with `kubectl kustomize` (kustomize
+# v5, shipped with the machine image's kubectl; Debian's kubectl is too old): checked here.
 system-deps:
-	@if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null || ! command -v chromium >/dev/null; then \
-		echo "installing Debian packages: prometheus chromium"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus chromium; \
+	@if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null || ! command -v chromium >/dev/null \
+		|| ! command -v shellcheck >/dev/null; then \
+		echo "installing Debian packages: prometheus chromium shellcheck"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus chromium shellcheck; \
 	fi
+	@# PostgreSQL server binaries for tests/services (initdb + postgres on 127.0.0.1; Debian puts them in
+	@# /usr/lib/postgresql/<version>/bin, where the fixture looks too)
+	@if ! command -v initdb >/dev/null && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+		echo "installing Debian package: postgresql"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql; \
+	fi
+	@kubectl kustomize --help >/dev/null 2>&1 || { echo "installing kubectl (apt)"; apt-get update -qq \
+		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends kubectl; } || true
+	@kubectl kustomize --help >/dev/null 2>&1 || { echo "tests/deploy needs kubectl with kustomize v5 (kubectl >= 1.27) on PATH" >&2; exit 1; }
 
 test: $(STAMP) system-deps lint
 	$(VENV)/bin/pytest -q tests
