@@ -18,7 +18,7 @@ from trainer.heads import DINOHead, Network
 from trainer.losses import Centering, DINOLoss, IBOTLoss, KoLeoLoss, SigRegLoss
 from trainer.models.vit import VIT_SIZES, VisionTransformer
 from trainer.optim import param_groups
-from trainer.parallel import compile_blocks
+from trainer.parallel import compile_blocks, scatter_full_state
 from trainer.schedules import Schedules, scaled_lr
 from trainer.step import LossWeights, Objective, TrainState
 from trainer.views.multicrop import MaskSampler, MultiCrop
@@ -125,6 +125,26 @@ def build_mask_sampler(cfg: RecipeConfig) -> MaskSampler:
     return MaskSampler(**cfg.masking.model_dump())
 
 
+def _scatter_initial_weights(cfg: RecipeConfig, networks: list[Network], *, seed: int | None) -> None:
+    """Initialise sharded networks from one whole network initialised on rank 0's CPU.
+
+    Drawing random values shard by shard would give other weights for every world size (each rank
+    draws its shard from its own generator); the whole network drawn once and scattered gives the
+    weights a single process gets on the CPU, whatever the number of ranks.
+    """
+    import torch.distributed as dist
+
+    full: dict[str, Any] | None = None
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        whole = build_network(cfg)
+        if seed is not None:
+            torch.manual_seed(seed)
+        whole.init_weights()
+        full = whole.state_dict()
+    for net in networks:
+        scatter_full_state(net, full)
+
+
 def build_train_state(
     cfg: RecipeConfig,
     *,
@@ -137,21 +157,26 @@ def build_train_state(
 
     Both networks are built on the meta device (a giant in well under a second), passed to
     ``shard`` (e.g. ``functools.partial(trainer.parallel.shard_network, mesh=mesh)``), materialised
-    on ``device`` and initialised; the teacher starts as an exact copy of the student and never
-    receives gradients. ``seed`` seeds the weight initialisation.
+    on ``device`` and initialised (sharded ones from one whole initialisation on rank 0's CPU, so
+    the weights do not depend on the world size); the teacher starts as an exact copy of the
+    student and never receives gradients. ``seed`` seeds the weight initialisation.
     """
     with torch.device("meta"):
         student = build_network(cfg)
         teacher = build_network(cfg, teacher=True)
-    if shard is not None:
+    if shard is None:
+        student.to_empty(device=device)
+        teacher.to_empty(device=device)
+        if seed is not None:
+            torch.manual_seed(seed)
+        student.init_weights()
+        teacher.load_state_dict(student.state_dict())
+    else:
         shard(student)
         shard(teacher)
-    student.to_empty(device=device)
-    teacher.to_empty(device=device)
-    if seed is not None:
-        torch.manual_seed(seed)
-    student.init_weights()
-    teacher.load_state_dict(student.state_dict())
+        student.to_empty(device=device)
+        teacher.to_empty(device=device)
+        _scatter_initial_weights(cfg, [student, teacher], seed=seed)
     teacher.requires_grad_(False)
     if cfg.compute.compile_blocks:
         compile_blocks(student)
@@ -164,6 +189,7 @@ def build_train_state(
         optimizer=build_optimizer(cfg, student),
         schedules=build_schedules(cfg, global_batch_size=global_batch_size),
         clip_grad=cfg.optim.clip_grad,
+        seed=seed or 0,
         # bf16 autocast unless FSDP2's mixed-precision policy already casts the parameters
         autocast_dtype=torch.bfloat16
         if cfg.compute.precision == "bf16" and on_gpu and shard is None

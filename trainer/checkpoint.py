@@ -4,13 +4,20 @@ Layout under the run's output URI::
 
     checkpoints/step-00000100/state.pt     student, teacher, optimizer, centerings, step, RNG, loader
     checkpoints/step-00000100/config.yaml  the resolved run config
+    checkpoints/step-00000100/shards/      FSDP2 runs only: student, teacher and optimizer as
+                                           torch.distributed.checkpoint (DCP) shards, one file per
+                                           rank plus .metadata; state.pt then holds the rest
     checkpoints/latest                     {"step": 100, "dir": "step-00000100"}, written last
 
-Publishing protocol: the step folder is written completely, then ``latest`` is replaced
-atomically (rename locally, a single PUT on object stores). A crash mid-write leaves a partial
-folder that ``latest`` never names, so the latest checkpoint always loads; partial folders are
-removed by the next successful publish. Retention deletes folders older than the newest ``keep``
-only after ``latest`` moved on.
+Publishing protocol: the step folder is emptied (leftovers of a crashed attempt), written
+completely by every rank that holds a shard, then, after a barrier, ``latest`` is replaced
+atomically by rank 0 (rename locally, a single PUT on object stores). A crash mid-write leaves a
+folder that ``latest`` never names, so the latest checkpoint always loads; such folders are removed
+by the next successful publish. Retention deletes folders older than the newest ``keep`` only
+after ``latest`` moved on. The step folder is its own temporary folder: the pointer is the commit.
+
+:func:`load_weights` reads full (unsharded) network weights from either format without a process
+group; :func:`load_teacher_backbone` is what export and evaluation use.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from sharder.storage import Location, exists, read_bytes, resolve, write_bytes_atomic
 
@@ -32,6 +40,8 @@ CHECKPOINTS = "checkpoints"
 LATEST = "latest"
 STATE = "state.pt"
 CONFIG = "config.yaml"
+SHARDS = "shards"
+SHARDED_KEYS = ("student", "teacher", "optimizer")  # what DCP holds in a sharded checkpoint
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
 
 
@@ -70,20 +80,75 @@ def latest(output: str) -> CheckpointRef | None:
     return CheckpointRef(step=step, location=root.join(name))
 
 
-def save(output: str, *, step: int, state: dict[str, Any], config_yaml: str, keep: int) -> CheckpointRef:
-    """Publish ``state`` as the checkpoint of ``step`` (folder first, ``latest`` last), keep ``keep``."""
+def _rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def _dcp_writer(loc: Location) -> Any:
+    import torch.distributed.checkpoint as dcp
+
+    if loc.is_local:
+        return dcp.FileSystemWriter(loc.path)
+    from torch.distributed.checkpoint._fsspec_filesystem import FsspecWriter
+
+    return FsspecWriter(loc.uri, **loc.fs.storage_options)
+
+
+def _dcp_reader(loc: Location) -> Any:
+    import torch.distributed.checkpoint as dcp
+
+    if loc.is_local:
+        return dcp.FileSystemReader(loc.path)
+    from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader
+
+    return FsspecReader(loc.uri, **loc.fs.storage_options)
+
+
+def save(
+    output: str,
+    *,
+    step: int,
+    state: dict[str, Any],
+    config_yaml: str,
+    keep: int,
+    sharded: dict[str, Any] | None = None,
+) -> CheckpointRef | None:
+    """Publish the checkpoint of ``step`` (folder first, ``latest`` last) and keep the newest ``keep``.
+
+    ``state`` is written by rank 0 as ``state.pt``. ``sharded`` (FSDP2 runs: sharded state dicts of
+    student, teacher and optimizer) is written by every rank with DCP; in a process group every
+    rank must call this (it is collective). Returns the reference on rank 0, None elsewhere.
+    """
     root = checkpoints_root(output)
     folder = root.join(step_dir_name(step))
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    write_bytes_atomic(folder.join(STATE), buf.getvalue())
-    write_bytes_atomic(folder.join(CONFIG), config_yaml.encode())
-    write_bytes_atomic(
-        root.join(LATEST), json.dumps({"step": step, "dir": folder.path.rsplit("/", 1)[-1]}).encode()
-    )
-    _prune(root, newest=step, keep=keep)
-    logger.info("checkpoint step %d -> %s", step, folder.uri)
-    return CheckpointRef(step=step, location=folder)
+    rank = _rank()
+    if rank == 0 and exists(folder):
+        folder.fs.rm(folder.path, recursive=True)  # a crashed attempt's files, never named by latest
+    _barrier()
+    if sharded is not None:
+        import torch.distributed.checkpoint as dcp
+
+        dcp.save(sharded, storage_writer=_dcp_writer(folder.join(SHARDS)))
+    ref = None
+    if rank == 0:
+        buf = io.BytesIO()
+        torch.save({**state, "format": "dcp" if sharded is not None else "torch"}, buf)
+        write_bytes_atomic(folder.join(STATE), buf.getvalue())
+        write_bytes_atomic(folder.join(CONFIG), config_yaml.encode())
+    _barrier()  # every shard is written before the pointer names the folder
+    if rank == 0:
+        write_bytes_atomic(
+            root.join(LATEST), json.dumps({"step": step, "dir": folder.path.rsplit("/", 1)[-1]}).encode()
+        )
+        _prune(root, newest=step, keep=keep)
+        logger.info("checkpoint step %d -> %s", step, folder.uri)
+        ref = CheckpointRef(step=step, location=folder)
+    return ref
 
 
 def _prune(root: Location, *, newest: int, keep: int) -> None:
@@ -101,8 +166,16 @@ def _prune(root: Location, *, newest: int, keep: int) -> None:
             fs.rm(path, recursive=True)
 
 
+def is_sharded(saved: dict[str, Any]) -> bool:
+    """Whether a loaded ``state.pt`` belongs to a sharded (DCP) checkpoint."""
+    return saved.get("format") == "dcp"
+
+
 def load(ref: CheckpointRef) -> dict[str, Any]:
-    """The state saved in ``ref``; raises :class:`CheckpointError` naming it if it cannot load."""
+    """The ``state.pt`` saved in ``ref``; raises :class:`CheckpointError` naming it if it cannot load.
+
+    For a sharded checkpoint the networks and optimizer are not in it: see :func:`load_sharded`.
+    """
     loc = ref.location.join(STATE)
     if not exists(loc):
         raise CheckpointError(f"checkpoint {ref.location.uri} has no {STATE}")
@@ -112,7 +185,85 @@ def load(ref: CheckpointRef) -> dict[str, Any]:
         )
     except Exception as err:  # torch raises several types for truncated / foreign files
         raise CheckpointError(f"checkpoint {loc.uri} cannot be loaded ({type(err).__name__}: {err})") from err
-    missing = {"step", "student", "teacher", "optimizer"} - set(state)
+    required = {"step"} | (set() if is_sharded(state) else set(SHARDED_KEYS))
+    missing = required - set(state)
     if missing:
         raise CheckpointError(f"checkpoint {loc.uri} lacks {', '.join(sorted(missing))}")
     return state
+
+
+def load_sharded(ref: CheckpointRef, target: dict[str, Any]) -> None:
+    """Fill ``target`` (sharded state dicts shaped like the saved ones) in place from ``ref``'s DCP shards.
+
+    Collective in a process group; the world size may differ from the one that saved.
+    """
+    import torch.distributed.checkpoint as dcp
+
+    loc = ref.location.join(SHARDS)
+    try:
+        dcp.load(target, storage_reader=_dcp_reader(loc))
+    except Exception as err:  # DCP wraps per-rank failures in CheckpointException
+        raise CheckpointError(
+            f"sharded checkpoint {loc.uri} cannot be loaded into this run's model "
+            f"(was it written with another recipe?): {type(err).__name__}: {err}"
+        ) from err
+
+
+def resolve_checkpoint(uri: str) -> CheckpointRef:
+    """A run output URI (its ``latest``) or one step folder (``.../checkpoints/step-NNNNNNNN``)."""
+    loc = resolve(uri)
+    name = loc.path.rstrip("/").rsplit("/", 1)[-1]
+    m = _STEP_DIR.match(name)
+    if m:
+        return CheckpointRef(step=int(m.group(1)), location=loc)
+    ref = latest(uri)
+    if ref is None:
+        raise CheckpointError(
+            f"{uri} holds no published checkpoint (no {CHECKPOINTS}/{LATEST}); give a run output "
+            f"or a {CHECKPOINTS}/step-NNNNNNNN folder"
+        )
+    return ref
+
+
+def load_weights(
+    uri: str, *, networks: tuple[str, ...] = ("student", "teacher")
+) -> dict[str, dict[str, Any]]:
+    """Full (unsharded, CPU) state dicts of ``networks`` from a checkpoint of either format.
+
+    ``uri`` is a run output or a step folder (:func:`resolve_checkpoint`). Needs no process group:
+    a sharded checkpoint's tensors are read whole from its DCP shards.
+    """
+    ref = resolve_checkpoint(uri)
+    saved = load(ref)
+    if not is_sharded(saved):
+        return {name: saved[name] for name in networks}
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    reader = _dcp_reader(ref.location.join(SHARDS))
+    try:
+        meta = reader.read_metadata().state_dict_metadata
+    except Exception as err:
+        raise CheckpointError(
+            f"sharded checkpoint {ref.location.uri} has no readable DCP metadata: {err}"
+        ) from err
+    flat: dict[str, torch.Tensor] = {}
+    for key, item in meta.items():
+        if key.split(".", 1)[0] in networks and isinstance(item, TensorStorageMetadata):
+            flat[key] = torch.empty(item.size, dtype=item.properties.dtype)
+    dcp.load(flat, storage_reader=_dcp_reader(ref.location.join(SHARDS)), no_dist=True)
+    out: dict[str, dict[str, Any]] = {name: {} for name in networks}
+    for key, tensor in flat.items():
+        name, rest = key.split(".", 1)
+        out[name][rest] = tensor
+    return out
+
+
+def load_teacher_backbone(uri: str) -> dict[str, torch.Tensor]:
+    """The teacher's backbone weights (keys as in :class:`trainer.models.vit.VisionTransformer`).
+
+    ``uri``: a run output (its latest checkpoint) or a step folder; plain or sharded checkpoints.
+    The teacher (EMA) backbone is the model DINOv2-style recipes release.
+    """
+    teacher = load_weights(uri, networks=("teacher",))["teacher"]
+    return {k.removeprefix("backbone."): v for k, v in teacher.items() if k.startswith("backbone.")}

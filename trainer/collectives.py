@@ -1,7 +1,8 @@
 """The few collectives the losses need, as no-ops outside a process group.
 
-Sinkhorn-Knopp, EMA centering and SigReg normalise over the global batch, so their sums are
-all-reduced across ranks; a single-process run (tests, CPU) skips the communication.
+Sinkhorn-Knopp and the EMA centre normalise teacher scores over the global batch, so their sums
+are all-reduced across ranks, as are the step's NaN flag and metrics; a single-process run (tests,
+CPU) skips the communication.
 """
 
 from __future__ import annotations
@@ -20,13 +21,3 @@ def all_reduce_(tensor: torch.Tensor, *, op: str = "sum") -> torch.Tensor:
     if world_size() > 1:
         dist.all_reduce(tensor, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
     return tensor
-
-
-def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
-    """Differentiable mean over ranks (the gradient flows back to every rank's contribution)."""
-    n = world_size()
-    if n == 1:
-        return tensor
-    from torch.distributed.nn.functional import all_reduce
-
-    return all_reduce(tensor) / n

@@ -26,10 +26,16 @@ from trainer.views.multicrop import MaskSampler, MultiCrop, collate_views
 logger = logging.getLogger(__name__)
 
 SHM_DIR = Path("/dev/shm")
-# The six segments a StreamingDataset creates per prefix (streaming 0.13, see ENVIRONMENT.md).
-_STREAMING_SHM = re.compile(
-    r"^\d{6}_(barrier|cache_usage|locals|next_epoch|shard_access_times|shard_states)$"
+# The segments a StreamingDataset creates per prefix (streaming 0.13's SHM_TO_CLEAN): the six of
+# ENVIRONMENT.md, "resume" (load_state_dict; left behind by every resumed run, even one that exits
+# cleanly) and two epoch_* ones. A stale "resume" is not harmless: streaming takes, as its prefix,
+# the largest of the first free prefixes found per segment name, so stray resume segments push it
+# onto a prefix whose other segments a live dataset holds, and the next dataset fails with
+# FileExistsError on "NNNNNN_locals" (seen here with another test's dataset on the node).
+_SHM_NAMES = (
+    "barrier|cache_usage|locals|next_epoch|shard_access_times|shard_states|resume|epoch_data|epoch_shape"
 )
+_STREAMING_SHM = re.compile(rf"^\d{{6}}_({_SHM_NAMES})$")
 
 
 def stale_shared_memory(shm_dir: Path = SHM_DIR) -> list[Path]:
@@ -77,6 +83,20 @@ def remove_stale_shared_memory(shm_dir: Path = SHM_DIR) -> list[str]:
     return removed
 
 
+def release_resume_memory(loader: StreamingDataLoader) -> None:
+    """Unlink the ``NNNNNN_resume`` segment a resumed loader created (call once it will not iterate again).
+
+    Streaming registers it with ``atexit``, so a long-lived process (a service, a test session)
+    that ran resumed trainings in-process would keep one per run mapped until it exits, and stray
+    resume segments derail streaming's choice of prefix for later datasets (see ``_SHM_NAMES``).
+    """
+    dataset: Any = loader.dataset
+    shm = getattr(dataset, "_resume_shm", None)
+    if shm is not None:
+        shm.cleanup()
+        del dataset._resume_shm
+
+
 def set_single_process_env() -> None:
     """Rank variables streaming reads, for a run without a launcher (kept if already set)."""
     for k, v in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1", "LOCAL_RANK": "0"}.items():
@@ -105,18 +125,43 @@ class ViewDataset(StreamingDataset):
         return {"key": raw["key"], "sample_id": int(sample_id), "epoch": self._epoch, "views": views}
 
 
-class Collate:
-    """Stack views into a :class:`ViewBatch` with iBOT masks seeded by the batch's sample ids."""
+def micro_batch_indices(n: int, *, accumulation: int) -> list[list[int]]:
+    """Positions in a worker's batch of ``n`` items that form each of its ``accumulation`` micro-batches.
 
-    def __init__(self, masks: MaskSampler, *, seed: int) -> None:
-        self.masks, self.seed = masks, seed
+    Micro-batch ``a`` takes every ``accumulation``-th item from position ``a``. Why strided:
+    streaming deals a global batch to W ranks one sample at a time (rank r gets positions r, r + W,
+    r + 2W, ... of the global order). Cut the global batch of G = k micro-batches of m into
+    micro-batch j = positions {j, j + k, j + 2k, ...}; rank r's items at a, a + A, a + 2A, ...
+    (A = k / W) are exactly micro-batch j = r + W a, in the same order. So every micro-batch holds
+    the same samples, in the same order, for any worker count that divides k.
+    """
+    if n % accumulation:
+        raise ValueError(f"a batch of {n} cannot be cut into {accumulation} equal micro-batches")
+    return [list(range(a, n, accumulation)) for a in range(accumulation)]
+
+
+class Collate:
+    """Stack views into ``accumulation`` :class:`ViewBatch` micro-batches, iBOT masks seeded per micro-batch.
+
+    Masks are drawn from (seed, epoch, the micro-batch's sample ids), so they do not depend on which
+    worker or loader process built the batch.
+    """
+
+    def __init__(self, masks: MaskSampler, *, seed: int, accumulation: int = 1) -> None:
+        self.masks, self.seed, self.accumulation = masks, seed, accumulation
 
     def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        ids = [it["sample_id"] for it in items]
-        rng = np.random.default_rng([self.seed, items[0]["epoch"], *ids])
+        micro, micro_keys = [], []
+        for positions in micro_batch_indices(len(items), accumulation=self.accumulation):
+            part = [items[i] for i in positions]
+            ids = [it["sample_id"] for it in part]
+            rng = np.random.default_rng([self.seed, part[0]["epoch"], *ids])
+            micro.append(collate_views([it["views"] for it in part], masks=self.masks, rng=rng))
+            micro_keys.append([it["key"] for it in part])
         return {
             "keys": [it["key"] for it in items],  # first: StreamingDataLoader counts its length
-            "batch": collate_views([it["views"] for it in items], masks=self.masks, rng=rng),
+            "micro": micro,
+            "micro_keys": micro_keys,
         }
 
 
@@ -132,28 +177,33 @@ def build_loader(
     shuffle: bool = True,
     num_workers: int = 2,
     prefetch_factor: int = 2,
+    accumulation: int = 1,
 ) -> StreamingDataLoader:
-    """A checkpointable loader of ``{"keys": [...], "batch": ViewBatch}`` for this rank.
+    """A checkpointable loader of this rank's batches: ``{"keys", "micro", "micro_keys"}``.
+
+    ``micro`` holds ``accumulation`` :class:`ViewBatch` micro-batches, ``micro_keys`` their keys.
 
     Checks each source's schema version first (raises ``SchemaVersionError`` / ``DatasetError``
-    naming the dataset). ``batch_size`` is per rank; streaming partitions samples over ranks and
-    loader processes deterministically from ``seed``.
+    naming the dataset). ``batch_size`` is this rank's share of the global batch; streaming
+    partitions samples over ranks and loader processes deterministically from ``seed``, in one global
+    order that does not depend on the number of ranks (on one node, or with the canonical node count
+    saved in the loader state); :func:`micro_batch_indices` cuts it into micro-batches that do not
+    depend on it either.
     """
     set_single_process_env()
-    streams = build_streams(mix, cache_dir=cache_dir)
-    dataset = ViewDataset(
+    kwargs: dict[str, Any] = dict(
         multicrop=multicrop,
         seed=seed,
-        streams=streams,
         batch_size=batch_size,
         shuffle=shuffle,
         shuffle_seed=seed,
         cache_limit=cache_limit,
     )
+    dataset = ViewDataset(streams=build_streams(mix, cache_dir=cache_dir), **kwargs)
     return StreamingDataLoader(
         dataset,
         batch_size=batch_size,
-        collate_fn=Collate(masks, seed=seed),
+        collate_fn=Collate(masks, seed=seed, accumulation=accumulation),
         num_workers=num_workers,
         prefetch_factor=prefetch_factor if num_workers else None,
         persistent_workers=False,

@@ -2,18 +2,22 @@
 
 Phases of :func:`run_training`:
 
-1. setup        rank/world from the process group (if any), rank variables for streaming, stale
-                shared memory removed once per node, model + optimizer built from the recipe
+1. setup        rank/world from the process group (created here under torchrun), rank variables
+                for streaming, stale shared memory removed once per node, the batch plan (micro-batch,
+                accumulation), model + optimizer built from the recipe, replicated or FSDP2-sharded
 2. resume       the latest checkpoint under the output URI, if any: weights, optimizer, centerings,
-                step, RNG and the StreamingDataLoader position
-3. data         next batch from the loader (time blocked on it = data wait)
-4. step         :func:`trainer.step.train_step` (gradients averaged across ranks by hooks)
-5. metrics      loss terms, lr, images/s, tokens/s, data-wait fraction -> JSONL next to checkpoints
-6. checkpoint   every N steps and at the end, rank 0 publishes atomically; keep the last K
+                step, RNG and the StreamingDataLoader position; else ``init_from`` (a previous
+                stage's weights, position tables resampled)
+3. data         next batch from the loader, cut into micro-batches (time blocked on it = data wait)
+4. step         :func:`trainer.step.train_step` over the micro-batches (gradient accumulation)
+5. metrics      loss terms, lr, images/s, tokens/s, data-wait fraction, MFU and memory on GPUs ->
+                JSONL next to the checkpoints every ``metrics.flush_every`` steps
+6. checkpoint   every N steps and at the end, published atomically (sharded with DCP under FSDP2)
 
 Data parallelism for small models is plain gradient averaging: a post-accumulate hook all-reduces
-each parameter's gradient as backward produces it (what DDP does, without its bucketing), because
-:func:`train_step` calls ``backbone.forward_features`` directly, which a DDP wrapper would not see.
+each parameter's gradient as the last micro-batch's backward produces it (what DDP does, without
+its bucketing), because :func:`train_step` calls ``backbone.forward_features`` directly, which a DDP
+wrapper would not see. Large models are sharded with FSDP2 (:mod:`trainer.parallel`).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import os
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -32,14 +37,33 @@ import torch.distributed as dist
 from sharder.storage import resolve, write_bytes_atomic
 from trainer import checkpoint as ckpt
 from trainer.build import build_mask_sampler, build_multicrop, build_train_state
-from trainer.data import build_loader, remove_stale_shared_memory, set_single_process_env
+from trainer.data import (
+    build_loader,
+    release_resume_memory,
+    remove_stale_shared_memory,
+    set_single_process_env,
+)
+from trainer.flops import peak_flops, step_flops
+from trainer.heads import Network
+from trainer.models.pos_embed import resize_table
+from trainer.parallel import (
+    fsdp_state_dicts,
+    load_fsdp_state_dicts,
+    replicate_gradients,
+    scatter_full_state,
+    shard_network,
+)
 from trainer.run_config import TrainConfig
 from trainer.step import TrainState, train_step
 
 logger = logging.getLogger(__name__)
 
 METRICS = "metrics"
-REPORTED = ("loss", "dino", "ibot", "koleo", "sigreg", "lr", "grad_norm", "teacher_temp", "cls_std")
+# train_step's metrics copied into each JSONL record (docs/training.md lists every field)
+REPORTED = (
+    "loss", "dino", "ibot", "koleo", "sigreg", "lr", "weight_decay", "momentum", "teacher_temp",
+    "grad_norm", "cls_std", "teacher_entropy", "prototype_entropy", "masked_ratio",
+)  # fmt: skip
 
 
 @dataclass
@@ -54,6 +78,26 @@ class RunSummary:
     metrics: list[dict[str, Any]] = field(default_factory=list)
 
 
+def _init_process_group(device_type: str, *, sharded: bool) -> bool:
+    """Create the process group if the launcher did not; returns whether this call created it.
+
+    Under torchrun (``WORLD_SIZE`` > 1) the group is made here (Ray Train makes its own). A single
+    process that shards (``parallel: auto`` for ViT-L on one GPU) gets a one-rank group: FSDP2 and
+    DCP need one, and its checkpoints are then sharded like a multi-worker run's, so an elastic
+    run that started alone resumes on more workers.
+    """
+    if not dist.is_available() or dist.is_initialized():
+        return False
+    backend = "nccl" if device_type == "cuda" else "gloo"
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        dist.init_process_group(backend)
+        return True
+    if sharded:
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+        return True
+    return False
+
+
 def _world() -> tuple[int, int, int]:
     """(rank, world size, local rank) from the process group, or (0, 1, 0)."""
     if dist.is_available() and dist.is_initialized():
@@ -66,26 +110,13 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def average_gradients_across_ranks(module: torch.nn.Module, *, world_size: int) -> None:
-    """Register hooks that replace each gradient with its mean over ranks as soon as it is ready."""
-
-    def hook(p: torch.Tensor) -> None:
-        assert p.grad is not None
-        dist.all_reduce(p.grad)
-        p.grad.div_(world_size)
-
-    for p in module.parameters():
-        if p.requires_grad:
-            p.register_post_accumulate_grad_hook(hook)
-
-
-def _training_state(state: TrainState, *, loader_state: Any, config_yaml: str) -> dict[str, Any]:
+def _training_state(
+    state: TrainState, *, loader_state: Any, config_yaml: str, sharded: bool
+) -> dict[str, Any]:
+    """What ``state.pt`` holds; under FSDP2 the networks and optimizer go to DCP shards instead."""
     obj = state.objective
-    return {
+    out: dict[str, Any] = {
         "step": state.step,
-        "student": state.student.state_dict(),
-        "teacher": state.teacher.state_dict(),
-        "optimizer": state.optimizer.state_dict(),
         "dino_centering": obj.dino_centering.state_dict(),
         "ibot_centering": obj.ibot_centering.state_dict(),
         "torch_rng": torch.get_rng_state(),
@@ -93,13 +124,31 @@ def _training_state(state: TrainState, *, loader_state: Any, config_yaml: str) -
         "loader": loader_state,
         "config": config_yaml,
     }
+    if not sharded:
+        out.update(
+            student=state.student.state_dict(),
+            teacher=state.teacher.state_dict(),
+            optimizer=state.optimizer.state_dict(),
+        )
+    return out
 
 
-def _restore(state: TrainState, saved: dict[str, Any], *, where: str) -> None:
+def _restore(state: TrainState, ref: ckpt.CheckpointRef, saved: dict[str, Any], *, sharded: bool) -> None:
+    where = ref.location.uri
+    if ckpt.is_sharded(saved) != sharded:
+        raise ckpt.CheckpointError(
+            f"checkpoint {where} is {'sharded (FSDP2)' if ckpt.is_sharded(saved) else 'unsharded'} but this "
+            f"run is {'sharded' if sharded else 'replicated'}: set parallel= to what wrote it"
+        )
     try:
-        state.student.load_state_dict(saved["student"])
-        state.teacher.load_state_dict(saved["teacher"])
-        state.optimizer.load_state_dict(saved["optimizer"])
+        if sharded:
+            target = fsdp_state_dicts(state.student, state.teacher, state.optimizer)
+            ckpt.load_sharded(ref, target)
+            load_fsdp_state_dicts(state.student, state.teacher, state.optimizer, target)
+        else:
+            state.student.load_state_dict(saved["student"])
+            state.teacher.load_state_dict(saved["teacher"])
+            state.optimizer.load_state_dict(saved["optimizer"])
         state.objective.dino_centering.load_state_dict(saved["dino_centering"])
         state.objective.ibot_centering.load_state_dict(saved["ibot_centering"])
     except (RuntimeError, KeyError, ValueError) as err:
@@ -111,6 +160,38 @@ def _restore(state: TrainState, saved: dict[str, Any], *, where: str) -> None:
     torch.set_rng_state(saved["torch_rng"])
     if saved.get("cuda_rng") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(saved["cuda_rng"])
+
+
+def init_from_stage(state: TrainState, uri: str, *, sharded: bool) -> None:
+    """Load a previous stage's student and teacher into ``state`` (optimizer, step, schedules stay fresh).
+
+    Position tables are resampled (bicubic) to this model's ``img_size`` grid, so a 224-px (or
+    32-px) checkpoint starts a 512-px (64-px) stage. Raises ``CheckpointError`` if the networks
+    differ otherwise.
+    """
+    weights = ckpt.load_weights(uri)
+    for name, net in (("student", state.student), ("teacher", state.teacher)):
+        sd = dict(weights[name])
+        key = "backbone.pos_embed.weight"
+        table = net.backbone.pos_embed
+        if key in sd:
+            sd[key] = resize_table(sd[key], grid=table.grid, num_prefix=table.num_prefix)
+        try:
+            _load_full(net, sd, sharded=sharded)
+        except (RuntimeError, KeyError, ValueError) as err:
+            raise ckpt.CheckpointError(
+                f"init_from {uri}: its {name} does not fit this run's model (other size or heads?): {err}"
+            ) from err
+    logger.info(
+        "initialised from %s (position tables resampled to %s)", uri, state.student.backbone.pos_embed.grid
+    )
+
+
+def _load_full(net: Network, sd: dict[str, Any], *, sharded: bool) -> None:
+    if sharded:
+        scatter_full_state(net, sd)
+    else:
+        net.load_state_dict(sd)
 
 
 def _epochs(loader: Any) -> Generator[dict[str, Any], None, None]:
@@ -126,12 +207,35 @@ def _epochs(loader: Any) -> Generator[dict[str, Any], None, None]:
             raise RuntimeError("the dataset yields no full batch per rank: lower batch.global_size")
 
 
-class MetricsWriter:
-    """Buffers per-step records; writes them as one JSONL object per checkpoint (stores cannot append)."""
+def _metrics_files(output: str) -> list[tuple[int, str]]:
+    """(first step, path) of every JSONL file under ``output``/metrics, by first step."""
+    root = resolve(output).join(METRICS)
+    fs = root.fs
+    fs.invalidate_cache(root.path)
+    if not fs.exists(root.path):
+        return []
+    files = []
+    for path in fs.ls(root.path, detail=False):
+        name = str(path).rsplit("/", 1)[-1]
+        if name.endswith(".jsonl") and name.split("-", 1)[0].isdigit():
+            files.append((int(name.split("-", 1)[0]), str(path)))
+    return sorted(files)
 
-    def __init__(self, output: str) -> None:
+
+class MetricsWriter:
+    """Buffers per-step records; writes them as one JSONL object per flush (stores cannot append).
+
+    Files are ``metrics/FIRST-LAST.jsonl``. A run that resumes from step N first deletes files
+    starting after N (written by the attempt that crashed), so re-run steps are never shadowed.
+    """
+
+    def __init__(self, output: str, *, resumed_from: int | None = None) -> None:
         self.root = resolve(output).join(METRICS)
         self.pending: list[dict[str, Any]] = []
+        if resumed_from is not None:
+            for first, path in _metrics_files(output):
+                if first > resumed_from:
+                    self.root.fs.rm(path)
 
     def add(self, record: dict[str, Any]) -> None:
         self.pending.append(record)
@@ -148,50 +252,95 @@ class MetricsWriter:
 def read_metrics(output: str) -> list[dict[str, Any]]:
     """Every flushed per-step record under ``output``, by step (a re-run step keeps its newest record)."""
     root = resolve(output).join(METRICS)
-    fs = root.fs
-    fs.invalidate_cache(root.path)
-    if not fs.exists(root.path):
-        return []
     by_step: dict[int, dict[str, Any]] = {}
-    for path in sorted(fs.ls(root.path, detail=False), key=lambda p: str(p).rsplit("/", 1)[-1]):
-        if not str(path).endswith(".jsonl"):
-            continue
-        with fs.open(path, "rb") as f:
+    for _, path in _metrics_files(output):
+        with root.fs.open(path, "rb") as f:
             for line in f.read().decode().splitlines():
                 rec = json.loads(line)
                 by_step[int(rec["step"])] = rec
     return [by_step[s] for s in sorted(by_step)]
 
 
+class MetricsTail:
+    """Records of metrics files new under ``output`` since the last :meth:`poll` (a Ray run's progress)."""
+
+    def __init__(self, output: str) -> None:
+        self.output = output
+        self.seen: set[str] = set()
+
+    def poll(self) -> list[dict[str, Any]]:
+        root = resolve(self.output).join(METRICS)
+        new: list[dict[str, Any]] = []
+        for _, path in _metrics_files(self.output):
+            if path in self.seen:
+                continue
+            self.seen.add(path)
+            with root.fs.open(path, "rb") as f:
+                new += [json.loads(line) for line in f.read().decode().splitlines()]
+        return sorted(new, key=lambda r: int(r["step"]))
+
+
+def _global_keys(micro_keys: list[list[str]], *, rank: int, world: int) -> list[str]:
+    """Every sample key of the global batch, micro-batch by micro-batch (index r + W a), on every rank."""
+    mine = {rank + world * a: keys for a, keys in enumerate(micro_keys)}
+    if world > 1:
+        gathered: list[Any] = [None] * world
+        dist.all_gather_object(gathered, mine)
+        for part in gathered:
+            mine.update(part)
+    return [k for j in sorted(mine) for k in mine[j]]
+
+
 def run_training(
     cfg: TrainConfig,
     *,
     on_checkpoint: Callable[[ckpt.CheckpointRef | None, dict[str, Any]], None] | None = None,
+    on_step: Callable[[dict[str, Any]], None] | None = None,
 ) -> RunSummary:
     """Train until ``cfg.steps``; resume from the latest checkpoint under ``cfg.output`` when present.
 
-    ``on_checkpoint(ref, metrics)`` is called on every rank after each checkpoint (``ref`` is None
-    on ranks other than 0); the Ray Train entry reports through it.
+    ``on_checkpoint(ref, record)`` is called on every rank after each checkpoint (``ref`` is None
+    on ranks other than 0); the Ray Train entry reports through it. ``on_step(record)`` is called
+    on rank 0 after every step (the CLI's progress bar).
     """
     # 1. setup
     set_single_process_env()
+    sharded = cfg.sharded
+    own_group = _init_process_group(cfg.device, sharded=sharded)
     rank, world, local_rank = _world()
     device = torch.device(cfg.device, local_rank) if cfg.device == "cuda" else torch.device("cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    per_worker = cfg.batch.per_worker(world)
+    plan = cfg.batch.plan(world)
     if local_rank == 0:
         remove_stale_shared_memory()
     _barrier()
     recipe = cfg.recipe
-    state = build_train_state(recipe, global_batch_size=cfg.batch.global_size, device=device, seed=cfg.seed)
-    if world > 1:
-        average_gradients_across_ranks(state.student, world_size=world)
+    shard = None
+    if sharded:
+        from torch.distributed.device_mesh import init_device_mesh
+
+        bf16 = recipe.compute.precision == "bf16" and device.type == "cuda"
+        shard = partial(
+            shard_network,
+            mesh=init_device_mesh(device.type, (world,)),
+            param_dtype=torch.bfloat16 if bf16 else None,
+            reduce_dtype=torch.float32,
+        )
+    state = build_train_state(
+        recipe, global_batch_size=cfg.batch.global_size, device=device, seed=cfg.seed, shard=shard
+    )
+    if world > 1 and not sharded:
+        state.grad_sync = replicate_gradients(state.student, world_size=world)
+    # streaming picks a free shared-memory prefix on every rank, barriers, then the local leader
+    # creates it: ranks that arrive together leave other datasets on the node less time to take it
+    _barrier()
     loader = build_loader(
         cfg.data.mix,
         multicrop=build_multicrop(recipe),
         masks=build_mask_sampler(recipe),
-        batch_size=per_worker,
+        batch_size=plan.per_worker,
+        accumulation=plan.accumulation,
         seed=cfg.seed,
         cache_dir=cfg.data.cache_dir,
         cache_limit=cfg.data.cache_limit,
@@ -201,35 +350,40 @@ def run_training(
     )
     config_yaml = cfg.to_yaml()
 
-    # 2. resume
+    # 2. resume (this run's own checkpoint wins over init_from: a restarted stage continues)
     resumed_from = None
     ref = ckpt.latest(cfg.output) if cfg.checkpoint.resume else None
     if ref is not None:
         saved = ckpt.load(ref)
-        _restore(state, saved, where=ref.location.uri)
+        _restore(state, ref, saved, sharded=sharded)
         if saved.get("loader") is not None:
             loader.load_state_dict(saved["loader"])
         resumed_from = state.step
         logger.info("rank %d resumed from %s at step %d", rank, ref.location.uri, state.step)
+    elif cfg.init_from is not None:
+        init_from_stage(state, cfg.init_from, sharded=sharded)
 
-    writer = MetricsWriter(cfg.output) if rank == 0 else None
-    crops = recipe.crops
-    tokens_per_image = crops.global_count * (crops.global_size // recipe.model.patch_size) ** 2 + (
-        crops.local_count * (crops.local_size // recipe.model.patch_size) ** 2
+    writer = MetricsWriter(cfg.output, resumed_from=resumed_from) if rank == 0 else None
+    crops, patch = recipe.crops, recipe.model.patch_size
+    tokens_per_image = crops.global_count * (crops.global_size // patch) ** 2 + (
+        crops.local_count * (crops.local_size // patch) ** 2
     )
+    flops = step_flops(recipe, images=cfg.batch.global_size)  # student fwd+bwd + teacher fwd, analytic
+    peak = peak_flops(device, precision=recipe.compute.precision)
     records: list[dict[str, Any]] = []
     last_ckpt: str | None = ref.location.uri if ref is not None else None
     batches = _epochs(loader)
+    micro_ids = [rank + world * a for a in range(plan.accumulation)]  # index in the global batch
     try:
         while state.step < cfg.steps:
             # 3. data (time blocked on the loader)
             t0 = time.perf_counter()
             item = next(batches)
-            batch = item["batch"].to(device, non_blocking=True)
+            micro = [mb.to(device, non_blocking=True) for mb in item["micro"]]
             t1 = time.perf_counter()
 
-            # 4. step
-            metrics = train_step(state, batch)
+            # 4. step (accumulating over this worker's micro-batches)
+            metrics = train_step(state, micro, micro_ids=micro_ids)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             t2 = time.perf_counter()
@@ -242,37 +396,54 @@ def run_training(
                 tokens_per_s=cfg.batch.global_size * tokens_per_image / step_time,
                 data_wait_fraction=(t1 - t0) / step_time,
                 step_time_s=step_time,
+                mfu=flops / world / step_time / peak if peak else None,
+                gpu_memory_gib=torch.cuda.max_memory_allocated(device) / 2**30
+                if device.type == "cuda"
+                else None,
                 world_size=world,
+                micro_batch=plan.micro_size,
+                accumulation=plan.accumulation,
+                global_batch=cfg.batch.global_size,
                 resumed_from=resumed_from,  # None for a fresh start; shows restarts in the log
+                time=time.time(),
             )
             if cfg.metrics.sample_keys:
-                record["keys"] = list(item["keys"])
-            if device.type == "cuda":
-                record["gpu_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+                record["keys"] = _global_keys(item["micro_keys"], rank=rank, world=world)
             records.append(record)
+            checkpoint_now = state.step % cfg.checkpoint.every == 0 or state.step == cfg.steps
             if writer is not None:
                 writer.add(record)
-
-            # 6. checkpoint (rank 0 writes; every rank's loader state is the same global position)
-            if state.step % cfg.checkpoint.every == 0 or state.step == cfg.steps:
-                loader_state = loader.state_dict()
-                published = None
-                if writer is not None:
+                if checkpoint_now or state.step % cfg.metrics.flush_every == 0:
                     writer.flush()
-                    published = ckpt.save(
-                        cfg.output,
-                        step=state.step,
-                        state=_training_state(state, loader_state=loader_state, config_yaml=config_yaml),
-                        config_yaml=config_yaml,
-                        keep=cfg.checkpoint.keep,
-                    )
+                if on_step is not None:
+                    on_step(record)
+
+            # 6. checkpoint (every rank's loader state is the same global position)
+            if checkpoint_now:
+                loader_state = loader.state_dict()
+                published = ckpt.save(
+                    cfg.output,
+                    step=state.step,
+                    state=_training_state(
+                        state, loader_state=loader_state, config_yaml=config_yaml, sharded=sharded
+                    ),
+                    config_yaml=config_yaml,
+                    keep=cfg.checkpoint.keep,
+                    sharded=fsdp_state_dicts(state.student, state.teacher, state.optimizer)
+                    if sharded
+                    else None,
+                )
+                if published is not None:
                     last_ckpt = published.location.uri
-                _barrier()
                 if on_checkpoint is not None:
                     on_checkpoint(published, record)
+        _barrier()  # every rank has its last batch: none reads the resume segment again
+        release_resume_memory(loader)
     finally:
         batches.close()  # stops the loader processes
         del batches, loader
+        if own_group and world == 1:
+            dist.destroy_process_group()  # a torchrun group lives as long as its process
 
     timed = records[1:] or records  # the first step includes loader start-up
     total = sum(r["step_time_s"] for r in timed)

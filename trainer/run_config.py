@@ -10,6 +10,7 @@ field, e.g. ``batch.global_size=64`` or ``recipe.optim.base_lr=1e-3``), resolved
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -40,26 +41,67 @@ class DataConfig(_Section):
     prefetch_factor: int = Field(2, ge=1)  # batches each loader process prepares ahead
 
 
+class BatchSizeError(TrainConfigError):
+    """A worker count cannot split the global batch into whole micro-batches."""
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """How one optimisation step's global batch is cut for ``world_size`` workers.
+
+    ``global_size = micro_size x accumulation x world_size``: each worker takes ``per_worker``
+    images from its loader per step and runs ``accumulation`` forward/backward passes of
+    ``micro_size`` images before the gradients are combined.
+    """
+
+    global_size: int
+    micro_size: int
+    accumulation: int
+    world_size: int
+
+    @property
+    def per_worker(self) -> int:
+        return self.micro_size * self.accumulation
+
+    @property
+    def micro_batches(self) -> int:
+        """Micro-batches in one global batch, all workers together."""
+        return self.accumulation * self.world_size
+
+
 class BatchConfig(_Section):
-    """Batch sizes: the global batch is constant whatever the number of workers."""
+    """Batch sizes: the global batch is constant whatever the number of workers (gradient accumulation)."""
 
     global_size: int = Field(32, ge=1)  # images per optimisation step, all workers together
-    per_worker_max: int | None = Field(None, ge=1)  # refuse to start if a worker would get more
+    # images per forward/backward on one worker; accumulation = global / (micro x workers). Batch
+    # statistics (iBOT masks, KoLeo, SigReg) are per micro-batch, so a fixed micro size makes a run
+    # independent of the worker count. None: global / workers (no accumulation; fixed counts only)
+    micro_size: int | None = Field(None, ge=1)
 
-    def per_worker(self, world_size: int) -> int:
-        """Images per worker per step for ``world_size`` workers (the global batch split evenly)."""
-        if self.global_size % world_size:
-            raise TrainConfigError(
-                f"batch.global_size={self.global_size} is not divisible by {world_size} workers; "
-                f"choose a global size that is a multiple of every worker count in the range"
+    def plan(self, world_size: int) -> BatchPlan:
+        """The split for ``world_size`` workers; raises :class:`BatchSizeError` naming what would fit."""
+        micro = self.micro_size
+        if micro is None:
+            if self.global_size % world_size:
+                raise BatchSizeError(
+                    f"batch.global_size={self.global_size} is not divisible by {world_size} workers; "
+                    f"choose a global size that is a multiple of every worker count, or set "
+                    f"batch.micro_size for gradient accumulation"
+                )
+            micro = self.global_size // world_size
+        if self.global_size % (micro * world_size):
+            fits = [n for n in range(1, self.global_size // micro + 1) if self.global_size % (micro * n) == 0]
+            raise BatchSizeError(
+                f"batch.global_size={self.global_size} is not a multiple of batch.micro_size={micro} x "
+                f"{world_size} workers, so the accumulation steps would not be whole; worker counts "
+                f"that fit: {fits}"
             )
-        per = self.global_size // world_size
-        if self.per_worker_max is not None and per > self.per_worker_max:
-            raise TrainConfigError(
-                f"{world_size} workers would get {per} images each, above batch.per_worker_max="
-                f"{self.per_worker_max}; add workers or lower batch.global_size"
-            )
-        return per
+        return BatchPlan(
+            global_size=self.global_size,
+            micro_size=micro,
+            accumulation=self.global_size // (micro * world_size),
+            world_size=world_size,
+        )
 
 
 class CheckpointConfig(_Section):
@@ -71,9 +113,10 @@ class CheckpointConfig(_Section):
 
 
 class MetricsConfig(_Section):
-    """Per-step metrics written as JSONL next to the checkpoints."""
+    """Per-step metrics written as JSONL next to the checkpoints (fields: docs/training.md)."""
 
     sample_keys: bool = False  # record every sample key of each step (tests, audits; large for big batches)
+    flush_every: int = Field(10, ge=1)  # steps per JSONL file (and at every checkpoint); stores cannot append
 
 
 class TrainConfig(_Section):
@@ -87,6 +130,13 @@ class TrainConfig(_Section):
     checkpoint: CheckpointConfig = CheckpointConfig()
     metrics: MetricsConfig = MetricsConfig()
     output: str  # local path or s3:// URI for checkpoints, the resolved config and metrics
+    # a later stage (e.g. 512 px): start from this run output's latest checkpoint (or one step
+    # folder): weights of student and teacher, position tables resampled to model.img_size; the
+    # optimizer, schedules and step start fresh. Ignored once this run has its own checkpoint.
+    init_from: str | None = None
+    # replicate: every worker holds the whole model, gradients averaged (DDP-style; small models);
+    # fsdp: FSDP2 fully_shard per block, sharded checkpoints; auto: fsdp for vit_large/vit_giant
+    parallel: Literal["auto", "replicate", "fsdp"] = "auto"
     ray_address: str | None = None  # None: start a local Ray bound to 127.0.0.1; "auto" or ray://...
     workers: int | tuple[int, int] = 1  # fixed count, or (min, max) for elastic training
     device: Literal["cpu", "cuda"] = "cpu"
@@ -98,14 +148,26 @@ class TrainConfig(_Section):
             lo, hi = self.workers
             if not 1 <= lo <= hi:
                 raise ValueError(f"workers=({lo}, {hi}) must satisfy 1 <= min <= max")
+            if lo < hi and self.batch.micro_size is None:
+                raise ValueError(
+                    f"workers=({lo}, {hi}) is elastic: set batch.micro_size (images per forward on one "
+                    f"worker) so that batch statistics, and so the run, do not depend on the worker count"
+                )
             counts = range(lo, hi + 1)
         else:
             if self.workers < 1:
                 raise ValueError(f"workers={self.workers} must be at least 1")
             counts = range(self.workers, self.workers + 1)
         for n in counts:
-            self.batch.per_worker(n)
+            self.batch.plan(n)
         return self
+
+    @property
+    def sharded(self) -> bool:
+        """Whether the model is sharded with FSDP2 (``parallel``, with ``auto`` resolved by size)."""
+        if self.parallel == "auto":
+            return self.recipe.model.size in ("vit_large", "vit_giant")
+        return self.parallel == "fsdp"
 
     def to_yaml(self) -> str:
         """The resolved config as YAML (saved next to every checkpoint)."""

@@ -1,14 +1,23 @@
 """One self-supervised training step: teacher targets, student predictions, losses, update, EMA.
 
-Plain PyTorch, no Ray: the same function runs in a CPU test and, inside issue 5's Ray Train loop,
-on a GPU under FSDP2. The phases follow DINOv2/DINOv3's train loop:
+Plain PyTorch, no Ray: the same function runs in a CPU test and, inside the Ray Train loop, on a GPU
+under FSDP2. The phases follow DINOv2/DINOv3's train loop:
 
 1. schedules   lr, weight decay, teacher momentum and temperature for this step
-2. teacher     global crops -> CLS and patch tokens -> heads -> centred targets (no grad)
-3. student     global crops (iBOT-masked) and local crops -> heads
-4. losses      DINO (crop pairs) + iBOT (masked patches) + KoLeo and SigReg (global CLS tokens)
-5. update      backward, NaN check across ranks, gradient clipping, AdamW step
+2. teacher     global crops of every micro-batch -> heads -> targets centred over the global batch
+3. student     per micro-batch: global crops (iBOT-masked) and local crops -> heads
+4. losses      DINO (crop pairs) + iBOT (masked patches) + KoLeo and SigReg (global CLS tokens);
+               backward of loss / micro-batches, gradients combined across ranks on the last one
+5. update      NaN check across ranks, gradient clipping, AdamW step
 6. EMA         teacher <- momentum-weighted average with the student
+
+Gradient accumulation: a step may get several micro-batches. Teacher targets (Sinkhorn-Knopp or
+the EMA centre) are computed over all of them and all ranks, i.e. over the global batch, as
+without accumulation; the student's batch statistics (KoLeo neighbours, SigReg's characteristic
+function) and iBOT masks are per micro-batch, whose size does not depend on the worker count, and
+each micro-batch's random draws (drop path) come from a generator seeded by (seed, step, its index
+in the global batch). So a global batch gives the same update on 1 worker accumulating k
+micro-batches as on k workers, up to the order of floating-point sums.
 """
 
 from __future__ import annotations
@@ -16,17 +25,19 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
-from trainer.collectives import all_reduce_
+from trainer.collectives import all_reduce_, world_size
 from trainer.ema import ema_update
 from trainer.heads import Network
 from trainer.losses import Centering, DINOLoss, IBOTLoss, KoLeoLoss, SigRegLoss, crop_pairs
 from trainer.optim import apply_schedule
-from trainer.schedules import Schedules
+from trainer.schedules import Schedules, ScheduleValues
 from trainer.views.multicrop import ViewBatch
 
 logger = logging.getLogger(__name__)
@@ -67,6 +78,10 @@ class TrainState:
     clip_grad: float | None = 3.0
     autocast_dtype: torch.dtype | None = None  # bf16 on GPUs; None = the parameters' dtype
     step: int = 0
+    seed: int = 0  # with the step and micro-batch index, seeds each micro-batch's random draws
+    # called with False before each micro-batch's backward but the last, then True: replicated
+    # data parallelism combines gradients across ranks only once (see trainer.parallel)
+    grad_sync: Callable[[bool], None] | None = None
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -88,21 +103,107 @@ def _cls_std(cls: torch.Tensor) -> torch.Tensor:
     return z.std(dim=0).mean() * math.sqrt(z.shape[-1])
 
 
-def train_step(state: TrainState, batch: ViewBatch) -> dict[str, float]:
-    """Run one optimisation step on ``batch`` and return its metrics (floats).
+def micro_seed(seed: int, step: int, index: int) -> int:
+    """Seed of the random draws (drop path) of micro-batch ``index`` of the global batch at ``step``."""
+    return int(np.random.SeedSequence([seed, step, index]).generate_state(1)[0])
 
-    Metrics: ``loss`` and each unweighted term (``dino``, ``ibot``, ``koleo``, ``sigreg``), the
-    schedule values (``lr``, ``weight_decay``, ``momentum``, ``teacher_temp``), ``grad_norm``
-    (before clipping), ``teacher_entropy`` (mean entropy of the teacher's DINO targets, nats),
+
+@dataclass
+class _TeacherTargets:
+    dino: list[torch.Tensor]  # per micro-batch (G, b, K)
+    ibot: list[torch.Tensor]  # per micro-batch (M_j, K)
+    entropy: torch.Tensor  # mean entropy of this rank's DINO targets
+    usage: torch.Tensor  # (K,) batch-mean teacher softmax over the global batch
+
+
+@torch.no_grad()
+def _teacher_targets(state: TrainState, micro: Sequence[ViewBatch], sched: ScheduleValues) -> _TeacherTargets:
+    """Teacher scores of every micro-batch, centred together (one Sinkhorn / EMA call per step)."""
+    teacher, obj = state.teacher, state.objective
+    cls, patch = [], []
+    for mb in micro:
+        feats = teacher.backbone.forward_features(mb.global_crops)
+        cls.append(teacher.dino_head(feats.cls).float())  # (G * b, K)
+        patch.append(teacher.ibot_head(feats.patches[mb.masks]).float())  # (M_j, K)
+    cls_all = torch.cat(cls)
+    dino = obj.dino_centering(cls_all, temperature=sched.teacher_temp)
+    ibot = obj.ibot_centering(torch.cat(patch), temperature=sched.teacher_temp)
+    usage = all_reduce_(torch.softmax(cls_all / sched.teacher_temp, dim=-1).sum(0))
+    rows = all_reduce_(torch.tensor(float(cls_all.shape[0]), device=cls_all.device))
+    return _TeacherTargets(
+        dino=[
+            t.view(mb.n_global, mb.batch_size, -1)
+            for t, mb in zip(dino.split([len(c) for c in cls]), micro, strict=True)
+        ],
+        ibot=list(ibot.split([len(t) for t in patch])),
+        entropy=_entropy(dino).mean(),
+        usage=usage / rows,
+    )
+
+
+def _student_loss(
+    state: TrainState, mb: ViewBatch, dino_targets: torch.Tensor, ibot_targets: torch.Tensor, *, step: int
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    """Total loss, its unweighted terms and the global crops' CLS tokens of one micro-batch."""
+    student, obj = state.student, state.objective
+    device = mb.global_crops.device
+    g, loc = mb.n_global, mb.n_local
+    s_global = student.backbone.forward_features(mb.global_crops, masks=mb.masks)
+    cls_tokens = [s_global.cls]
+    if loc:
+        cls_tokens.append(student.backbone.forward_features(mb.local_crops).cls)
+    masked_tokens = s_global.patches[mb.masks]  # (M, D)
+    cls_all = torch.cat(cls_tokens)
+    if student.shared_head:  # one head call for CLS and patch tokens (DINOv2)
+        out = student.dino_head(torch.cat([cls_all, masked_tokens]))
+        s_dino, s_ibot = out[: cls_all.shape[0]], out[cls_all.shape[0] :]
+    else:
+        s_dino, s_ibot = student.dino_head(cls_all), student.ibot_head(masked_tokens)
+
+    # losses (fp32 inside each module)
+    w = obj.weights
+    pairs = crop_pairs(n_global=g, n_local=loc, device=device)
+    terms = {
+        "dino": obj.dino(s_dino.view(g + loc, mb.batch_size, -1), dino_targets, pairs=pairs),
+        "ibot": obj.ibot(s_ibot, ibot_targets, masks=mb.masks),
+        "koleo": sum((obj.koleo(c) for c in s_global.cls.chunk(g)), torch.zeros((), device=device)),
+        "sigreg": torch.stack([obj.sigreg(c, step=step) for c in s_global.cls.chunk(g)]).mean(),
+    }
+    loss = (
+        w.dino * terms["dino"]
+        + w.ibot * terms["ibot"]
+        + w.koleo * terms["koleo"]
+        + w.sigreg * terms["sigreg"]
+    )
+    return loss, terms, s_global.cls
+
+
+def train_step(
+    state: TrainState, batch: ViewBatch | Sequence[ViewBatch], *, micro_ids: Sequence[int] | None = None
+) -> dict[str, float]:
+    """Run one optimisation step on ``batch`` (one micro-batch or several) and return its metrics.
+
+    ``micro_ids`` are the micro-batches' indices in the global batch (default 0, 1, ...): with
+    ``state.seed`` and the step they seed each micro-batch's random draws. Every micro-batch must
+    have the same size. Metrics are means over the global batch (all micro-batches, all ranks):
+    ``loss`` and each unweighted term (``dino``, ``ibot``, ``koleo``, ``sigreg``), the schedule
+    values (``lr``, ``weight_decay``, ``momentum``, ``teacher_temp``), ``grad_norm`` (before
+    clipping), ``teacher_entropy`` (mean entropy of the teacher's DINO targets, nats),
     ``prototype_entropy`` (entropy of the batch-mean teacher softmax: how many prototypes are in
-    use), ``cls_std`` (collapse detector, see :func:`_cls_std`), ``masked_ratio`` and ``images_per_s``.
-    Raises :class:`NonFiniteLossError` without updating anything if the loss is not finite.
+    use), ``cls_std`` (collapse detector, see :func:`_cls_std`), ``masked_ratio`` and, for this
+    rank, ``images_per_s``. Raises :class:`NonFiniteLossError` without updating anything if the
+    loss is not finite on any rank.
     """
     start = time.perf_counter()
-    student, teacher, obj = state.student, state.teacher, state.objective
-    device = batch.global_crops.device
-    g, loc, b = batch.n_global, batch.n_local, batch.batch_size
-    masks = batch.masks
+    micro = [batch] if isinstance(batch, ViewBatch) else list(batch)
+    ids = list(range(len(micro))) if micro_ids is None else list(micro_ids)
+    if len(ids) != len(micro) or len({mb.batch_size for mb in micro}) != 1:
+        raise ValueError(
+            f"micro-batches must have one size and one index each (sizes "
+            f"{[mb.batch_size for mb in micro]}, indices {ids})"
+        )
+    student, teacher = state.student, state.teacher
+    device = micro[0].global_crops.device
 
     # 1. schedules
     sched = state.schedules.at(state.step)
@@ -112,56 +213,44 @@ def train_step(state: TrainState, batch: ViewBatch) -> dict[str, float]:
         weight_decay=sched.weight_decay,
         freeze_last_layer=sched.freeze_last_layer,
     )
-    autocast = torch.autocast(
-        device.type, dtype=state.autocast_dtype or torch.float32, enabled=state.autocast_dtype is not None
-    )
 
-    with autocast:
-        # 2. teacher targets (global crops, unmasked)
-        with torch.no_grad():
-            t_feats = teacher.backbone.forward_features(batch.global_crops)
-            t_cls = teacher.dino_head(t_feats.cls).float()  # (G * B, K)
-            dino_targets = obj.dino_centering(t_cls, temperature=sched.teacher_temp).view(g, b, -1)
-            t_patch = teacher.ibot_head(t_feats.patches[masks]).float()  # (M, K)
-            ibot_targets = obj.ibot_centering(t_patch, temperature=sched.teacher_temp)
-            prototype_usage = torch.softmax(t_cls / sched.teacher_temp, dim=-1).mean(0)
+    def autocast() -> torch.autocast:
+        dtype = state.autocast_dtype
+        return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
-        # 3. student predictions
-        s_global = student.backbone.forward_features(batch.global_crops, masks=masks)
-        cls_tokens = [s_global.cls]
-        if loc:
-            cls_tokens.append(student.backbone.forward_features(batch.local_crops).cls)
-        masked_tokens = s_global.patches[masks]  # (M, D)
-        cls_all = torch.cat(cls_tokens)
-        if student.shared_head:  # one head call for CLS and patch tokens (DINOv2)
-            out = student.dino_head(torch.cat([cls_all, masked_tokens]))
-            s_dino, s_ibot = out[: cls_all.shape[0]], out[cls_all.shape[0] :]
-        else:
-            s_dino, s_ibot = student.dino_head(cls_all), student.ibot_head(masked_tokens)
+    # 2. teacher targets over the global batch (global crops, unmasked)
+    with autocast():
+        targets = _teacher_targets(state, micro, sched)
 
-    # 4. losses (fp32 inside each module)
-    w = obj.weights
-    pairs = crop_pairs(n_global=g, n_local=loc, device=device)
-    terms = {
-        "dino": obj.dino(s_dino.view(g + loc, b, -1), dino_targets, pairs=pairs),
-        "ibot": obj.ibot(s_ibot, ibot_targets, masks=masks),
-        "koleo": sum((obj.koleo(c) for c in s_global.cls.chunk(g)), torch.zeros((), device=device)),
-        "sigreg": torch.stack([obj.sigreg(c, step=state.step) for c in s_global.cls.chunk(g)]).mean(),
-    }
-    loss = (
-        w.dino * terms["dino"]
-        + w.ibot * terms["ibot"]
-        + w.koleo * terms["koleo"]
-        + w.sigreg * terms["sigreg"]
-    )
-
-    # 5. backward, NaN check across ranks, clip, optimizer step
+    # 3.-4. student forward, losses and backward per micro-batch; gradients are combined across
+    # ranks on the last backward only (FSDP2 reduce-scatters each one, into sharded gradients)
     state.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    bad = all_reduce_((~torch.isfinite(loss.detach())).float(), op="max")
+    sums = torch.zeros(7, device=device)  # loss, 4 terms, cls_std, masked ratio
+    rng_devices = [device] if device.type == "cuda" else []
+    for i, (mb, index) in enumerate(zip(micro, ids, strict=True)):
+        if state.grad_sync is not None:
+            state.grad_sync(i == len(micro) - 1)
+        with torch.random.fork_rng(devices=rng_devices):
+            torch.manual_seed(micro_seed(state.seed, state.step, index))
+            with autocast():
+                loss, terms, cls = _student_loss(state, mb, targets.dino[i], targets.ibot[i], step=state.step)
+            (loss / len(micro)).backward()
+        sums += torch.stack(
+            [
+                loss.detach(),
+                *(t.detach().float() for t in terms.values()),
+                _cls_std(cls.detach()),
+                mb.masks.float().mean(),
+            ]
+        )
+
+    # 5. NaN check across ranks, clip, optimizer step
+    bad = all_reduce_((~torch.isfinite(sums[0])).float(), op="max")
     if bad.item() > 0:
         state.optimizer.zero_grad(set_to_none=True)
-        values = {k: float(v.detach()) for k, v in terms.items()}
+        values = dict(
+            zip(["dino", "ibot", "koleo", "sigreg"], (sums[1:5] / len(micro)).tolist(), strict=True)
+        )
         raise NonFiniteLossError(f"non-finite loss at step {state.step}: {values}")
     params = [p for p in student.parameters() if p.grad is not None]
     clip = state.clip_grad if state.clip_grad is not None else float("inf")
@@ -172,24 +261,27 @@ def train_step(state: TrainState, batch: ViewBatch) -> dict[str, float]:
     ema_update(teacher, student, momentum=sched.momentum)
     state.step += 1
 
-    stats = torch.stack(
+    means = all_reduce_(sums / len(micro)) / world_size()
+    stats = torch.cat(
         [
-            loss.detach(),
-            *(t.detach().float() for t in terms.values()),
-            _entropy(dino_targets).mean(),
-            _entropy(prototype_usage),
-            _cls_std(s_global.cls.detach()),
-            masks.float().mean(),
-            grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm,
+            means,
+            torch.stack(
+                [
+                    all_reduce_(targets.entropy.clone()) / world_size(),
+                    _entropy(targets.usage),
+                    grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm,
+                ]
+            ),
         ]
     ).tolist()
-    names = ["loss", *terms, "teacher_entropy", "prototype_entropy", "cls_std", "masked_ratio", "grad_norm"]
+    names = ["loss", "dino", "ibot", "koleo", "sigreg", "cls_std", "masked_ratio"]
+    names += ["teacher_entropy", "prototype_entropy", "grad_norm"]
     metrics = dict(zip(names, stats, strict=True))
     metrics.update(
         lr=sched.lr,
         weight_decay=sched.weight_decay,
         momentum=sched.momentum,
         teacher_temp=sched.teacher_temp,
-        images_per_s=b / (time.perf_counter() - start),
+        images_per_s=sum(mb.batch_size for mb in micro) / (time.perf_counter() - start),
     )
     return metrics

@@ -13,14 +13,19 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from services.cli import main as cli_main
 from sharder.schema import SchemaVersionError
 from tests.trainer.support import TINY, ingest_tiny, tiny_run
 from trainer import checkpoint as ckpt
+from trainer.build import build_schedules, build_train_state
 from trainer.data import mapped_shared_memory, stale_shared_memory
-from trainer.loop import read_metrics, run_training
+from trainer.loop import init_from_stage, read_metrics, run_training
+from trainer.models.pos_embed import resize_table
 from trainer.run_config import load_train_config
+
+TINY_64 = TINY.parent / "tiny-cpu-64.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -168,3 +173,90 @@ def test_cli_train_in_process(dataset: str, tmp_path: Path, capsys: pytest.Captu
 def test_cli_train_rejects_bad_override(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_main(["train", "--config", str(TINY), "--no-ray", "batch.global_sise=8"]) == 2
     assert "global_sise" in capsys.readouterr().err
+
+
+def test_high_resolution_stage_starts_from_the_low_resolution_checkpoint(
+    dataset: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """32 px for 2 steps, then `radforge train --config configs/tiny-cpu-64.yaml`: the 64-px stage
+    starts from those weights with its position tables resampled, a fresh optimizer and schedule;
+    restarted, it resumes from its own checkpoint, not from the low-resolution one again."""
+    low = tmp_path / "low"
+    run_training(tiny_run(dataset, str(low), tmp_path, "steps=2"))
+    saved = ckpt.load_weights(str(low))
+
+    stage = [
+        f"init_from={low}",
+        f"data.mix.sources=[{{uri: '{dataset}'}}]",
+        f"data.cache_dir={tmp_path / 'cache'}",
+    ]
+    stage += [
+        f"output={tmp_path / 'high'}",
+        "batch.global_size=4",
+        "checkpoint.every=2",
+        "data.loader_workers=0",
+    ]
+    cfg = load_train_config(TINY_64, overrides=[*stage, "steps=2"])
+    state = build_train_state(cfg.recipe, global_batch_size=4, seed=7)
+    init_from_stage(state, str(low), sharded=False)
+    for name, net in (("student", state.student), ("teacher", state.teacher)):
+        table = net.backbone.pos_embed
+        assert table.grid == (8, 8) and table.weight.shape[1] == 1 + 64  # 64 px / patch 8
+        old = saved[name]["backbone.pos_embed.weight"]
+        assert old.shape[1] == 1 + 16  # 32 px
+        assert torch.equal(table.weight, resize_table(old, grid=(8, 8)))
+        assert torch.equal(table.weight[:, 0], old[:, 0])  # the CLS position is kept
+        for k, v in net.state_dict().items():
+            if k != "backbone.pos_embed.weight":
+                assert torch.equal(v, saved[name][k]), k
+
+    assert cli_main(["train", "--config", str(TINY_64), "--no-ray", "--json", *stage, "steps=2"]) == 0
+    records = read_metrics(str(tmp_path / "high"))
+    assert [r["step"] for r in records] == [1, 2] and records[0]["resumed_from"] is None
+    assert records[0]["lr"] == pytest.approx(build_schedules(cfg.recipe, global_batch_size=4).at(0).lr)
+    state_high = ckpt.load(ckpt.resolve_checkpoint(str(tmp_path / "high")))
+    assert state_high["teacher"]["backbone.pos_embed.weight"].shape[1] == 65
+    assert load_train_config(tmp_path / "high" / "checkpoints" / "step-00000002" / "config.yaml") == cfg
+
+    assert cli_main(["train", "--config", str(TINY_64), "--no-ray", "--json", *stage, "steps=3"]) == 0
+    assert read_metrics(str(tmp_path / "high"))[-1]["resumed_from"] == 2
+    capsys.readouterr()
+
+
+def test_metrics_records_have_every_documented_field(dataset: str, tmp_path: Path) -> None:
+    """JSONL every metrics.flush_every steps (not only at checkpoints), each field of docs/training.md."""
+    out = tmp_path / "run"
+    run_training(
+        tiny_run(dataset, str(out), tmp_path, "steps=3", "metrics.flush_every=1", "checkpoint.every=10")
+    )
+    files = sorted(p.name for p in (out / "metrics").glob("*.jsonl"))
+    assert files == ["00000001-00000001.jsonl", "00000002-00000002.jsonl", "00000003-00000003.jsonl"]
+    documented = Path(__file__).resolve().parents[2].joinpath("docs", "training.md").read_text()
+    for record in read_metrics(str(out)):
+        for key in record:
+            assert f"`{key}`" in documented, f"JSONL field {key} is not documented in docs/training.md"
+        assert record["mfu"] is None and record["gpu_memory_gib"] is None  # CPU
+        assert record["tokens_per_s"] > record["images_per_s"] > 0 and record["time"] > 0
+        assert (record["micro_batch"], record["accumulation"], record["global_batch"]) == (4, 1, 4)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_one_process_fsdp_run_checkpoints_sharded_and_resumes(dataset: str, tmp_path: Path) -> None:
+    """parallel=fsdp in one process (what `auto` picks for ViT-L on one GPU): a one-rank group is made
+    and released, checkpoints are DCP shards, the run resumes from them, export reads them."""
+    out = tmp_path / "run"
+    first = run_training(
+        tiny_run(dataset, str(out), tmp_path, "parallel=fsdp", "steps=2", "checkpoint.every=2")
+    )
+    assert not torch.distributed.is_initialized()  # the group made for the run is gone
+    ref = ckpt.latest(str(out))
+    assert ref is not None and ckpt.is_sharded(ckpt.load(ref))
+    assert (out / "checkpoints" / "step-00000002" / "shards" / "__0_0.distcp").is_file()
+    again = run_training(
+        tiny_run(dataset, str(out), tmp_path, "parallel=fsdp", "steps=3", "checkpoint.every=2")
+    )
+    assert first.step == 2 and again.resumed_from == 2 and again.step == 3
+    teacher = ckpt.load_teacher_backbone(str(out))
+    assert teacher["pos_embed.weight"].shape == (1, 1 + 16, 96)
+    with pytest.raises(ckpt.CheckpointError, match="is sharded .* but this run is replicated"):
+        run_training(tiny_run(dataset, str(out), tmp_path, "parallel=replicate", "steps=4"))

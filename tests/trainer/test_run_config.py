@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from trainer.data import remove_stale_shared_memory, stale_shared_memory
-from trainer.run_config import TrainConfigError, load_train_config
+from trainer.data import micro_batch_indices, remove_stale_shared_memory, stale_shared_memory
+from trainer.run_config import BatchSizeError, TrainConfigError, load_train_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 RUNS = sorted(p.name for p in CONFIGS.glob("*.yaml") if not p.name.startswith(("recipe-", "ingest")))
@@ -18,12 +18,14 @@ def test_shipped_run_configs_load(name: str) -> None:
     cfg = load_train_config(CONFIGS / name)
     assert cfg.recipe_file is not None and Path(cfg.recipe_file).is_file()
     workers = cfg.workers if isinstance(cfg.workers, int) else cfg.workers[1]
-    assert cfg.batch.per_worker(workers) * workers == cfg.batch.global_size
+    plan = cfg.batch.plan(workers)
+    assert plan.micro_size * plan.accumulation * workers == cfg.batch.global_size
 
 
 def test_recipe_file_then_recipe_section_then_overrides() -> None:
     cfg = load_train_config(
-        CONFIGS / "tiny-cpu.yaml", overrides=["recipe.optim.base_lr=0.5", "workers=[1, 2]"]
+        CONFIGS / "tiny-cpu.yaml",
+        overrides=["recipe.optim.base_lr=0.5", "workers=[1, 2]", "batch.micro_size=8"],
     )
     assert cfg.recipe.model.embed_dim == 96  # from recipe-tiny-cpu.yaml
     assert cfg.recipe.optim.base_lr == 0.5 and cfg.workers == (1, 2)
@@ -32,7 +34,7 @@ def test_recipe_file_then_recipe_section_then_overrides() -> None:
 @pytest.mark.parametrize(
     ("override", "named"),
     [
-        ("workers=[1, 3]", "not divisible by 3 workers"),
+        ("workers=[1, 3]", "workers=\\(1, 3\\) is elastic: set batch.micro_size"),
         ("batch.global_size=7", "not divisible by 2 workers"),
         ("recipe.model.size=vit_huge", "recipe.model.size"),
         ("stepz=3", "stepz"),
@@ -45,9 +47,47 @@ def test_bad_values_are_named(override: str, named: str) -> None:
         load_train_config(CONFIGS / "tiny-cpu.yaml", overrides=[*extra, override])
 
 
+def test_batch_plan_accumulates_to_the_same_global_batch() -> None:
+    cfg = load_train_config(
+        CONFIGS / "tiny-cpu.yaml", overrides=["batch.global_size=16", "batch.micro_size=2"]
+    )
+    plans = {w: cfg.batch.plan(w) for w in (1, 2, 4, 8)}
+    assert {w: p.accumulation for w, p in plans.items()} == {1: 8, 2: 4, 4: 2, 8: 1}
+    assert all(p.micro_batches == 8 and p.per_worker * w == 16 for w, p in plans.items())
+    with pytest.raises(BatchSizeError, match=r"micro_size=2 x 3 workers.*counts that fit: \[1, 2, 4, 8\]"):
+        cfg.batch.plan(3)
+    with pytest.raises(TrainConfigError, match="micro_size=2 x 3 workers"):
+        load_train_config(
+            CONFIGS / "tiny-cpu.yaml",
+            overrides=["batch.global_size=16", "batch.micro_size=2", "workers=[2, 4]"],
+        )
+
+
 def test_stale_segment_names_are_removed_live_ones_kept(tmp_path: Path) -> None:
-    for name in ("000007_barrier", "000007_shard_states", "not_streaming", "000007_barrier.lock"):
+    for name in (
+        "000007_barrier",
+        "000007_shard_states",
+        "000009_resume",
+        "not_streaming",
+        "000007_barrier.lock",
+    ):
         (tmp_path / name).write_bytes(b"x")
-    assert [p.name for p in stale_shared_memory(tmp_path)] == ["000007_barrier", "000007_shard_states"]
-    assert remove_stale_shared_memory(tmp_path) == ["000007_barrier", "000007_shard_states"]
+    stale = ["000007_barrier", "000007_shard_states", "000009_resume"]
+    assert [p.name for p in stale_shared_memory(tmp_path)] == stale
+    assert remove_stale_shared_memory(tmp_path) == stale
     assert sorted(p.name for p in tmp_path.iterdir()) == ["000007_barrier.lock", "not_streaming"]
+
+
+@pytest.mark.parametrize(("micro", "k"), [(2, 8), (3, 4), (1, 6)])
+def test_micro_batches_hold_the_same_samples_for_every_worker_count(micro: int, k: int) -> None:
+    """Streaming deals a global batch one sample at a time (rank r: positions r, r + W, ...); cut by
+    micro_batch_indices, rank r's micro-batch a is global micro-batch j = r + W a, for every W | k."""
+    g = micro * k
+    canonical = {j: list(range(j, g, k)) for j in range(k)}
+    for world in (w for w in range(1, k + 1) if k % w == 0):
+        got = {}
+        for rank in range(world):
+            dealt = list(range(rank, g, world))  # this rank's share, in streaming's order
+            for a, positions in enumerate(micro_batch_indices(len(dealt), accumulation=k // world)):
+                got[rank + world * a] = [dealt[i] for i in positions]
+        assert got == canonical, f"{world} workers"

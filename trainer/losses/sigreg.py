@@ -8,8 +8,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from trainer.collectives import all_reduce_mean, world_size
-
 
 class SigRegLoss(nn.Module):
     """Epps-Pulley test statistic of random 1-D projections of the embeddings against N(0, 1).
@@ -18,10 +16,11 @@ class SigRegLoss(nn.Module):
     the same ones), project x = z a_m, and compare the empirical characteristic function
     phi(t) = mean_n exp(i t x_n) with the standard normal's exp(-t^2 / 2):
 
-        T_m = N_global * 2 * int_0^t_max |phi(t) - exp(-t^2/2)|^2 exp(-t^2/2) dt    (trapezoid, P points)
+        T_m = N * 2 * int_0^t_max |phi(t) - exp(-t^2/2)|^2 exp(-t^2/2) dt    (trapezoid, P points)
         L   = mean_m T_m
 
-    phi is averaged across ranks (differentiably), so N_global = N * world size. L is about 1.05 for
+    phi is the mean over the N rows given, with no communication: the step passes one micro-batch,
+    whose size does not depend on the worker count (trainer.step). L is about 1.05 for
     isotropic Gaussian embeddings (the expectation of the statistic; exactly Gaussian data cannot do
     better with N samples) and grows like N for collapsed ones. LeJEPA uses
     M ~ 256-1024, t in [0, 3] with 17 points, and a weight around 0.02.
@@ -53,8 +52,8 @@ class SigRegLoss(nn.Module):
         z = z.float()
         x = z @ self.directions(z.shape[1], step=step, device=z.device)  # (N, M)
         xt = x.unsqueeze(-1) * self.t  # (N, M, P)
-        cos = all_reduce_mean(torch.cos(xt).mean(0))
-        sin = all_reduce_mean(torch.sin(xt).mean(0))
+        cos = torch.cos(xt).mean(0)
+        sin = torch.sin(xt).mean(0)
         err = (cos - self.target) ** 2 + sin**2  # (M, P)
-        stat = (err * self.weights).sum(-1) * (z.shape[0] * world_size())
+        stat = (err * self.weights).sum(-1) * z.shape[0]
         return stat.mean()

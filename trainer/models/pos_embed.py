@@ -7,6 +7,8 @@ grid and interpolated bicubically to the grid of each input, as DINOv2 does.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -25,6 +27,20 @@ def resample_grid(pos: torch.Tensor, *, src: tuple[int, int], dst: tuple[int, in
     # bicubic in fp32: bf16 interpolation of a small table costs accuracy and saves nothing
     out = F.interpolate(grid.float(), size=dst, mode="bicubic", align_corners=False)
     return out.to(pos.dtype).permute(0, 2, 3, 1).reshape(1, dst[0] * dst[1], dim)
+
+
+def resize_table(weight: torch.Tensor, *, grid: tuple[int, int], num_prefix: int = 1) -> torch.Tensor:
+    """A stored position table (1, num_prefix + n, D) of a square grid, resampled to ``grid``.
+
+    What a later, higher-resolution stage does once when it starts from a low-resolution
+    checkpoint (the prefix rows, the CLS position, are kept). Returns ``weight`` if it fits already.
+    """
+    n = weight.shape[1] - num_prefix
+    side = math.isqrt(n)
+    if side * side != n:
+        raise ValueError(f"position table of {n} patch rows is not a square grid")
+    patches = resample_grid(weight[:, num_prefix:], src=(side, side), dst=grid)
+    return weight if (side, side) == grid else torch.cat([weight[:, :num_prefix], patches], dim=1)
 
 
 class PosEmbed(nn.Module):
