@@ -1,26 +1,60 @@
-"""``make demo`` end to end: sample archive -> ingest -> verify -> stats -> a tiny pretraining run."""
+"""``make demo`` end to end: archive -> ingest -> verify -> stats -> pretraining -> evaluation report."""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from services.demo import main
 from sharder.verify import verify_dataset
 from tests.support import read_all
 
+TASKS = ("organ_2d", "lesion_2d", "modality_2d", "plane_2d", "plane_real_2d", "lesion_3d", "lesion_volume_3d")
+
 
 def test_demo_runs_the_whole_pipeline(
     ray_local: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["--root", str(tmp_path)]) == 0
+    assert main(["--root", str(tmp_path), "--steps", "20"]) == 0
     out = capsys.readouterr().out
-    dataset, run = tmp_path / "dataset", tmp_path / "run"
+    dataset, run, report = tmp_path / "dataset", tmp_path / "run", tmp_path / "eval"
     assert verify_dataset(str(dataset)).ok
     samples = read_all(dataset)
     assert {s["meta"]["modality"] for s in samples.values()} == {"CT", "MR"}
     latest = json.loads((run / "checkpoints" / "latest").read_text())["dir"]
     assert (run / "checkpoints" / latest / "state.pt").is_file()
     assert f"Checkpoint (step 20): {run / 'checkpoints' / latest}" in out  # it says where the checkpoint is
+    assert f"Evaluation report: {report / 'report.md'}" in out  # and where the report is
+
+    # the report is complete: a row per task and probe, a score with an interval for both backbones
+    md = (report / "report.md").read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| task |"))
+    assert header == "| task | track | probe | metric | pretrained | random_init |"
+    for task in TASKS:
+        for probe in ("linear", "knn"):
+            row = next(
+                line for line in md.splitlines() if line.startswith(f"| {task} |") and f"| {probe} |" in line
+            )
+            cells = [c.strip() for c in row.strip("|").split("|")]
+            assert all("[" in c and "]" in c for c in cells[4:6]), row
+    results = json.loads((report / "results.json").read_text())
+    full = [r for r in results["results"] if r["shots"] == "full"]
+    assert {(r["task"], r["probe"], r["backbone"]) for r in full} == {
+        (t, p, b) for t in TASKS for p in ("linear", "knn") for b in ("pretrained", "random_init")
+    }
+    assert all(
+        not math.isnan(r["metrics"]["accuracy" if r["kind"] == "classification" else "r2"]) for r in full
+    )
+    assert {r["shots"] for r in results["results"]} >= {1, 2, 4, "full"}  # few-shot points
+    # plots: one valid PNG per task, referenced by both the Markdown and the HTML report
+    page = (report / "report.html").read_text()
+    for task in TASKS:
+        png = report / "plots" / f"{task}.png"
+        with Image.open(png) as im:
+            im.verify()
+            assert im.format == "PNG" and im.size[0] > 100 and im.size[1] > 100
+        assert f"plots/{task}.png" in md and f'src="plots/{task}.png"' in page

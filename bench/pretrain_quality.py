@@ -1,0 +1,141 @@
+"""Pretraining quality: the built-in eval suite on random-init, short- and long-pretrained features.
+
+One run of the tiny CPU recipe (configs/recipe-tiny-cpu.yaml) on phantom CT and MR slices from seeds
+the eval suite never uses (views by MultiCrop, masks by the anatomy prior, ``train_step`` in this
+process: the recipe, not Ray, is what is measured). The teacher is snapshotted at step 0 (the
+random-init baseline: the exact initialisation training started from), after ``--short-steps``
+and after ``--long-steps``; each snapshot is evaluated with ``trainer.eval.run_eval`` (linear probe
+and kNN, full training set and few-shot) on the built-in suite.
+
+    .venv/bin/python -m bench.pretrain_quality [--short-steps 60 --long-steps 200]
+
+Ends with one JSON line: {"bench": "pretrain_quality", "tasks": {"<task>": {"random_init": ...,
+"pretrained": ..., "pretrained_long": ...}}, ...}: the linear probe's primary metric (accuracy, or
+R2 for regression; higher is better) on the full training set; "knn" holds the same for kNN.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ingest.content import analyse
+from ingest.synthetic.phantom import ct_phantom, mr_phantom
+from trainer import (
+    build_mask_sampler,
+    build_multicrop,
+    build_train_state,
+    collate_views,
+    load_recipe,
+    train_step,
+)
+from trainer.eval.backbone import FrozenBackbone
+from trainer.eval.metrics import PRIMARY
+from trainer.eval.report import full_scores
+from trainer.eval.run import load_suite, run_eval
+from trainer.export import spec_of
+
+TINY = Path(__file__).resolve().parents[1] / "configs" / "recipe-tiny-cpu.yaml"
+SHAPE = (24, 64, 64)  # the suite's phantom size
+BATCH = 32
+
+
+def training_slices(n_volumes: int) -> list[tuple[np.ndarray, np.ndarray, dict[str, Any]]]:
+    """Stored-like axial slices (image, fg, meta) of phantoms from seeds 1000+ (not in the suite)."""
+    out = []
+    for i in range(n_volumes):
+        modality = "CT" if i % 2 == 0 else "MR"
+        make = ct_phantom if modality == "CT" else mr_phantom
+        vol = make(shape=SHAPE, spacing=(2.5, 1.6, 1.6), seed=1000 + i)
+        for z in range(2, SHAPE[0] - 2):
+            image = vol.array[z].astype(np.int16 if modality == "CT" else np.uint16)
+            content = analyse(image, modality=modality)
+            meta = {
+                "modality": modality,
+                "window": "raw",
+                "fg_patch": 16,
+                "plane": "axial",
+                "body_box": list(content.box) if content.box else None,
+            }
+            out.append((image, content.fg, meta))
+    return out
+
+
+def snapshot(teacher: torch.nn.Module, preprocessing: dict[str, Any]) -> FrozenBackbone:
+    """The teacher backbone as a standalone frozen module (what `radforge export` would write)."""
+    backbone = teacher.backbone  # type: ignore[union-attr]
+    spec = spec_of(backbone)
+    state = {k: v.detach().clone() for k, v in backbone.state_dict().items() if k != "mask_token"}
+    return FrozenBackbone(spec, preprocessing=preprocessing).load_state(state, where="teacher snapshot")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--short-steps", type=int, default=60)
+    parser.add_argument("--long-steps", type=int, default=200)
+    parser.add_argument("--volumes", type=int, default=24, help="phantom volumes to pretrain on")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=Path(".bench/pretrain_quality"))
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    cfg = load_recipe(TINY)
+    preprocessing = {"ct_air_hu": cfg.intensity.ct_air_hu, "image_size": cfg.crops.global_size}
+    slices = training_slices(args.volumes)
+    state = build_train_state(cfg, global_batch_size=BATCH, seed=0)
+    multicrop, masks = build_multicrop(cfg), build_mask_sampler(cfg)
+    rng = np.random.default_rng(0)
+    backbones = {"random_init": snapshot(state.teacher, preprocessing)}
+    seconds = {}
+    t0 = time.perf_counter()
+    for step in range(1, args.long_steps + 1):
+        picks = rng.integers(len(slices), size=BATCH)
+        batch = collate_views(multicrop.batch([slices[i] for i in picks], rng=rng), masks=masks, rng=rng)
+        metrics = train_step(state, batch)
+        if step == args.short_steps:
+            backbones["pretrained"] = snapshot(state.teacher, preprocessing)
+            seconds["pretrained"] = time.perf_counter() - t0
+        if step % 20 == 0:
+            print(f"step {step}: loss {metrics['loss']:.3f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    backbones["pretrained_long"] = snapshot(state.teacher, preprocessing)
+    seconds["pretrained_long"] = time.perf_counter() - t0
+
+    tasks = load_suite("builtin", builtin_root=args.out / "suite")
+    outcome = run_eval(
+        backbones, tasks, out=args.out / "report", cache_dir=args.out / "features", seeds=args.seeds
+    )
+    full = full_scores(outcome.results)
+    figures: dict[str, dict[str, float]] = {}
+    knn: dict[str, dict[str, float]] = {}
+    for (task, probe, name), r in sorted(full.items()):
+        target = figures if probe == "linear" else knn
+        target.setdefault(task, {})[name] = round(r.metrics[PRIMARY[r.kind]], 4)
+    margins = {
+        t: {k: round(v[k] - v["random_init"], 4) for k in ("pretrained", "pretrained_long")}
+        for t, v in figures.items()
+    }
+    print(f"report: {outcome.report.markdown}")
+    print(
+        json.dumps(
+            {
+                "bench": "pretrain_quality",
+                "tasks": figures,
+                "margin_linear": margins,
+                "knn": knn,
+                "steps": {"pretrained": args.short_steps, "pretrained_long": args.long_steps},
+                "train_seconds": {k: round(v, 1) for k, v in seconds.items()},
+                "eval_seconds": round(outcome.seconds, 1),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,241 @@
+"""Task folders (parquet, ingested MDS), features and their cache, periodic kNN, ``radforge eval``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from ingest.config import load_config
+from ingest.pipeline import run_ingest
+from services.cli import main as cli_main
+from tests.support import make_archive
+from trainer.eval.builtin import build_builtin_suite
+from trainer.eval.features import extract_features, mask_weights
+from trainer.eval.periodic import PeriodicKnn
+from trainer.eval.run import load_suite
+from trainer.eval.tasks import TaskError, TaskSpec, load_task, read_mds, write_parquet_task
+from trainer.export import random_backbone, save_backbone, vit_from_spec
+
+SMALL = {"n_volumes": 12, "size": 32, "slices": 12, "real": False}
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    return build_builtin_suite(tmp_path_factory.mktemp("suite"), **SMALL)
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-init tiny backbone saved as an export (the format `radforge export` writes)."""
+    from trainer.eval.backbone import BackboneSpec
+
+    spec = BackboneSpec(
+        img_size=32,
+        patch_size=8,
+        in_chans=1,
+        embed_dim=48,
+        depth=2,
+        num_heads=3,
+        ffn="mlp",
+        ffn_hidden=96,
+        qkv_bias=True,
+        proj_bias=True,
+        ffn_bias=True,
+        num_registers=1,
+        layerscale=True,
+    )
+    b = random_backbone(spec, seed=5)
+    out = tmp_path_factory.mktemp("export") / "tiny"
+    save_backbone(
+        str(out), spec=spec, state=b.state_dict(), preprocessing=b.preprocessing, source={"seed": 5}
+    )
+    return out
+
+
+def test_builtin_suite_is_balanced_split_by_volume_and_reused(suite: list[Path]) -> None:
+    names = [p.name for p in suite]
+    assert names == ["organ_2d", "lesion_2d", "modality_2d", "plane_2d", "lesion_3d", "lesion_volume_3d"]
+    for folder in suite:
+        task = load_task(folder)
+        assert set(task.splits) >= {"train", "test"}
+        if task.spec.kind == "classification" and task.spec.name != "organ_2d":
+            counts = np.bincount(task.labels[task.splits == "train"])
+            assert counts.min() > 0
+    vol = load_task(suite[-1])
+    assert vol.volumes is not None
+    for v in np.unique(vol.volumes):  # a volume never straddles splits
+        assert len(set(vol.splits[vol.volumes == v])) == 1
+    mtime = (suite[0] / "samples.parquet").stat().st_mtime_ns
+    assert build_builtin_suite(suite[0].parent, **SMALL) == suite
+    assert (suite[0] / "samples.parquet").stat().st_mtime_ns == mtime
+
+
+def test_parquet_task_round_trip_and_errors(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    images = [rng.integers(-1000, 1000, (16, 12)).astype(np.int16) for _ in range(4)]
+    masks = [(rng.random((16, 12)) > 0.5).astype(np.uint8) for _ in range(4)]
+    spec = TaskSpec("t", "2d", "classification", ("a", "b"), pooling="mask_mean")
+    folder = write_parquet_task(
+        tmp_path / "t",
+        spec,
+        images=images,
+        modality=["CT"] * 4,
+        labels=[0, 1, 0, 1],
+        splits=["train", "train", "test", "test"],
+        masks=masks,
+    )
+    task = load_task(folder)
+    assert task.spec == spec and all(np.array_equal(a, b) for a, b in zip(task.images, images, strict=True))
+    assert task.images[0].dtype == np.int16 and task.labels.tolist() == [0, 1, 0, 1] and len(task.masks) == 4
+
+    obj = json.loads((folder / "task.json").read_text())
+    (folder / "task.json").write_text(json.dumps({**obj, "track": "4d"}))
+    with pytest.raises(TaskError, match=rf"{folder}/task.json: track='4d'; valid: 2d, 3d"):
+        load_task(folder)
+    (folder / "task.json").write_text(json.dumps({**obj, "track": "3d"}))
+    with pytest.raises(TaskError, match="a 3d task needs a volume id per slice"):
+        load_task(folder)
+    (folder / "task.json").write_text(json.dumps(obj))
+    table = pq.read_table(folder / "samples.parquet")
+    pq.write_table(
+        table.set_column(4, "split", pa.array(["train", "train", "tst", "test"])), folder / "samples.parquet"
+    )
+    with pytest.raises(TaskError, match=r"unknown split\(s\) \['tst'\]"):
+        load_task(folder)
+    with pytest.raises(TaskError, match="no tasks at"):
+        load_suite(str(tmp_path / "missing"), builtin_root=tmp_path)
+
+
+def test_mds_task_reads_an_ingested_dataset(ray_local: None, tmp_path: Path) -> None:
+    """NIfTI/DICOM folders are evaluated by ingesting them, then labelling keys (2D) or series (3D)."""
+    arch = make_archive(tmp_path / "archive", n_ct=2, n_mr=1, size=32, n_slices=6)
+    dataset = tmp_path / "ds"
+    assert run_ingest(str(arch), str(dataset), load_config()).committed
+    stored = read_mds(dataset)
+    keys = [s["key"] for s in stored]
+    series = sorted({s["meta"]["series_key"] for s in stored})
+
+    t2 = tmp_path / "t2"
+    t2.mkdir()
+    (t2 / "task.json").write_text(
+        json.dumps(
+            {
+                "name": "m",
+                "track": "2d",
+                "kind": "classification",
+                "classes": ["CT", "MR"],
+                "source": "mds",
+                "dataset": "../ds",
+            }
+        )
+    )
+    labels = [int(s["meta"]["modality"] == "MR") for s in stored]
+    splits = ["train" if i % 2 else "test" for i in range(len(keys))]
+    pq.write_table(pa.table({"key": keys, "label": labels, "split": splits}), t2 / "labels.parquet")
+    task = load_task(t2)
+    assert len(task) == len(keys) and sorted(task.labels.tolist()) == sorted(labels)
+
+    t3 = tmp_path / "t3"
+    t3.mkdir()
+    (t3 / "task.json").write_text(
+        json.dumps(
+            {"name": "v", "track": "3d", "kind": "regression", "source": "mds", "dataset": str(dataset)}
+        )
+    )
+    pq.write_table(
+        pa.table({"series_key": series, "label": [1.0, 2.0, 3.0], "split": ["train", "train", "test"]}),
+        t3 / "labels.parquet",
+    )
+    vol = load_task(t3)
+    assert vol.volumes is not None and sorted(set(vol.volumes)) == series
+    assert len(vol) == sum(s["meta"]["plane"] == "axial" and s["meta"]["window"] == "raw" for s in stored)
+    pq.write_table(
+        pa.table({"series_key": ["nope"], "label": [1.0], "split": ["train"]}), t3 / "labels.parquet"
+    )
+    with pytest.raises(TaskError, match="1 series_key\\(s\\) not in"):
+        load_task(t3)
+
+
+def test_features_equal_the_backbone_and_are_cached(suite: list[Path], export: Path, tmp_path: Path) -> None:
+    from trainer.eval.backbone import load_backbone
+
+    model = load_backbone(export)
+    task = load_task(suite[0])
+    feats = extract_features(model, task, batch_size=7, cache_dir=tmp_path)
+    x = torch.stack([model.preprocess(task.images[i], modality=task.modality[i]) for i in range(3)])
+    f = model(x)
+    assert np.allclose(feats.cls[:3], f.cls.numpy(), atol=1e-5)
+    assert np.allclose(feats.patch_mean[:3], f.patches.mean(1).numpy(), atol=1e-5)
+    cached = list(tmp_path.glob("organ_2d-*.npz"))
+    assert len(cached) == 1
+    again = extract_features(model, task, cache_dir=tmp_path)
+    assert np.array_equal(again.cls, feats.cls)  # read back from the cache
+    other = random_backbone(model.spec, seed=6, preprocessing=model.preprocessing)
+    extract_features(other, task, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("organ_2d-*.npz"))) == 2  # other weights, other cache entry
+
+
+def test_mask_pooling_weights_patches_by_their_share_of_the_mask() -> None:
+    mask = np.zeros((16, 16), np.uint8)
+    mask[:8, :8] = 1  # the top-left patch of a 2x2 grid of 8-px patches
+    mask[8:12, 8:16] = 1  # half of the bottom-right patch
+    assert mask_weights(mask, size=16, patch=8).tolist() == [1.0, 0.0, 0.0, 0.5]
+
+
+def test_periodic_knn_scores_the_training_vit_like_the_export(suite: list[Path], export: Path) -> None:
+    from trainer.eval.backbone import load_backbone
+
+    frozen = load_backbone(export)
+    vit = vit_from_spec(frozen.spec)
+    vit.load_state_dict(frozen.state_dict(), strict=False)  # the trainer ViT also has a mask token
+    vit.train()
+    periodic = PeriodicKnn.from_suite(
+        str(suite[0].parent / "suite.json"),
+        builtin_root=suite[0].parent,
+        every=5,
+        image_size=32,
+        max_samples=64,
+    )
+    assert [periodic.due(s) for s in (4, 5, 10)] == [False, True, True]
+    scores = periodic.evaluate(vit)
+    assert vit.training  # mode restored
+    assert set(scores) == {f"knn_{p.name}" for p in suite} | {"knn_mean"}
+    assert scores == periodic.evaluate(frozen)
+    assert all(0.0 <= v <= 1.0 for k, v in scores.items() if k != "knn_lesion_volume_3d")
+
+
+def test_eval_command_writes_a_report(
+    suite: list[Path], export: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "report"
+    args = [
+        "eval",
+        "--backbone",
+        f"tiny={export}",
+        "--random-init",
+        "--tasks",
+        str(suite[3]),
+        "--out",
+        str(out),
+        "--seeds",
+        "2",
+        "--max-shots",
+        "2",
+        "--bootstrap",
+        "50",
+    ]
+    assert cli_main(args) == 0
+    assert f"Report: {out / 'report.md'}" in capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text())["results"]
+    assert {(r["backbone"], r["shots"]) for r in results} == {
+        (b, s) for b in ("tiny", "random_init") for s in (1, 2, "full")
+    }
+    assert (out / "plots" / "plane_2d.png").stat().st_size > 1000
+    assert cli_main(["eval", "--backbone", str(tmp_path), "--tasks", "builtin", "--out", str(out)]) == 1
+    assert "no checkpoint at" in capsys.readouterr().err

@@ -1,0 +1,185 @@
+"""``radforge export``: a real checkpoint's teacher -> safetensors + config.json -> standalone features."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+from services.cli import main as cli_main
+from tests.trainer.support import ingest_tiny, tiny_run
+from trainer import build_network
+from trainer import checkpoint as ckpt
+from trainer.eval.backbone import BackboneLoadError, load_backbone
+from trainer.export import export_backbone, random_backbone, spec_of, teacher_backbone, vit_from_spec
+from trainer.loop import run_training
+from trainer.models import VIT_SIZES
+from trainer.run_config import load_train_config
+from trainer.views import to_input
+
+# Refuses every radforge package: the loader must work from a copied file with torch + safetensors.
+_ISOLATED = """
+import sys, importlib.abc
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in {'trainer', 'ingest', 'sharder', 'services', 'bench', 'tests'}:
+            raise ImportError('radforge code imported: ' + name)
+sys.meta_path.insert(0, Block())
+sys.path.insert(0, sys.argv[1])
+import torch
+from backbone import load_backbone
+model = load_backbone(sys.argv[2])
+x = torch.load(sys.argv[3])
+f = model(x)
+torch.save({'cls': f.cls, 'patches': f.patches}, sys.argv[4])
+"""
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory, ray_local: None) -> Path:
+    """A real tiny training run (3 steps) whose last checkpoint is step 3."""
+    root = tmp_path_factory.mktemp("export")
+    dataset = ingest_tiny(root, str(root / "ds"))
+    out = root / "run"
+    run_training(tiny_run(dataset, str(out), root, "steps=3", "checkpoint.every=3"))
+    return out
+
+
+def _teacher_features(run: Path, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features of the checkpoint's teacher through the training code's own modules."""
+    ref = ckpt.latest(str(run))
+    assert ref is not None
+    state = ckpt.load(ref)
+    cfg = load_train_config(run / "checkpoints" / ref.location.path.rsplit("/", 1)[-1] / "config.yaml")
+    teacher = build_network(cfg.recipe, teacher=True)
+    teacher.load_state_dict(state["teacher"])
+    teacher.eval()
+    with torch.no_grad():
+        f = teacher.backbone.forward_features(x)
+    return f.cls, f.patches
+
+
+def test_export_loads_standalone_and_matches_teacher(run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "export"
+    assert cli_main(["export", str(run), str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["source"]["step"] == 3 and config["architecture"]["embed_dim"] == 96
+
+    # 32x32 is the stored grid; 48x40 makes both loaders resample the position table
+    for shape in [(3, 1, 32, 32), (2, 1, 48, 40)]:
+        x = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
+        cls, patches = _teacher_features(run, x)
+        torch.save(x, tmp_path / "x.pt")
+        # the loader as a copied single file, in a process where radforge cannot be imported
+        shutil.copy(Path(__file__).resolve().parents[2] / "trainer" / "eval" / "backbone.py", tmp_path)
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                _ISOLATED,
+                str(tmp_path),
+                str(out),
+                str(tmp_path / "x.pt"),
+                str(tmp_path / "f.pt"),
+            ],
+            check=True,
+            cwd=tmp_path,
+        )
+        got = torch.load(tmp_path / "f.pt")
+        assert got["cls"].shape == cls.shape and got["patches"].shape == patches.shape
+        assert torch.equal(got["cls"], cls) and torch.equal(got["patches"], patches)
+        assert not torch.allclose(cls[0], cls[1])  # features depend on the input
+
+
+def test_export_of_step_folder_equals_run_export(run: Path, tmp_path: Path) -> None:
+    step = run / "checkpoints" / "step-00000003"
+    a = export_backbone(str(run), str(tmp_path / "a"))
+    b = export_backbone(str(step / "state.pt"), str(tmp_path / "b"))
+    assert a.step == b.step == 3 and a.sha256 == b.sha256
+    model = load_backbone(tmp_path / "b" / "backbone.safetensors")
+    assert model.weights_hash == teacher_backbone(str(step)).frozen().weights_hash
+
+
+def test_preprocess_matches_training_input_mapping(run: Path, tmp_path: Path) -> None:
+    export_backbone(str(run), str(tmp_path / "e"))
+    model = load_backbone(tmp_path / "e")
+    rng = np.random.default_rng(0)
+    cases = [
+        (rng.integers(-2000, 2000, (40, 56)).astype(np.int16), "CT", "raw"),
+        (rng.integers(0, 4000, (48, 48)).astype(np.uint16), "MR", "raw"),
+        (rng.integers(0, 255, (33, 33)).astype(np.uint8), "CT", "soft_tissue"),
+    ]
+    for image, modality, window in cases:
+        want = to_input(torch.as_tensor(image), modality=modality, window=window)
+        want = F.interpolate(want[None, None], size=(32, 32), mode="bilinear", antialias=True)[0]
+        assert torch.equal(model.preprocess(image, modality=modality, window=window), want)
+
+
+@pytest.mark.parametrize("size", sorted(VIT_SIZES))
+def test_spec_round_trips_every_size(size: str) -> None:
+    with torch.device("meta"):
+        vit = VIT_SIZES[size](num_registers=2)
+        assert spec_of(vit_from_spec(spec_of(vit))) == spec_of(vit)
+
+
+def test_random_backbone_is_seeded_and_differs_from_trained(run: Path) -> None:
+    trained = teacher_backbone(str(run)).frozen()
+    a, b = random_backbone(trained.spec, seed=0), random_backbone(trained.spec, seed=0)
+    assert a.weights_hash == b.weights_hash != trained.weights_hash
+    assert spec_of(vit_from_spec(trained.spec)) == trained.spec
+
+
+def test_truncated_checkpoint_is_named(run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad" / "step-00000003"
+    shutil.copytree(run / "checkpoints" / "step-00000003", bad)
+    state = bad / "state.pt"
+    state.write_bytes(state.read_bytes()[:2000])
+    assert cli_main(["export", str(bad), str(tmp_path / "out")]) == 1
+    assert f"{state} cannot be loaded" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "config.json").exists()
+
+
+def test_checkpoint_of_another_model_is_named(run: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "step-00000003"
+    bad.mkdir()
+    state = torch.load(run / "checkpoints" / "step-00000003" / "state.pt", weights_only=False)
+    cfg = yaml.safe_load(state["config"])
+    cfg["recipe"]["model"]["embed_dim"] = 48  # the config now describes a narrower ViT than the weights
+    state["config"] = yaml.safe_dump(cfg)
+    torch.save(state, bad / "state.pt")
+    with pytest.raises(ckpt.CheckpointError, match=rf"{bad}/state\.pt: its teacher does not match"):
+        teacher_backbone(str(bad))
+    with pytest.raises(ckpt.CheckpointError, match=rf"no checkpoint at {tmp_path / 'nothing'}"):
+        teacher_backbone(str(tmp_path / "nothing"))
+
+
+def test_corrupt_export_is_named(run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "e"
+    export_backbone(str(run), str(out))
+    weights, config = out / "backbone.safetensors", out / "config.json"
+    good = weights.read_bytes()
+    weights.write_bytes(good[:500])
+    with pytest.raises(BackboneLoadError, match=rf"{weights} does not match the sha256"):
+        load_backbone(out)
+    cfg = json.loads(config.read_text())
+    cfg["weights"].pop("sha256")
+    config.write_text(json.dumps(cfg))
+    with pytest.raises(BackboneLoadError, match=rf"{weights} is not a readable safetensors file"):
+        load_backbone(out)
+    weights.write_bytes(good)
+    cfg["architecture"]["depth"] = 2
+    config.write_text(json.dumps(cfg))
+    with pytest.raises(BackboneLoadError, match=rf"{weights}: weights do not fit the architecture"):
+        load_backbone(out)
+    cfg["format_version"] = 99
+    config.write_text(json.dumps(cfg))
+    with pytest.raises(BackboneLoadError, match=rf"{config} has format_version 99"):
+        load_backbone(out)
