@@ -123,11 +123,41 @@ def cmd_train(args: argparse.Namespace) -> int:
         return EXIT_FAILED
 
 
+def _train_progress(cfg: Any) -> Any:
+    """A rich progress bar over the run's steps on stderr (rank 0 only): loss, images/s, data wait."""
+    import os
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    progress = Progress(
+        TextColumn("[bold]train"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        disable=os.environ.get("RANK", "0") != "0",
+    )
+    task = progress.add_task("train", total=cfg.steps, status="starting")
+
+    def update(record: dict[str, Any]) -> None:
+        status = (
+            f"loss {record['loss']:.4f}  {record['images_per_s']:.1f} img/s  "
+            f"data wait {record['data_wait_fraction']:.0%}"
+        )
+        progress.update(task, completed=record["step"], status=status)
+
+    return progress, update
+
+
 def _train(cfg: Any, *, no_ray: bool, as_json: bool) -> int:
+    progress, on_step = _train_progress(cfg)
     if no_ray:
         from trainer.loop import run_training
 
-        summary = run_training(cfg)
+        with progress:
+            summary = run_training(cfg, on_step=on_step)
         rows: list[tuple[str, Any]] = [
             ("steps", summary.step),
             ("resumed from", summary.resumed_from),
@@ -136,10 +166,30 @@ def _train(cfg: Any, *, no_ray: bool, as_json: bool) -> int:
             ("data-wait fraction", round(summary.data_wait_fraction, 4)),
         ]
     else:
+        import threading
+
         from trainer.checkpoint import latest
         from trainer.distributed import launch
+        from trainer.loop import MetricsTail
 
-        result = launch(cfg)
+        # Ray workers write metrics JSONL every metrics.flush_every steps: follow those files
+        tail, done = MetricsTail(cfg.output), threading.Event()
+
+        def follow() -> None:
+            while not done.wait(2.0):
+                for record in tail.poll():
+                    on_step(record)
+
+        follower = threading.Thread(target=follow, daemon=True)
+        with progress:
+            follower.start()
+            try:
+                result = launch(cfg)
+            finally:
+                done.set()
+                follower.join()
+            for record in tail.poll():
+                on_step(record)
         if result.error is not None:
             raise result.error
         ref = latest(cfg.output)
@@ -148,6 +198,66 @@ def _train(cfg: Any, *, no_ray: bool, as_json: bool) -> int:
         print(json.dumps(dict(rows)))
     else:
         _print_summary("radforge train", rows)
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from trainer.checkpoint import CheckpointError
+    from trainer.export import export_backbone
+
+    try:
+        result = export_backbone(args.checkpoint, args.out)
+    except CheckpointError as e:
+        print(f"radforge: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.json:
+        print(json.dumps({"folder": result.folder, "step": result.step, "sha256": result.sha256}))
+    else:
+        rows = [("folder", result.folder), ("step", result.step), ("sha256", result.sha256)]
+        _print_summary("radforge export", rows)
+    return EXIT_OK
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from trainer.checkpoint import CheckpointError
+    from trainer.eval.backbone import BackboneLoadError
+    from trainer.eval.report import full_scores
+    from trainer.eval.run import backbone_name, evaluate
+    from trainer.eval.tasks import TaskError
+
+    sources = {}
+    for item in args.backbone:
+        name, _, path = item.rpartition("=")
+        sources[name or backbone_name(path)] = path
+    try:
+        outcome = evaluate(
+            sources,
+            args.tasks,
+            out=args.out,
+            cache=args.cache,
+            random_init=args.random_init,
+            seed=args.seed,
+            probes=[p.strip() for p in args.probes.split(",") if p.strip()],
+            seeds=args.seeds,
+            max_shots=args.max_shots,
+            n_boot=args.bootstrap,
+        )
+    except (CheckpointError, BackboneLoadError, TaskError, ValueError) as e:
+        print(f"radforge: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    full = full_scores(outcome.results)
+    if args.json:
+        scores = {f"{t}/{p}/{b}": r.metrics for (t, p, b), r in full.items()}
+        print(json.dumps({"report": str(outcome.report.markdown), "full": scores}))
+    else:
+        from trainer.eval.metrics import PRIMARY
+
+        rows: list[tuple[str, Any]] = [
+            (f"{t} / {p} / {b}", round(r.metrics[PRIMARY[r.kind]], 3)) for (t, p, b), r in full.items()
+        ]
+        rows += [("seconds", round(outcome.seconds, 1))]
+        _print_summary("radforge eval (accuracy, or R2 for regression; full training set)", rows)
+        print(f"Report: {outcome.report.markdown} (HTML: {outcome.report.html})")
     return EXIT_OK
 
 
@@ -185,8 +295,15 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--port", type=int, help="TCP port (default 8000)")
     sv.add_argument("--config", help="YAML file with service settings (see docs/control-plane.md)")
     sv.add_argument("--state-dir", help="database, job folders and embedded Ray info (default .radforge)")
-    sv.add_argument("--ray-address", help="Ray cluster to run jobs on (default: an embedded local Ray)")
-    sv.add_argument("--database-url", help="sqlite:///PATH (default: STATE_DIR/radforge.db)")
+    sv.add_argument(
+        "--ray-address",
+        help="http(s)://HEAD:8265 (Ray's Job Submission API) or HOST:PORT of a Ray cluster "
+        "(default: an embedded local Ray)",
+    )
+    sv.add_argument(
+        "--database-url",
+        help="sqlite:///PATH (default: STATE_DIR/radforge.db) or postgresql://USER@HOST:PORT/DB",
+    )
     sv.add_argument("--set", action="append", metavar="KEY=VALUE", help="a setting, e.g. max_running_jobs=4")
     sv.set_defaults(func=cmd_serve)
 
@@ -196,6 +313,32 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-ray", action="store_true", help="train in this process (one CPU or GPU, no Ray)")
     t.add_argument("--json", action="store_true", help="print the summary as one JSON line")
     t.set_defaults(func=cmd_train)
+
+    x = sub.add_parser("export", help="a checkpoint's teacher backbone as safetensors + config.json")
+    x.add_argument("checkpoint", metavar="CHECKPOINT", help="run output, step folder or state.pt")
+    x.add_argument("out", metavar="OUT", help="folder for backbone.safetensors and config.json")
+    x.add_argument("--json", action="store_true", help="print the summary as one JSON line")
+    x.set_defaults(func=cmd_export)
+
+    e = sub.add_parser("eval", help="frozen-feature evaluation (2D/3D tracks, few-shot) with a report")
+    e.add_argument(
+        "--backbone",
+        action="append",
+        required=True,
+        metavar="[NAME=]PATH",
+        help="an export folder or a checkpoint (run output, step folder, state.pt); repeat to compare",
+    )
+    e.add_argument("--random-init", action="store_true", help="add a random-init backbone of the same shape")
+    e.add_argument("--tasks", required=True, metavar="SPEC", help="'builtin', task folder(s) or a suite file")
+    e.add_argument("--out", default="eval-report", help="report folder (report.md, report.html, plots/)")
+    e.add_argument("--cache", help="feature cache and built-in suite (default OUT/cache)")
+    e.add_argument("--probes", default="linear,knn", help="comma-separated: linear, knn")
+    e.add_argument("--seeds", type=int, default=3, help="seeds per few-shot size")
+    e.add_argument("--max-shots", type=int, help="largest k before the full training set (default: all)")
+    e.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
+    e.add_argument("--seed", type=int, default=0, help="seed of the random-init backbone")
+    e.add_argument("--json", action="store_true", help="print full-set metrics as one JSON line")
+    e.set_defaults(func=cmd_eval)
     return parser
 
 

@@ -3,8 +3,12 @@
 A Ray driver that runs :func:`ingest.pipeline.run_ingest` for the spec in ``DIR/spec.json`` on
 the given cluster, with live progress: the datasink's write tasks report what they wrote to a
 small counter actor, and a reporter thread turns the counts into ``DIR/progress.json`` (with
-current rates) every second. It ends with ``result.json`` (the PHI-free ingest summary) or
-``error.json`` (one line), following :mod:`services.progress`.
+current rates and the number of series planned) every second. It ends with ``result.json`` (the
+PHI-free ingest summary) or ``error.json`` (one line), following :mod:`services.progress`.
+
+The dataset commit is the point of no return: before it the job ignores SIGTERM/SIGINT and writes
+``commit.json`` ("committing", then "committed"), so a cancel arriving from then on can neither
+interrupt the commit nor turn a committed job into a "cancelled" one.
 """
 
 from __future__ import annotations
@@ -12,13 +16,26 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
-from services.progress import ERROR, PROGRESS, RESULT, SPEC, JobProgress, RateWindow, write_json_atomic
+from services.progress import (
+    COMMIT,
+    COMMITTED,
+    COMMITTING,
+    ERROR,
+    PROGRESS,
+    RESULT,
+    SPEC,
+    JobProgress,
+    RateWindow,
+    job_file,
+    read_json,
+    write_json_atomic,
+)
 from services.raycluster import ray_reachable
 
 log = logging.getLogger("radforge.ingest_job")
@@ -26,11 +43,26 @@ REPORT_EVERY_S = 1.0
 EXIT_FAILED = 1
 
 
-def progress_sink_class(counter: Any) -> type:
-    """The project's MDS datasink, reporting each finished write task to ``counter`` (a Ray actor)."""
+def progress_sink_class(counter: Any, job_dir: str) -> type:
+    """The project's MDS datasink, reporting each finished write task to ``counter`` (a Ray actor).
+
+    Its commit (on the driver) runs past the point of no return: cancel signals are ignored from
+    just before it, and ``commit.json`` records it.
+    """
     from sharder.datasink import MDSDatasink
 
     class ProgressSink(MDSDatasink):
+        def on_write_complete(self, write_result: Any) -> None:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, signal.SIG_IGN)
+            write_json_atomic(job_file(job_dir, COMMIT), {"state": COMMITTING, "at": time.time()})
+            super().on_write_complete(write_result)
+            result = self.result or {}
+            write_json_atomic(
+                job_file(job_dir, COMMIT),
+                {"state": COMMITTED, "at": time.time(), "committed": bool(result.get("committed"))},
+            )
+
         def write(self, blocks: Any, ctx: Any) -> dict[str, Any]:
             out = super().write(blocks, ctx)
             counter.add.remote(
@@ -61,10 +93,11 @@ class _Counts:
 class _Reporter(threading.Thread):
     """Writes ``progress.json`` from the counter actor every second until stopped."""
 
-    def __init__(self, counter: Any, path: Path) -> None:
+    def __init__(self, counter: Any, path: str) -> None:
         super().__init__(name="progress-reporter", daemon=True)
         self.counter = counter
         self.path = path
+        self.series_total: int | None = None  # known once the series are planned
         self.stopped = threading.Event()
         self.samples_rate = RateWindow()
         self.bytes_rate = RateWindow()
@@ -77,6 +110,7 @@ class _Reporter(threading.Thread):
             phase=phase,
             updated_at=time.time(),
             series_done=totals["series"],
+            series_total=self.series_total,
             samples_written=totals["samples"],
             shards_written=totals["shards"],
             bytes_written=totals["nbytes"],
@@ -94,7 +128,7 @@ class _Reporter(threading.Thread):
                 log.warning("progress report failed: %s", type(e).__name__)
 
 
-def run(job_dir: Path, ray_address: str) -> int:
+def run(job_dir: str, ray_address: str) -> int:
     """Run the job; returns the process exit status."""
     import ray
 
@@ -108,10 +142,10 @@ def run(job_dir: Path, ray_address: str) -> int:
     from sharder.schema import SchemaVersionError
 
     silence_identifying_library_logs()
-    spec = IngestJobCreate.model_validate_json((job_dir / SPEC).read_text())
+    spec = IngestJobCreate.model_validate(read_json(job_file(job_dir, SPEC)))
     cfg = spec.config.model_copy(update={"ray": RayConfig(address=ray_address)})
     write_json_atomic(
-        job_dir / PROGRESS,
+        job_file(job_dir, PROGRESS),
         JobProgress(phase="starting", updated_at=time.time()).model_dump(mode="json", exclude_none=True),
     )
     try:
@@ -119,24 +153,32 @@ def run(job_dir: Path, ray_address: str) -> int:
             raise SourceError(f"the Ray cluster at {ray_address} is not reachable")
         ensure_ray(ray_address)
         counter = ray.remote(num_cpus=0)(_Counts).remote()
-        reporter = _Reporter(counter, job_dir / PROGRESS)
+        reporter = _Reporter(counter, job_file(job_dir, PROGRESS))
         reporter.start()
+
+        def planned(series: int) -> None:
+            reporter.series_total = series
+
         try:
             summary = run_ingest(
-                spec.source_uri, spec.dataset_uri, cfg, sink_cls=progress_sink_class(counter)
+                spec.source_uri,
+                spec.dataset_uri,
+                cfg,
+                sink_cls=progress_sink_class(counter, job_dir),
+                on_plan=planned,
             )
         finally:
             reporter.stopped.set()
             reporter.join()
         final = reporter.report(phase="done")
     except (ConfigError, SourceError, DatasetError, SchemaVersionError) as e:
-        write_json_atomic(job_dir / ERROR, {"error": f"{type(e).__name__}: {e}"})
+        write_json_atomic(job_file(job_dir, ERROR), {"error": f"{type(e).__name__}: {e}"})
         log.error("ingest job failed: %s", e)
         return EXIT_FAILED
     result = summary.to_dict()
     final = final.model_copy(update={"series_total": summary.series, "series_done": summary.series})
-    write_json_atomic(job_dir / PROGRESS, final.model_dump(mode="json", exclude_none=True))
-    write_json_atomic(job_dir / RESULT, result)
+    write_json_atomic(job_file(job_dir, PROGRESS), final.model_dump(mode="json", exclude_none=True))
+    write_json_atomic(job_file(job_dir, RESULT), result)
     log.info("summary %s", json.dumps(result, sort_keys=True))
     return 0
 
@@ -144,7 +186,7 @@ def run(job_dir: Path, ray_address: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the job process."""
     parser = argparse.ArgumentParser(prog="python -m services.ingest_job", description=__doc__)
-    parser.add_argument("--job-dir", type=Path, required=True)
+    parser.add_argument("--job-dir", required=True, help="the job folder (path or URI)")
     parser.add_argument("--ray-address", required=True)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -152,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         return run(args.job_dir, args.ray_address)
     except Exception as e:
         # the message of an unexpected error may quote anything: only its type leaves the process
-        write_json_atomic(args.job_dir / ERROR, {"error": f"unexpected {type(e).__name__}"})
+        write_json_atomic(job_file(args.job_dir, ERROR), {"error": f"unexpected {type(e).__name__}"})
         log.exception("ingest job failed unexpectedly")
         return EXIT_FAILED
 

@@ -1,24 +1,23 @@
-"""The registry of job kinds: how each is validated, launched, locked and checked.
+"""The registry of job kinds: how each is prepared, launched, locked and redacted.
 
-A kind is a spec model plus the module its job process runs (``python -m MODULE --job-dir DIR
---ray-address ADDR``; the process reads ``spec.json`` and follows :mod:`services.progress`).
-Only kinds whose command exists in this build are registered; train and eval join here when
-their commands exist (see ``PLANNED_KINDS`` in :mod:`services.models`).
+A kind is a stored spec model plus the module its job process runs (``python -m MODULE --job-dir
+DIR --ray-address ADDR``; the process reads ``spec.json`` and follows :mod:`services.progress`).
+The kinds are ingest (:mod:`services.ingest_job`), train (:mod:`services.train_job`) and eval
+(:mod:`services.eval_job`); a kind named before its command exists goes in ``PLANNED_KINDS``
+(:mod:`services.models`), which gets a clear 422. Jobs that write one output (a training run, an
+eval report) hold ``output:<uri>``, so a train and an eval job never write the same folder at once.
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel
 
-from services.models import IngestJobCreate
-
-Allowlist = Literal["sources", "datasets"]
+from services.models import EVAL_BUILTIN_TASKS, EvalJobCreate, IngestJobCreate, TrainJobSpec
+from services.specs import Allowlists, prepare_eval, prepare_ingest, prepare_train
 
 
 @dataclass(frozen=True)
@@ -26,15 +25,15 @@ class JobKind:
     """One kind of job."""
 
     name: str
-    spec_model: type[BaseModel]
+    spec_model: type[BaseModel]  # the spec as stored and read by the job process
     module: str  # the job process: ``python -m <module>``
+    prepare: Callable[[Any, Allowlists], Any]  # submitted body -> stored spec (SpecForbidden/SpecInvalid)
     locks: Callable[[Any], frozenset[str]]  # resources no two running jobs may share
-    uris: Callable[[Any], dict[str, tuple[str, Allowlist]]]  # field -> (URI, allowlist it must match)
     redact_roots: Callable[[Any], list[str]]  # log lines hide paths below these roots
 
-    def command(self, *, job_dir: Path, ray_address: str) -> list[str]:
-        """The job process's argv (run under :mod:`services.jobproc`)."""
-        return [sys.executable, "-m", self.module, "--job-dir", str(job_dir), "--ray-address", ray_address]
+    def args(self, *, job_dir: str, ray_address: str) -> list[str]:
+        """The job process's arguments after ``python`` (run under :mod:`services.jobproc`)."""
+        return ["-m", self.module, "--job-dir", job_dir, "--ray-address", ray_address]
 
     def parse(self, spec: dict[str, Any]) -> Any:
         return self.spec_model.model_validate(spec)
@@ -45,13 +44,47 @@ def ingest_locks(spec: IngestJobCreate) -> frozenset[str]:
     return frozenset({f"archive:{spec.source_uri}", f"dataset:{spec.dataset_uri}"})
 
 
+def output_lock(uri: str) -> str:
+    """The lock of a folder one job writes (a run's output, an eval report); shared by the kinds."""
+    return f"output:{uri}"
+
+
+def train_locks(spec: TrainJobSpec) -> frozenset[str]:
+    """A training job holds its output (checkpoints, ``latest`` pointer and metrics are one run's)."""
+    return frozenset({output_lock(spec.output_uri)})
+
+
+def eval_locks(spec: EvalJobCreate) -> frozenset[str]:
+    """An eval job holds its report folder (report, results, feature cache)."""
+    return frozenset({output_lock(spec.output_uri)})
+
+
 INGEST = JobKind(
     name="ingest",
     spec_model=IngestJobCreate,
     module="services.ingest_job",
+    prepare=prepare_ingest,
     locks=ingest_locks,
-    uris=lambda s: {"source_uri": (s.source_uri, "sources"), "dataset_uri": (s.dataset_uri, "datasets")},
     redact_roots=lambda s: [s.source_uri],
 )
 
-KINDS: dict[str, JobKind] = {k.name: k for k in (INGEST,)}
+TRAIN = JobKind(
+    name="train",
+    spec_model=TrainJobSpec,
+    module="services.train_job",
+    prepare=prepare_train,
+    locks=train_locks,
+    redact_roots=lambda s: [],  # datasets hold salted keys only; nothing below them identifies anyone
+)
+
+EVAL = JobKind(
+    name="eval",
+    spec_model=EvalJobCreate,
+    module="services.eval_job",
+    prepare=prepare_eval,
+    locks=eval_locks,
+    # task folders are the requester's labelled images: nothing below them reaches a client
+    redact_roots=lambda s: [] if s.tasks == EVAL_BUILTIN_TASKS else [s.tasks],
+)
+
+KINDS: dict[str, JobKind] = {k.name: k for k in (INGEST, TRAIN, EVAL)}

@@ -26,19 +26,28 @@ API_VERSION = "v1"
 
 
 def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
-    """FastAPI's 422 details without echoing inputs back; unavailable job kinds explained."""
+    """FastAPI's 422 details without echoing inputs back; job kinds explained.
+
+    A job body is a union discriminated by ``kind``: pydantic puts the kind into the location
+    (``["body", "ingest", "source_uri"]``); clients get ``["body", "source_uri"]``.
+    """
     out = []
     for err in exc.errors():
         loc = list(err.get("loc", ()))
         msg = str(err.get("msg", "invalid"))
-        kind = err.get("input")
-        if loc[-1:] == ["kind"] and isinstance(kind, str) and kind in PLANNED_KINDS:
-            msg = f"job kind {kind!r} is not available in this build: {PLANNED_KINDS[kind]}; available: " + (
-                ", ".join(sorted(KINDS))
-            )
-            out.append({"loc": loc, "msg": msg, "type": "kind_unavailable"})
-            continue
-        out.append({"loc": loc, "msg": msg, "type": err.get("type", "value_error")})
+        kind_type = err.get("type", "value_error")
+        if loc[:1] == ["body"] and len(loc) >= 2 and loc[1] in KINDS:
+            loc = [loc[0], *loc[2:]]
+        if kind_type in ("union_tag_invalid", "union_tag_not_found"):
+            tag = (err.get("ctx") or {}).get("tag")
+            available = ", ".join(sorted(KINDS))
+            loc = ["body", "kind"]
+            if isinstance(tag, str) and tag in PLANNED_KINDS:
+                msg = f"job kind {tag!r} is not available in this build: {PLANNED_KINDS[tag]}; available: "
+                out.append({"loc": loc, "msg": msg + available, "type": "kind_unavailable"})
+                continue
+            msg = f"unknown or missing job kind; available: {available}"
+        out.append({"loc": loc, "msg": msg, "type": kind_type})
     return out
 
 
@@ -50,8 +59,8 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.info(
             "radforge control plane: database %s, Ray %s, API token %s",
-            settings.database_path,
-            "embedded (local, 127.0.0.1)" if settings.ray_address is None else "external",
+            service.store.where,
+            service.ray.describe(),
             service.secrets.token_source,
         )
         service.runner.start()
@@ -67,7 +76,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     app = FastAPI(
         title="radforge control plane",
         version=API_VERSION,
-        description="Jobs (ingest; train and eval when built), watched sources, metrics and a dashboard.",
+        description="Jobs (ingest, train, eval), watched sources, metrics and a dashboard.",
         lifespan=lifespan,
     )
     app.state.service = service

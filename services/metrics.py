@@ -108,6 +108,16 @@ class Metrics:
         self.train_data_wait = Counter(
             "radforge_train_data_wait_seconds_total", "Time training steps waited for data", registry=r
         )
+        self.train_images_rate = Gauge(
+            "radforge_train_images_per_second",
+            "Current training throughput of running training jobs, summed (as reported by the jobs)",
+            registry=r,
+        )
+        self.train_data_wait_ratio = Gauge(
+            "radforge_train_data_wait_ratio",
+            "Share of recent step time spent waiting for data (the highest of running training jobs)",
+            registry=r,
+        )
         # scheduler
         self.scheduler_lag = Gauge(
             "radforge_scheduler_lag_seconds",
@@ -152,6 +162,15 @@ class Metrics:
                 self.train_step.set(after.step)
             if after.loss is not None:
                 self.train_loss.set(after.loss)
+
+    def set_running(self, running: list[tuple[str, JobProgress]]) -> None:
+        """Current rates, summed over running jobs (zero when none runs)."""
+        self.running_throughput.set(sum(p.samples_per_second or 0.0 for k, p in running if k == "ingest"))
+        self.train_images_rate.set(sum(p.images_per_second or 0.0 for k, p in running if k == "train"))
+        waits = [
+            p.data_wait_fraction for k, p in running if k == "train" and p.data_wait_fraction is not None
+        ]
+        self.train_data_wait_ratio.set(max(waits) if waits else 0.0)
 
     def count_finished(self, *, kind: str, state: str, seconds: float | None) -> None:
         self.jobs_finished.labels(kind=kind, state=state).inc()

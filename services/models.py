@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -83,13 +83,141 @@ class IngestJobCreate(BaseModel):
         return self.model_dump(mode="json", exclude={"priority"}, exclude_defaults=True) | {"kind": self.kind}
 
 
-# Job kinds whose command is not part of this build: named so a request for them gets a clear 422.
-PLANNED_KINDS = {
-    "train": "the trainer command (radforge train) is not part of this build yet",
-    "eval": "the evaluation command (radforge eval) is not part of this build yet",
-}
+OVERRIDE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*=.*$"
 
-JobCreate = IngestJobCreate  # a discriminated union on ``kind`` once train/eval exist
+
+class TrainJobCreate(BaseModel):
+    """Submit a training run: a run config (inline, or a YAML file under ``allowed_configs``) plus overrides.
+
+    The run's output is ``output_uri`` (under ``allowed_datasets``); Ray's address is the service's.
+    The config is resolved once, at submission, and stored with the job (see :class:`TrainJobSpec`).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["train"] = Field(description="job kind")
+    output_uri: str = Field(
+        min_length=1, max_length=2048, description="checkpoints, resolved config and metrics (path, s3://)"
+    )
+    config: dict[str, Any] | None = Field(None, description="the run config inline (as in configs/*.yaml)")
+    config_uri: str | None = Field(
+        None, min_length=1, max_length=2048, description="or a run YAML (e.g. configs/tiny-cpu.yaml)"
+    )
+    overrides: list[Annotated[str, Field(max_length=4096, pattern=OVERRIDE_PATTERN)]] = Field(
+        default_factory=list, max_length=200, description="dotted key=value overrides, e.g. steps=100"
+    )
+    priority: int = Field(0, ge=-1000, le=1000, description="higher starts first")
+
+    @field_validator("output_uri", "config_uri")
+    @classmethod
+    def _canonical_uri(cls, v: str | None) -> str | None:
+        return None if v is None else _uri(v)
+
+    @model_validator(mode="after")
+    def _one_config(self) -> TrainJobCreate:
+        if (self.config is None) == (self.config_uri is None):
+            raise ValueError("give exactly one of config and config_uri")
+        return self
+
+
+class TrainJobSpec(BaseModel):
+    """A training job as stored and run: the resolved run config (``run``) and where it came from."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["train"] = "train"
+    output_uri: str
+    config_uri: str | None = None  # informational: its content is in ``run``
+    overrides: list[str] = Field(default_factory=list)  # informational: applied in ``run``
+    run: dict[str, Any]  # a TrainConfig as JSON (trainer/run_config.py); ray_address set by the job
+
+    def spec(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+EVAL_BUILTIN_TASKS = "builtin"  # trainer.eval.run.BUILTIN: the suite generated offline
+EvalProbe = Literal["linear", "knn"]  # trainer.eval.tracks.PROBES
+
+
+def _local_uri(value: str, *, what: str) -> str:
+    uri = _uri(value)
+    if "://" in uri:
+        raise ValueError(f"{what} are local paths (or a shared file system) only, not object-store URIs")
+    return uri
+
+
+class EvalJobCreate(BaseModel):
+    """Evaluate a backbone (export folder or checkpoint) on a task suite: ``radforge eval`` as a job.
+
+    The report (and the feature cache, ``OUTPUT/cache``) goes to ``output_uri``. The spec is stored
+    and run as submitted.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["eval"] = Field(description="job kind")
+    backbone_uri: str = Field(
+        min_length=1,
+        max_length=2048,
+        description="an export folder (radforge export) or a checkpoint: run output, step folder, state.pt",
+    )
+    output_uri: str = Field(
+        min_length=1,
+        max_length=2048,
+        description="report folder (report.md, report.html, results.json, plots/)",
+    )
+    tasks: str = Field(
+        min_length=1,
+        max_length=2048,
+        description="'builtin', or a task folder, a folder of task folders or a suite file (docs/eval.md)",
+    )
+    random_init: bool = Field(True, description="also evaluate a random-init backbone of the same shape")
+    probes: list[EvalProbe] = Field(
+        default_factory=lambda: list(get_args(EvalProbe)),
+        min_length=1,
+        max_length=2,
+        description="linear, knn",
+    )
+    seeds: int = Field(3, ge=1, le=100, description="seeds per few-shot size")
+    max_shots: int | None = Field(
+        None, ge=1, description="largest k before the full training set (default: all)"
+    )
+    bootstrap: int = Field(1000, ge=0, le=100_000, description="bootstrap resamples for the intervals")
+    seed: int = Field(0, ge=0, description="seed of the random-init backbone")
+    priority: int = Field(0, ge=-1000, le=1000, description="higher starts first")
+
+    @field_validator("backbone_uri")
+    @classmethod
+    def _canonical_uri(cls, v: str) -> str:
+        return _uri(v)
+
+    @field_validator("output_uri")
+    @classmethod
+    def _local_output(cls, v: str) -> str:
+        return _local_uri(v, what="eval reports")
+
+    @field_validator("tasks")
+    @classmethod
+    def _builtin_or_local(cls, v: str) -> str:
+        return v if v == EVAL_BUILTIN_TASKS else _local_uri(v, what="task folders")
+
+    @field_validator("probes")
+    @classmethod
+    def _distinct(cls, v: list[EvalProbe]) -> list[EvalProbe]:
+        if len(set(v)) != len(v):
+            raise ValueError("each probe at most once")
+        return v
+
+    def spec(self) -> dict[str, Any]:
+        """The spec as stored: every setting, defaults included (what ran is read from the job)."""
+        return self.model_dump(mode="json", exclude={"priority"})
+
+
+# Job kinds whose command is not part of this build, with the reason: a request for one gets a
+# clear 422 (services.main) instead of "unknown kind". None at present.
+PLANNED_KINDS: dict[str, str] = {}
+
+JobCreate = Annotated[IngestJobCreate | TrainJobCreate | EvalJobCreate, Field(discriminator="kind")]
 
 
 class JobRecord(BaseModel):
@@ -118,6 +246,7 @@ class JobRecord(BaseModel):
     error: str | None = None
     progress: dict[str, Any] | None = None
     result: dict[str, Any] | None = None
+    ray_job_id: str | None = None  # submission id when the job runs through Ray's Job Submission API
 
 
 class JobPublic(BaseModel):

@@ -2,9 +2,15 @@
 
 A job process (any kind) writes ``progress.json`` (a :class:`JobProgress`, replaced atomically,
 about once a second) and, when it ends normally, ``result.json`` (its PHI-free summary) or
-``error.json`` (one line). The supervisor (:mod:`services.jobproc`) writes ``exit.json`` with the
-exit status. The service reads these files; it never talks to the job process, so it can restart
-at any time and read them again.
+``error.json`` (one line). A job with a point of no return (an ingest job's dataset commit)
+writes ``commit.json`` (``{"state": "committing"}`` before it, ``"committed"`` after): from then
+on the job is not cancelled, and it counts as succeeded once committed. The supervisor
+(:mod:`services.jobproc`) writes ``exit.json`` with the exit status. The service reads these
+files; it never talks to the job process, so it can restart at any time and read them again.
+
+The job folder is a local path, or a URI (``s3://...``) when jobs run on a remote cluster through
+Ray's Job Submission API: both sides read and write it through :func:`write_json_atomic` and
+:func:`read_json`.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ ERROR = "error.json"
 EXIT = "exit.json"
 SPEC = "spec.json"
 LOG = "log.txt"
+COMMIT = "commit.json"
+COMMITTING, COMMITTED = "committing", "committed"
 
 
 class JobProgress(BaseModel):
@@ -48,19 +56,48 @@ class JobProgress(BaseModel):
     images_per_second: float | None = None
     loss: float | None = None
     data_wait_seconds: float | None = None  # cumulative time the step loop waited for data
+    data_wait_fraction: float | None = None  # of the latest steps' time, spent waiting for data
+    tokens_per_second: float | None = None
+    mfu: float | None = None  # model FLOPs utilisation, when the trainer reports it
+    # eval: (backbone, task) evaluations done, of all
+    tasks_done: int | None = None
+    tasks_total: int | None = None
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Replace ``path`` with ``obj`` as JSON so that readers see the old or the new whole file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, sort_keys=True))
-    os.replace(tmp, path)
+def job_file(job_dir: str | Path, name: str) -> str:
+    """The path or URI of ``name`` in a job folder (a local path or a URI)."""
+    return f"{str(job_dir).rstrip('/')}/{name}"
 
 
-def read_json(path: Path) -> Any | None:
+def _remote(path: str | Path) -> bool:
+    text = str(path)
+    return "://" in text and not text.startswith("file://")
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    """Replace ``path`` (a file or an object) with ``obj`` as JSON: readers see the old or the new whole."""
+    data = json.dumps(obj, sort_keys=True)
+    if _remote(path):
+        from sharder.storage import resolve, write_bytes_atomic
+
+        write_bytes_atomic(resolve(str(path)), data.encode())
+        return
+    local = Path(str(path).removeprefix("file://"))
+    tmp = local.with_name(f".{local.name}.{os.getpid()}.tmp")
+    tmp.write_text(data)
+    os.replace(tmp, local)
+
+
+def read_json(path: str | Path) -> Any | None:
     """The JSON in ``path``, or None if it does not exist (or is not JSON, e.g. a foreign file)."""
     try:
-        return json.loads(path.read_text())
+        if _remote(path):
+            from sharder.storage import read_bytes, resolve
+
+            loc = resolve(str(path))
+            loc.fs.invalidate_cache(loc.path)
+            return json.loads(read_bytes(loc))
+        return json.loads(Path(str(path).removeprefix("file://")).read_text())
     except (FileNotFoundError, ValueError):
         return None
 

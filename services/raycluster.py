@@ -95,9 +95,12 @@ def ray_reachable(address: str, *, timeout: float = 5.0) -> bool:
 class EmbeddedRay:
     """A local Ray head on 127.0.0.1, started on first use and shared across service restarts."""
 
-    def __init__(self, state_dir: Path, *, num_cpus: int | None = None) -> None:
+    def __init__(
+        self, state_dir: Path, *, num_cpus: int | None = None, dashboard_port: int | None = None
+    ) -> None:
         self.state_dir = state_dir
         self.num_cpus = num_cpus
+        self.dashboard_port = dashboard_port  # serve Ray's dashboard (Job Submission API) on 127.0.0.1
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -128,6 +131,8 @@ class EmbeddedRay:
         argv = [sys.executable, "-m", "services.raycluster", "--info", str(self.info_path)]
         if self.num_cpus:
             argv += ["--num-cpus", str(self.num_cpus)]
+        if self.dashboard_port is not None:
+            argv += ["--dashboard-port", str(self.dashboard_port)]
         with open(self.state_dir / HEAD_LOG, "ab") as out:
             self._proc = subprocess.Popen(
                 argv,
@@ -153,6 +158,12 @@ class EmbeddedRay:
 
     def job_env(self) -> dict[str, str]:
         return dict(LOOPBACK_ENV)
+
+    def dashboard_url(self) -> str | None:
+        """The head's dashboard (``http://127.0.0.1:PORT``) when it serves one and is alive."""
+        info = self._alive_info()
+        url = info.get("dashboard_url") if info is not None else None
+        return url if isinstance(url, str) else None
 
     def describe(self) -> str:
         return "embedded" if self._alive_info() is not None else "embedded (not started)"
@@ -184,19 +195,27 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m services.raycluster", description=main.__doc__)
     parser.add_argument("--info", type=Path, required=True, help="file to write {pid, gcs_address} to")
     parser.add_argument("--num-cpus", type=int, default=None)
+    parser.add_argument(
+        "--dashboard-port", type=int, default=None, help="serve Ray's dashboard (Job Submission API) here"
+    )
     args = parser.parse_args(argv)
     for key, value in LOOPBACK_ENV.items():
         os.environ[key] = value
     import ray
 
     # address="local": always a new cluster (never one a `ray start` left registered on this host)
-    ray.init(
+    dashboard: dict[str, object] = (
+        {"include_dashboard": False}
+        if args.dashboard_port is None
+        else {"include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": args.dashboard_port}
+    )
+    context = ray.init(
         address="local",
         num_cpus=args.num_cpus,
-        include_dashboard=False,
         _node_ip_address="127.0.0.1",
         log_to_driver=False,
         configure_logging=False,
+        **dashboard,  # type: ignore[arg-type]
     )
     pid = os.getpid()
     write_json_atomic(
@@ -205,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
             "pid": pid,
             "proc_start": process_start_ticks(pid),
             "gcs_address": ray.get_runtime_context().gcs_address,
+            "dashboard_url": f"http://{context.dashboard_url}" if context.dashboard_url else None,
             "started_at": time.time(),
         },
     )

@@ -1,11 +1,16 @@
 """The job runner: starts, follows and cancels jobs on Ray, and re-attaches to them after a restart.
 
-Each job runs as ``python -m services.jobproc --job-dir DIR -- <kind's command>`` in a session of
-its own: the job process is a Ray driver connected to the cluster (embedded or given), and it
-outlives the service. Everything the runner knows about a job is in the database and the job's
-folder (:mod:`services.progress`), so a new runner picks up where an old one stopped: jobs that
-still run are followed by PID (and start time), jobs that ended meanwhile are closed from their
-``exit.json``, and jobs whose process vanished without one are marked failed.
+Two ways to run a job's process (a Ray driver), one contract (the job folder, :mod:`services.progress`):
+
+- local: ``python -m services.jobproc --job-dir DIR -- python <kind's args>`` in a session of its
+  own on the service's host, connected to the cluster (embedded or a GCS address); it outlives the
+  service and is followed by PID (and start time); ``exit.json`` records how it ended;
+- Ray's Job Submission API (``ray_address`` is a dashboard URL, :mod:`services.rayjobs`): the
+  driver runs on the cluster; it is followed by its submission id, recorded before submitting.
+
+Everything the runner knows about a job is in the database and the job's folder, so a new runner
+picks up where an old one stopped: jobs that still run are followed, jobs that ended meanwhile are
+closed from their exit record, and jobs whose process vanished without one are marked failed.
 
 Decisions (which job starts, in which order) are :func:`services.scheduling.choose_jobs_to_start`.
 """
@@ -20,6 +25,7 @@ import sys
 import threading
 import time
 import uuid
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +35,9 @@ from services.metrics import Metrics
 from services.models import JobRecord, JobState
 from services.procs import is_running, process_start_ticks, signal_group
 from services.progress import (
+    COMMIT,
+    COMMITTED,
+    COMMITTING,
     ERROR,
     EXIT,
     LOG,
@@ -36,10 +45,12 @@ from services.progress import (
     RESULT,
     SPEC,
     JobProgress,
+    job_file,
     read_json,
     write_json_atomic,
 )
 from services.raycluster import RayProvider, RayUnavailable
+from services.rayjobs import RayJobMissing, RayJobs, submission_id
 from services.scheduling import QueuedJob, choose_jobs_to_start
 
 log = logging.getLogger(__name__)
@@ -62,11 +73,37 @@ def describe_exit(code: int | None) -> str:
     return f"exited with status {code}"
 
 
-def final_state(*, exit_code: int | None, cancel_requested: bool) -> JobState:
-    """How a job that ended is recorded: success wins over a late cancel; a cancel over a failure."""
-    if exit_code == 0:
+class CancelRefused(RuntimeError):
+    """The job is past its point of no return (its dataset commit): it will end as it ends."""
+
+
+def final_state(*, exit_code: int | None, cancel_requested: bool, commit: str | None = None) -> JobState:
+    """How a job that ended is recorded.
+
+    Success wins over a late cancel, and a committed dataset is a success whatever the exit status
+    (the commit is the point of no return); otherwise a cancel wins over a failure.
+    """
+    if exit_code == 0 or commit == COMMITTED:
         return JobState.SUCCEEDED
     return JobState.CANCELLED if cancel_requested else JobState.FAILED
+
+
+def tail_lines(path: Path, n: int, *, block: int = 64 << 10) -> list[str]:
+    """The last ``n`` lines of a file, reading only its end."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            end = f.tell()
+            data = b""
+            while end > 0 and data.count(b"\n") <= n:
+                start = max(0, end - block)
+                f.seek(start)
+                data = f.read(end - start) + data
+                end = start
+    except FileNotFoundError:
+        return []
+    lines: deque[str] = deque(data.decode("utf-8", "replace").splitlines(), maxlen=n)
+    return list(lines)
 
 
 class JobRunner:
@@ -78,7 +115,7 @@ class JobRunner:
         store: Store,
         metrics: Metrics,
         ray: RayProvider,
-        jobs_dir: Path,
+        jobs_dir: Path | str,
         max_running: int,
         max_running_by_kind: dict[str, int] | None = None,
         tick_seconds: float = 0.5,
@@ -87,7 +124,9 @@ class JobRunner:
         self.store = store
         self.metrics = metrics
         self.ray = ray
-        self.jobs_dir = jobs_dir
+        self.ray_jobs = ray if isinstance(ray, RayJobs) else None
+        # job folders: an absolute local path (Ray Train wants one), or a URI both sides reach
+        self.jobs_dir = str(jobs_dir) if "://" in str(jobs_dir) else str(Path(jobs_dir).resolve())
         self.max_running = max_running
         self.max_running_by_kind = dict(max_running_by_kind or {})
         self.tick_seconds = tick_seconds
@@ -101,7 +140,8 @@ class JobRunner:
     # ---- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
         """Re-attach to jobs left running by an earlier service, then follow jobs in the background."""
-        self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        if "://" not in self.jobs_dir:
+            Path(self.jobs_dir).mkdir(parents=True, exist_ok=True)
         running = self.store.jobs_in_states(JobState.RUNNING)
         for job in running:
             self._counted[job.id] = JobProgress.model_validate(job.progress) if job.progress else None
@@ -165,7 +205,13 @@ class JobRunner:
         return job
 
     def cancel(self, job_id: str) -> JobRecord | None:
-        """Cancel a job: a queued one at once, a running one by SIGTERM (SIGKILL after the grace time)."""
+        """Cancel a job: a queued one at once, a running one by SIGTERM (SIGKILL after the grace time).
+
+        Raises :class:`CancelRefused` once the job has begun its dataset commit.
+        """
+        current = self.store.get_job(job_id)
+        if current is not None and current.state == JobState.RUNNING and self._commit(current) is not None:
+            raise CancelRefused(f"job {job_id} is committing its dataset; it can no longer be cancelled")
         job, dequeued = self.store.request_cancel(job_id, now=time.time())
         if job is not None and dequeued:
             self.metrics.count_finished(kind=job.kind, state=JobState.CANCELLED.value, seconds=None)
@@ -179,11 +225,33 @@ class JobRunner:
             self._follow(job)
         self._dispatch()
         running = self.store.jobs_in_states(JobState.RUNNING)
-        self.metrics.running_throughput.set(
-            sum((r.progress or {}).get("samples_per_second") or 0.0 for r in running if r.kind == "ingest")
+        self.metrics.set_running(
+            [(r.kind, JobProgress.model_validate(r.progress)) for r in running if r.progress]
         )
 
+    def logs(self, job: JobRecord, lines: int) -> list[str]:
+        """The last lines of a job's log: its local log file, or its driver's log from Ray."""
+        if job.ray_job_id is not None and self.ray_jobs is not None:
+            try:
+                return self.ray_jobs.logs(job.ray_job_id, lines)
+            except Exception as e:  # a cluster that is down has no logs to give
+                return [f"(logs unavailable from Ray: {type(e).__name__})"]
+        if job.job_dir is None or "://" in job.job_dir:
+            return []
+        return tail_lines(Path(job.job_dir) / LOG, lines)
+
+    def _commit(self, job: JobRecord) -> str | None:
+        """The job's commit state (``committing``, ``committed``) or None if it has not begun one."""
+        if job.job_dir is None:
+            return None
+        marker = read_json(job_file(job.job_dir, COMMIT))
+        state = marker.get("state") if isinstance(marker, dict) else None
+        return state if state in (COMMITTING, COMMITTED) else None
+
     def _follow(self, job: JobRecord) -> None:
+        if job.ray_job_id is not None:
+            self._follow_ray(job)
+            return
         if job.pid is None or job.job_dir is None:
             self._close(job, exit_info=None, note="the service stopped before the job process started")
             return
@@ -198,10 +266,35 @@ class JobRunner:
             return
         self._close(job, exit_info=exit_info or read_json(job_dir / EXIT))
 
+    def _follow_ray(self, job: JobRecord) -> None:
+        assert job.ray_job_id is not None
+        if self.ray_jobs is None:  # recorded by a service that used the Job Submission API
+            self._close(job, exit_info=None, note="the service no longer uses Ray's Job Submission API")
+            return
+        try:
+            state = self.ray_jobs.state(job.ray_job_id)
+        except RayJobMissing:
+            self._close(job, exit_info=None, note="the Ray cluster has no record of the job (restarted?)")
+            return
+        except Exception as e:  # the cluster is unreachable now: try again next tick
+            log.warning("cannot reach Ray for job %s: %s", job.id, type(e).__name__)
+            return
+        if not state.ended:
+            self._read_progress(job)
+            self._signal_cancel(job)
+            return
+        code = 0 if state.status == "SUCCEEDED" else state.exit_code
+        note = None
+        if state.status == "STOPPED" and not job.cancel_requested:
+            note = "stopped through Ray, not through this service"
+        elif code is None and state.status == "FAILED":
+            note = f"Ray reports the job failed: {state.message or 'no message'}"[:300]
+        self._close(job, exit_info={"exit_code": code}, note=note)
+
     def _read_progress(self, job: JobRecord) -> dict[str, Any] | None:
         if job.job_dir is None:
             return None
-        data = read_json(Path(job.job_dir) / PROGRESS)
+        data = read_json(job_file(job.job_dir, PROGRESS))
         if not isinstance(data, dict) or data == job.progress:
             return job.progress
         progress = JobProgress.model_validate(data)
@@ -211,9 +304,19 @@ class JobRunner:
         return data
 
     def _signal_cancel(self, job: JobRecord) -> None:
-        if not job.cancel_requested or job.pid is None:
+        if not job.cancel_requested:
             return
+        if self._commit(job) is not None:
+            return  # past the point of no return: the job finishes (and ignores SIGTERM)
         now = time.time()
+        if job.ray_job_id is not None and self.ray_jobs is not None:
+            if job.cancel_signalled_at is None:
+                log.info("cancelling job %s: stop through the Job Submission API", job.id)
+                self.ray_jobs.stop(job.ray_job_id)
+                self.store.mark_cancel_signalled(job.id, now=now)
+            return
+        if job.pid is None:
+            return
         if job.cancel_signalled_at is None:
             log.info("cancelling job %s: SIGTERM to its process group", job.id)
             signal_group(job.pid, signal.SIGTERM)
@@ -227,16 +330,23 @@ class JobRunner:
     def _close(self, job: JobRecord, *, exit_info: Any, note: str | None = None) -> None:
         """Record how a job that is no longer running ended (once), and count it."""
         progress = self._read_progress(job)
-        job_dir = Path(job.job_dir) if job.job_dir else None
+        job_dir = job.job_dir
         code = exit_info.get("exit_code") if isinstance(exit_info, dict) else None
-        state = final_state(exit_code=code, cancel_requested=job.cancel_requested)
-        result = read_json(job_dir / RESULT) if job_dir is not None and state == JobState.SUCCEEDED else None
+        commit = self._commit(job)
+        state = final_state(exit_code=code, cancel_requested=job.cancel_requested, commit=commit)
+        result = None
+        if job_dir is not None and state == JobState.SUCCEEDED:
+            result = read_json(job_file(job_dir, RESULT))
+            if result is None and commit == COMMITTED:  # killed after its commit, before its summary
+                result = {"committed": bool((read_json(job_file(job_dir, COMMIT)) or {}).get("committed"))}
         error: str | None = None
         if state == JobState.FAILED:
-            err = read_json(job_dir / ERROR) if job_dir is not None else None
+            err = read_json(job_file(job_dir, ERROR)) if job_dir is not None else None
             error = note or (
                 str(err["error"]) if isinstance(err, dict) and "error" in err else describe_exit(code)
             )
+            if commit == COMMITTING:
+                error += "; it ended during its dataset commit: check the dataset's catalog"
         elif state == JobState.CANCELLED:
             error = "cancelled on request"
         now = time.time()
@@ -290,17 +400,25 @@ class JobRunner:
                 job.id, state=JobState.FAILED, now=time.time(), error=f"unknown kind {job.kind!r}"
             )
             return
-        job_dir = self.jobs_dir / job.id
-        job_dir.mkdir(parents=True, exist_ok=True)
+        job_dir = job_file(self.jobs_dir, job.id)
+        if "://" not in job_dir:
+            Path(job_dir).mkdir(parents=True, exist_ok=True)
         try:
             address = self.ray.address()
+            write_json_atomic(job_file(job_dir, SPEC), job.spec)
         except RayUnavailable as e:
             self._fail_launch(job, str(e))
             return
-        write_json_atomic(job_dir / SPEC, job.spec)
-        argv = [sys.executable, "-m", "services.jobproc", "--job-dir", str(job_dir), "--"]
-        argv += kind.command(job_dir=job_dir, ray_address=address)
-        with open(job_dir / LOG, "ab") as out:
+        except OSError as e:
+            self._fail_launch(job, f"cannot write the job folder ({type(e).__name__})")
+            return
+        args = kind.args(job_dir=job_dir, ray_address=address)
+        self._counted[job.id] = None
+        if self.ray_jobs is not None:
+            self._submit_to_ray(job, args=args, job_dir=job_dir)
+            return
+        argv = [sys.executable, "-m", "services.jobproc", "--job-dir", job_dir, "--", sys.executable, *args]
+        with open(Path(job_dir) / LOG, "ab") as out:
             try:
                 proc = subprocess.Popen(
                     argv,
@@ -314,16 +432,35 @@ class JobRunner:
                 self._fail_launch(job, f"cannot start the job process ({e.strerror})")
                 return
         self._children[job.id] = proc
-        self._counted[job.id] = None
         self.store.set_process(
             job.id,
             pid=proc.pid,
             proc_start=process_start_ticks(proc.pid),
-            job_dir=str(job_dir),
+            job_dir=job_dir,
             ray_address=address,
             now=time.time(),
         )
         log.info("job %s (%s) started, pid %d", job.id, job.kind, proc.pid)
+
+    def _submit_to_ray(self, job: JobRecord, *, args: list[str], job_dir: str) -> None:
+        """Record the submission id first (a restart then finds the job), then submit."""
+        assert self.ray_jobs is not None
+        sid = submission_id(job.id)
+        self.store.set_process(
+            job.id,
+            pid=None,
+            proc_start=None,
+            job_dir=job_dir,
+            ray_address=self.ray_jobs.dashboard,
+            ray_job_id=sid,
+            now=time.time(),
+        )
+        try:
+            self.ray_jobs.submit(job_id=job.id, args=args, env=JOB_ENV)
+        except RayUnavailable as e:
+            self._fail_launch(job, str(e))
+            return
+        log.info("job %s (%s) submitted to Ray as %s", job.id, job.kind, sid)
 
     def _fail_launch(self, job: JobRecord, error: str) -> None:
         now = time.time()

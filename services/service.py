@@ -8,6 +8,7 @@ from services.db import Store
 from services.kinds import KINDS
 from services.metrics import Metrics
 from services.raycluster import EmbeddedRay, ExternalRay, RayProvider
+from services.rayjobs import RayJobs
 from services.runner import JobRunner
 from services.scheduler import Scheduler
 from services.settings import Secrets, ServiceSettings, SettingsError, resolve_secrets
@@ -41,18 +42,20 @@ def build_service(settings: ServiceSettings) -> Service:
     """Open the database, resolve secrets, choose where jobs run; nothing is started yet."""
     check_salt()
     secrets = resolve_secrets(settings)
-    store = Store(settings.database_path)
+    store = Store(settings.database)
     metrics = Metrics(job_counts=store.count_by_kind_state, kinds=lambda: sorted(KINDS))
-    ray: RayProvider = (
-        EmbeddedRay(settings.state_dir, num_cpus=settings.embedded_ray_cpus)
-        if settings.ray_address is None
-        else ExternalRay(settings.ray_address)
-    )
+    ray: RayProvider
+    if settings.ray_address is None:
+        ray = EmbeddedRay(settings.state_dir, num_cpus=settings.embedded_ray_cpus)
+    elif settings.ray_job_submission:
+        ray = RayJobs(settings.ray_address, python=settings.ray_job_python)
+    else:
+        ray = ExternalRay(settings.ray_address)
     runner = JobRunner(
         store=store,
         metrics=metrics,
         ray=ray,
-        jobs_dir=settings.state_dir / "jobs",
+        jobs_dir=settings.jobs_location,
         max_running=settings.max_running_jobs,
         max_running_by_kind=settings.max_running_by_kind,
         tick_seconds=settings.runner_tick_seconds,

@@ -22,6 +22,7 @@ from ingest.errors import ConfigError
 from services.security import TOKEN_MIN_LENGTH, generated_token, is_loopback
 
 ANY_LOCAL_PATH = "file:///"
+DATABASE_SCHEMES = ("sqlite:///", "postgresql://", "postgres://")
 # Environment variables read by load_settings (secrets belong here or in a file, not in YAML).
 ENV_FIELDS = {
     "RADFORGE_API_TOKEN": "api_token",
@@ -44,8 +45,24 @@ class ServiceSettings(BaseModel):
     host: str = Field("127.0.0.1", description="address to listen on; beyond loopback a token is required")
     port: int = Field(8000, ge=0, le=65535, description="TCP port (0: any free port)")
     state_dir: Path = Field(Path(".radforge"), description="database, job folders, embedded Ray info")
-    database_url: str | None = Field(None, description="sqlite:///PATH (default: STATE_DIR/radforge.db)")
-    ray_address: str | None = Field(None, description="Ray cluster address; default: embedded local Ray")
+    database_url: str | None = Field(
+        None,
+        description="sqlite:///PATH (default: STATE_DIR/radforge.db) or postgresql://USER@HOST:PORT/DB "
+        "(password from $PGPASSWORD or a passfile, not the URL)",
+    )
+    ray_address: str | None = Field(
+        None,
+        description="HOST:PORT of a Ray cluster's GCS (drivers run here), or http(s)://HEAD:8265 of its "
+        "dashboard (jobs go through Ray's Job Submission API); default: embedded local Ray",
+    )
+    jobs_uri: str | None = Field(
+        None,
+        description="job folders (spec, progress, result); default STATE_DIR/jobs. With the Job "
+        "Submission API, a URI both the service and the cluster reach (s3://..., or a shared path)",
+    )
+    ray_job_python: str = Field(
+        "python", min_length=1, description="interpreter of Job Submission entrypoints on the cluster"
+    )
     embedded_ray_cpus: int | None = Field(None, ge=1, description="CPUs of the embedded Ray (default: all)")
     api_token: SecretStr | None = Field(None, description="bearer token (prefer $RADFORGE_API_TOKEN)")
     api_token_file: Path | None = Field(None, description="file holding the bearer token (a mounted secret)")
@@ -53,7 +70,11 @@ class ServiceSettings(BaseModel):
         default_factory=lambda: [ANY_LOCAL_PATH], description="URI prefixes archives may be read from"
     )
     allowed_datasets: list[str] = Field(
-        default_factory=lambda: [ANY_LOCAL_PATH], description="URI prefixes datasets may be written to"
+        default_factory=lambda: [ANY_LOCAL_PATH],
+        description="URI prefixes datasets and training outputs may be written to (and read from)",
+    )
+    allowed_configs: list[str] = Field(
+        default_factory=lambda: [ANY_LOCAL_PATH], description="URI prefixes run configs may be read from"
     )
     max_running_jobs: int = Field(2, ge=1, le=10_000, description="jobs running at once, all kinds")
     max_running_by_kind: dict[str, int] = Field(default_factory=dict, description="per-kind limits")
@@ -64,10 +85,16 @@ class ServiceSettings(BaseModel):
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> ServiceSettings:
-        if self.database_url is not None and not self.database_url.startswith("sqlite:///"):
+        if self.database_url is not None and not self.database_url.startswith(DATABASE_SCHEMES):
             scheme = self.database_url.split(":", 1)[0]
             raise ValueError(
-                f"database_url: scheme {scheme!r} is not available in this build; use sqlite:///PATH"
+                f"database_url: scheme {scheme!r} is not supported; use sqlite:///PATH or "
+                "postgresql://USER@HOST:PORT/DB"
+            )
+        if self.database_url is not None and database_password_in_url(self.database_url):
+            raise ValueError(
+                "database_url: a password in the URL is not accepted (it would end up in process "
+                "listings and logs); give it in $PGPASSWORD or a passfile ($PGPASSFILE)"
             )
         if self.api_token is not None and len(self.api_token.get_secret_value()) < TOKEN_MIN_LENGTH:
             raise ValueError(f"api_token: at least {TOKEN_MIN_LENGTH} characters are required")
@@ -77,7 +104,7 @@ class ServiceSettings(BaseModel):
                     f"host {self.host} is not loopback: set $RADFORGE_API_TOKEN or api_token_file "
                     "(the service refuses to listen beyond loopback without a token)"
                 )
-            for name in ("allowed_sources", "allowed_datasets"):
+            for name in ("allowed_sources", "allowed_datasets", "allowed_configs"):
                 if ANY_LOCAL_PATH in getattr(self, name):
                     raise ValueError(
                         f"{name}: host {self.host} is not loopback; name the buckets/prefixes "
@@ -86,14 +113,35 @@ class ServiceSettings(BaseModel):
         return self
 
     @property
-    def database_path(self) -> Path:
+    def database(self) -> str:
+        """The database the service opens: a SQLite file path or a PostgreSQL URL (no password)."""
         if self.database_url is None:
-            return self.state_dir / "radforge.db"
-        return Path(self.database_url.removeprefix("sqlite:///"))
+            return str(self.state_dir / "radforge.db")
+        if self.database_url.startswith("sqlite:///"):
+            return self.database_url.removeprefix("sqlite:///")
+        return self.database_url
 
     @property
     def embedded_ray(self) -> bool:
         return self.ray_address is None
+
+    @property
+    def ray_job_submission(self) -> bool:
+        """True when jobs go through Ray's Job Submission API (``ray_address`` is the dashboard's URL)."""
+        return self.ray_address is not None and self.ray_address.startswith(("http://", "https://"))
+
+    @property
+    def jobs_location(self) -> str:
+        return self.jobs_uri if self.jobs_uri is not None else str(self.state_dir / "jobs")
+
+
+def database_password_in_url(url: str) -> bool:
+    """True if a PostgreSQL URL carries a password (``user:password@host``)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme == "sqlite":
+        return False
+    userinfo, at, _ = rest.split("/", 1)[0].rpartition("@")
+    return (bool(at) and ":" in userinfo) or "password=" in rest.partition("?")[2].lower()
 
 
 @dataclass(frozen=True)
@@ -148,7 +196,7 @@ def load_settings(
     except ValidationError as e:
         message = format_validation_error(e, source=source).replace("Value error, ", "")
         # never echo a secret back (format_validation_error quotes the bad value)
-        for secret in (data.get("api_token"),):
+        for secret in (data.get("api_token"), data.get("database_url")):
             if isinstance(secret, str) and secret:
                 message = message.replace(secret, "***")
         raise SettingsError(message) from None

@@ -63,6 +63,7 @@ function progressText(j) {
   if (p.series_total) return `${p.series_done || 0}/${p.series_total} series, ${p.samples_written || 0} slices`;
   if (p.samples_written !== undefined) return `${p.series_done || 0} series, ${p.samples_written} slices`;
   if (p.step !== undefined) return `step ${p.step}/${p.total_steps || "?"}`;
+  if (p.tasks_total) return `${p.phase || "eval"} ${p.tasks_done || 0}/${p.tasks_total} evaluations`;
   return p.phase || "";
 }
 

@@ -1,10 +1,12 @@
-"""The HTTP API without Ray, over a real uvicorn server and SQLite file: authentication,
-validation (422 naming the field), allowlists (403), listing and paging, sources, cancel of a
-queued job, a vanished job process.
+"""The HTTP API without Ray, over a real uvicorn server and a real SQLite file or PostgreSQL server:
+authentication, validation (422 naming the field), allowlists (403), train specs resolved at
+submission, listing and paging, sources, cancel of a queued job, a vanished job process, no cancel
+past a job's commit point.
 """
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -15,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from services.models import PLANNED_KINDS, JobRecord, JobState
+from services.models import JobRecord, JobState
 from tests.services.support import TOKEN, LiveServer, make_settings, wait_until
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -35,10 +37,12 @@ SOURCE = {
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+def server(database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """The API over each database backend (SQLite, PostgreSQL): every test here runs on both."""
     state = tmp_path_factory.mktemp("api-state")
     settings = make_settings(
         state,
+        database_url=database,
         # nothing listens there: these tests never let a job start (see test_cancel_a_queued_job)
         ray_address="127.0.0.1:9",
         allowed_sources=ALLOWED_SOURCES,
@@ -119,7 +123,8 @@ def test_token_required(client: httpx.Client, method: str, path: str, body: dict
     "change, loc, words",
     [
         ({"source_uri": None}, ["body", "source_uri"], "Field required"),
-        ({"kind": "resize"}, ["body", "kind"], "'ingest'"),
+        ({"kind": "resize"}, ["body", "kind"], "unknown or missing job kind; available: eval, ingest, train"),
+        ({"kind": None}, ["body", "kind"], "unknown or missing job kind; available: eval, ingest, train"),
         ({"priority": 5000}, ["body", "priority"], "less than or equal to 1000"),
         ({"colour": "blue"}, ["body", "colour"], "Extra inputs are not permitted"),
         (
@@ -149,16 +154,6 @@ def test_invalid_specs_get_422_naming_the_field(
     assert "secret" not in r.text.replace("config.deid.salt", "")  # inputs are never echoed back
 
 
-@pytest.mark.parametrize("kind", sorted(PLANNED_KINDS))
-def test_kinds_not_in_this_build_get_a_clear_422(client: httpx.Client, kind: str) -> None:
-    r = client.post("/api/v1/jobs", json={**JOB, "kind": kind}, headers=AUTH)
-    assert r.status_code == 422
-    (error,) = [e for e in r.json()["detail"] if e["loc"] == ["body", "kind"]]
-    assert error["type"] == "kind_unavailable"
-    assert f"job kind '{kind}' is not available in this build" in error["msg"]
-    assert "available: ingest" in error["msg"]
-
-
 @pytest.mark.parametrize(
     "change, field",
     [
@@ -182,6 +177,75 @@ def test_uris_outside_the_allowlist_get_403(client: httpx.Client, change: dict, 
         headers=AUTH,
     )
     assert r.status_code == 403
+
+
+TINY = str(Path(__file__).resolve().parents[2] / "configs" / "tiny-cpu.yaml")
+TRAIN = {
+    "kind": "train",
+    "config_uri": TINY,
+    "output_uri": "s3://radforge-datasets/runs/r1",
+    "overrides": ["data.mix.sources=[{uri: 's3://radforge-datasets/ct'}]", "steps=5"],
+}
+
+
+@pytest.mark.parametrize(
+    "change, status, loc_or_field, words",
+    [
+        ({"output_uri": "s3://elsewhere/run"}, 403, "output_uri", "outside the allowed datasets"),
+        ({"config_uri": "s3://configs/run.yaml"}, 403, "config_uri", "outside the allowed configs"),
+        (
+            {"overrides": ["data.mix.sources=[{uri: 's3://hospital-a/incoming/x'}]"]},
+            403,
+            "config_uri.data.mix.sources[0].uri",
+            "outside the allowed datasets",
+        ),
+        (
+            {"overrides": ["batch.global_size=0"]},
+            422,
+            ["body", "config_uri", "batch", "global_size"],
+            "greater",
+        ),
+        (
+            {"overrides": ["ray_address=10.0.0.1:6379"]},
+            422,
+            ["body", "overrides", "ray_address"],
+            "by the service",
+        ),
+        ({"overrides": ["output=/tmp/x"]}, 422, ["body", "overrides", "output"], "output_uri"),
+        ({"overrides": ["not an override"]}, 422, ["body", "overrides", 0], "pattern"),
+        ({"config": {"steps": 3}}, 422, ["body"], "exactly one of config and config_uri"),
+        ({"config_uri": "/nonexistent/run.yaml"}, 422, ["body", "config_uri"], "cannot read"),
+    ],
+)
+def test_train_specs_are_checked_at_submission(
+    client: httpx.Client, change: dict, status: int, loc_or_field: Any, words: str
+) -> None:
+    r = client.post("/api/v1/jobs", json={**TRAIN, **change}, headers=AUTH)
+    assert r.status_code == status, r.text
+    if status == 403:
+        assert r.json()["detail"].startswith(f"{loc_or_field}: ") and words in r.json()["detail"]
+    else:
+        errors = r.json()["detail"]
+        assert any(e["loc"] == loc_or_field and words in e["msg"] for e in errors), errors
+
+
+def test_a_train_spec_is_resolved_once_and_stored_whole(client: httpx.Client) -> None:
+    inline = {"data": {"mix": {"sources": [{"uri": "s3://radforge-datasets/ct"}]}}, "steps": 7}
+    r = client.post(
+        "/api/v1/jobs",
+        json={"kind": "train", "config": inline, "output_uri": "s3://radforge-datasets/runs/inline"},
+        headers=AUTH,
+    )
+    assert r.status_code == 201, r.text
+    run = r.json()["spec"]["run"]
+    assert run["steps"] == 7 and run["output"] == "s3://radforge-datasets/runs/inline"
+    assert run["ray_address"] is None and run["recipe"]["model"]  # defaults filled in, once
+    r = client.post("/api/v1/jobs", json=TRAIN, headers=AUTH)
+    assert r.status_code == 201, r.text
+    spec = r.json()["spec"]
+    assert spec["config_uri"] == TINY and spec["overrides"] == TRAIN["overrides"]
+    assert spec["run"]["steps"] == 5 and spec["run"]["recipe_file"].endswith("recipe-tiny-cpu.yaml")
+    assert spec["run"]["output"] == TRAIN["output_uri"]  # the file's output gives way to output_uri
 
 
 def _record(i: int, *, state: JobState, kind: str = "ingest") -> JobRecord:
@@ -320,3 +384,65 @@ def test_sources_crud(client: httpx.Client) -> None:
     assert client.delete(f"/api/v1/sources/{sid}", headers=AUTH).status_code == 204
     assert client.get(f"/api/v1/sources/{sid}", headers=AUTH).status_code == 404
     assert client.delete(f"/api/v1/sources/{sid}", headers=AUTH).status_code == 404
+
+
+@pytest.mark.parametrize("commit", ["committing", "committed"])
+def test_a_job_past_its_commit_point_is_not_cancelled(
+    client: httpx.Client, service: Any, tmp_path: Path, commit: str
+) -> None:
+    """Once a job has begun its dataset commit, a cancel gets 409; a signal that lands anyway (sent
+    just before) cannot turn a committed job into a cancelled one: it is recorded as succeeded.
+
+    The job is a real supervised process (services.jobproc) whose folder says where the commit is.
+    """
+    from services.procs import process_start_ticks, signal_group
+    from services.progress import COMMIT, write_json_atomic
+
+    write_json_atomic(tmp_path / COMMIT, {"state": commit, "committed": True})
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "services.jobproc",
+            "--job-dir",
+            str(tmp_path),
+            "--",
+            sys.executable,
+            "-c",
+            "import signal; signal.pause()",
+        ],
+        start_new_session=True,
+    )
+    job_id = f"past-commit-{commit}"
+    now = time.time()
+    store = service.store
+    store.insert_job(
+        JobRecord(
+            id=job_id,
+            kind="ingest",
+            state=JobState.RUNNING,
+            spec=JOB,
+            locks=[],
+            created_at=now,
+            updated_at=now,
+            started_at=now,
+            pid=proc.pid,
+            proc_start=process_start_ticks(proc.pid),
+            job_dir=str(tmp_path),
+        )
+    )
+    r = client.post(f"/api/v1/jobs/{job_id}/cancel", headers=AUTH)
+    assert r.status_code == 409 and "committing its dataset" in r.json()["detail"], r.text
+    assert not store.get_job(job_id).cancel_requested
+    wait_until(lambda: (tmp_path / "log.txt").exists(), timeout=20, what="the supervisor to start")
+    signal_group(proc.pid, signal.SIGTERM)  # a cancel signal already in flight when the commit began
+    proc.wait(timeout=20)
+    job = wait_until(
+        lambda: (j := client.get(f"/api/v1/jobs/{job_id}", headers=AUTH).json())["state"] != "running" and j,
+        timeout=20,
+        what="the runner to close the job",
+    )
+    if commit == "committed":
+        assert job["state"] == "succeeded" and job["error"] is None and job["result"] == {"committed": True}
+    else:  # killed in the middle of its commit: the catalog decides, and the error says so
+        assert job["state"] == "failed" and "ended during its dataset commit" in job["error"], job

@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from services.procs import is_running
+from services.progress import COMMIT, COMMITTED, job_file, read_json
 from sharder.catalog import load_catalog
 from sharder.storage import resolve
 from tests.services.support import (
@@ -84,7 +85,7 @@ def ingested(api: httpx.Client, tmp_path_factory: pytest.TempPathFactory) -> dic
 
 
 def test_ingest_job_succeeds_with_progress_result_and_metrics(
-    api: httpx.Client, ingested: dict[str, Any]
+    server: LiveServer, api: httpx.Client, ingested: dict[str, Any]
 ) -> None:
     first, second = ingested["jobs"]
     assert first["state"] == "succeeded", first
@@ -127,6 +128,10 @@ def test_ingest_job_succeeds_with_progress_result_and_metrics(
         == 2
     )
 
+    # the job recorded its point of no return (services/progress.py: commit.json)
+    record = server.app.state.service.store.get_job(first["id"])  # type: ignore[attr-defined]
+    assert read_json(job_file(record.job_dir, COMMIT))["state"] == COMMITTED
+
     logs = api.get(f"/api/v1/jobs/{first['id']}/logs", params={"lines": 50}).json()["lines"]
     assert any('"samples_written"' in line for line in logs), logs  # the summary line the job printed
     assert not any(f"{ingested['archive']}/" in line for line in logs)
@@ -151,7 +156,8 @@ def test_cancel_a_running_job(server: LiveServer, api: httpx.Client, tmp_path: P
     job = wait_state(api, job_id, {"cancelled", "succeeded", "failed"}, timeout=JOB_TIMEOUT)
     assert job["state"] == "cancelled" and job["error"] == "cancelled on request", job
     record = server.app.state.service.store.get_job(job_id)  # type: ignore[attr-defined]
-    assert not is_running(record.pid, record.proc_start)  # the job's process group is gone
+    # the job's process group is gone (the supervisor writes exit.json just before it exits)
+    wait_until(lambda: not is_running(record.pid, record.proc_start), timeout=30, what="the job to end")
     assert load_catalog(resolve(str(dataset))).parts == []  # nothing committed
     text = httpx.get(f"{api.base_url}/metrics").text
     assert metric_value(text, "radforge_jobs_finished_total", {"kind": "ingest", "state": "cancelled"}) == 1

@@ -89,7 +89,7 @@ def test_promtool_accepts_every_metric_in_use() -> None:
     m.running_throughput.set(3.0)
     text = m.render().decode()
     names = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")}
-    assert len(names) == 16, sorted(names)
+    assert len(names) == 18, sorted(names)
     lint = subprocess.run(
         ["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=60
     )

@@ -18,7 +18,7 @@ TOKEN = "a-token-of-sufficient-length"
 
 def test_embedded_defaults_are_safe_and_work(tmp_path: Path) -> None:
     s = load_settings(overrides={"state_dir": str(tmp_path)}, environ={})
-    assert s.host == "127.0.0.1" and s.embedded_ray and s.database_path == tmp_path / "radforge.db"
+    assert s.host == "127.0.0.1" and s.embedded_ray and s.database == str(tmp_path / "radforge.db")
     secrets = resolve_secrets(s)  # no token configured on loopback: one is generated, private to the user
     token_file = tmp_path / "api-token"
     assert secrets.api_token == token_file.read_text().strip() and len(secrets.api_token) >= 32
@@ -40,7 +40,18 @@ def test_embedded_defaults_are_safe_and_work(tmp_path: Path) -> None:
             "allowed_datasets: host 0.0.0.0 is not loopback",
         ),
         ({"api_token": "short"}, "at least 16 characters"),
-        ({"database_url": "postgresql://db/radforge"}, "scheme 'postgresql' is not available in this build"),
+        ({"database_url": "mysql://db/radforge"}, "scheme 'mysql' is not supported"),
+        ({"database_url": "postgresql://rf:pw@db/radforge"}, "a password in the URL is not accepted"),
+        ({"database_url": "postgresql://db/radforge?password=pw"}, "a password in the URL is not accepted"),
+        (
+            {
+                "host": "0.0.0.0",
+                "api_token": TOKEN,
+                "allowed_sources": ["s3://a/"],
+                "allowed_datasets": ["s3://b/"],
+            },
+            "allowed_configs: host 0.0.0.0 is not loopback",
+        ),
         ({"port": 70000}, "port: Input should be less than or equal to 65535"),
         ({"max_running_jobs": 0}, "max_running_jobs"),
         ({"unknown_field": 1}, "unknown_field: Extra inputs are not permitted"),
@@ -55,6 +66,9 @@ def test_a_refused_token_is_never_echoed() -> None:
     with pytest.raises(SettingsError) as e:
         load_settings(overrides={"api_token": "shhh-secret"}, environ={})
     assert "shhh-secret" not in str(e.value)
+    with pytest.raises(SettingsError) as e:
+        load_settings(overrides={"database_url": "postgresql://rf:shhh-secret@db/rf"}, environ={})
+    assert "shhh-secret" not in str(e.value)
 
 
 def test_production_settings_with_named_buckets(tmp_path: Path) -> None:
@@ -66,10 +80,15 @@ def test_production_settings_with_named_buckets(tmp_path: Path) -> None:
             "api_token_file": str(secret),
             "allowed_sources": ["s3://hospital-a/incoming/"],
             "allowed_datasets": ["s3://radforge-datasets/"],
-            "ray_address": "ray-head:6379",
+            "allowed_configs": ["file:///app/configs/", "s3://radforge-configs/"],
+            "ray_address": "http://ray-head:8265",
+            "jobs_uri": "s3://radforge-state/jobs",
+            "database_url": "postgresql://radforge@postgres:5432/radforge",
         },
         environ={},
     )
+    assert s.ray_job_submission and s.database == "postgresql://radforge@postgres:5432/radforge"
+    assert s.jobs_location == "s3://radforge-state/jobs"
     assert resolve_secrets(s).api_token == TOKEN
     assert resolve_secrets(s).token_source == f"file {secret}"
 

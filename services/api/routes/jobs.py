@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections import deque
-from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Response, status
@@ -12,8 +10,9 @@ from fastapi import APIRouter, HTTPException, Query, Response, status
 from services.api.deps import Authorized, RunnerDep, SettingsDep, StoreDep
 from services.kinds import KINDS
 from services.models import TERMINAL_STATES, JobCreate, JobList, JobLogs, JobPublic, JobRecord, JobState
-from services.progress import LOG
-from services.security import redact_below, uri_allowed
+from services.runner import CancelRefused
+from services.security import redact_below
+from services.specs import Allowlists, SpecForbidden, SpecInvalid
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"], dependencies=[Authorized])
 MAX_LOG_LINES = 1000
@@ -28,16 +27,22 @@ def _found(store: StoreDep, job_id: str) -> JobRecord:
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=JobPublic)
 def submit_job(body: JobCreate, runner: RunnerDep, settings: SettingsDep, response: Response) -> JobPublic:
-    """Submit a job; it is queued and starts when a slot, its archive and its dataset are free."""
+    """Submit a job; it is queued and starts when a slot and its locks (archive, dataset, output) are free.
+
+    A train job's run config is resolved here, once: the stored spec holds the whole config.
+    """
     kind = KINDS[body.kind]
-    for field, (uri, allowlist) in kind.uris(body).items():
-        allowed = settings.allowed_sources if allowlist == "sources" else settings.allowed_datasets
-        if not uri_allowed(uri, allowed):
-            raise HTTPException(
-                status_code=status.HTTP_403_FORBIDDEN,
-                detail=f"{field}: {uri} is outside the allowed {allowlist} (setting allowed_{allowlist})",
-            )
-    job = runner.submit(body, priority=body.priority)
+    allow = Allowlists(
+        sources=settings.allowed_sources, datasets=settings.allowed_datasets, configs=settings.allowed_configs
+    )
+    try:
+        spec = kind.prepare(body, allow)
+    except SpecForbidden as e:
+        raise HTTPException(status_code=status.HTTP_403_FORBIDDEN, detail=str(e)) from None
+    except SpecInvalid as e:
+        detail = [{"loc": ["body", *loc], "msg": msg, "type": "value_error"} for loc, msg in e.errors]
+        raise HTTPException(status_code=status.HTTP_422_UNPROCESSABLE_CONTENT, detail=detail) from None
+    job = runner.submit(spec, priority=body.priority)
     response.headers["Location"] = f"{router.prefix}/{job.id}"
     return JobPublic.from_record(job, now=time.time())
 
@@ -74,52 +79,42 @@ async def get_job(job_id: str, store: StoreDep) -> JobPublic:
     return JobPublic.from_record(_found(store, job_id), now=time.time())
 
 
-def tail_lines(path: Path, n: int, *, block: int = 64 << 10) -> list[str]:
-    """The last ``n`` lines of a file, reading only its end."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, 2)
-            end = f.tell()
-            data = b""
-            while end > 0 and data.count(b"\n") <= n:
-                start = max(0, end - block)
-                f.seek(start)
-                data = f.read(end - start) + data
-                end = start
-    except FileNotFoundError:
-        return []
-    lines: deque[str] = deque(data.decode("utf-8", "replace").splitlines(), maxlen=n)
-    return list(lines)
-
-
 @router.get("/{job_id}/logs", response_model=JobLogs)
 def job_logs(
-    job_id: str, store: StoreDep, lines: Annotated[int, Query(ge=1, le=MAX_LOG_LINES)] = 100
+    job_id: str,
+    store: StoreDep,
+    runner: RunnerDep,
+    lines: Annotated[int, Query(ge=1, le=MAX_LOG_LINES)] = 100,
 ) -> JobLogs:
     """The last lines of the job's log; anything below the archive root is shown as ``<root>/…``."""
     job = _found(store, job_id)
-    if job.job_dir is None:
-        return JobLogs(id=job.id, lines=[])
     kind = KINDS.get(job.kind)
     roots = kind.redact_roots(kind.parse(job.spec)) if kind is not None else []
-    return JobLogs(
-        id=job.id, lines=[redact_below(x, roots) for x in tail_lines(Path(job.job_dir) / LOG, lines)]
-    )
+    return JobLogs(id=job.id, lines=[redact_below(x, roots) for x in runner.logs(job, lines)])
 
 
 @router.post(
     "/{job_id}/cancel",
     response_model=JobPublic,
-    responses={202: {"description": "running: SIGTERM sent, the job ends as cancelled"}, 409: {}},
+    responses={
+        202: {"description": "running: SIGTERM sent, the job ends as cancelled"},
+        409: {"description": "the job has ended, or is committing its dataset (it will succeed)"},
+    },
 )
 def cancel_job(job_id: str, store: StoreDep, runner: RunnerDep, response: Response) -> JobPublic:
-    """Cancel a job: a queued one at once (200), a running one asynchronously (202); 409 if it has ended."""
+    """Cancel a job: a queued one at once (200), a running one asynchronously (202).
+
+    409 if it has ended, or once it has begun its dataset commit (the point of no return).
+    """
     job = _found(store, job_id)
     if job.state in TERMINAL_STATES:
         raise HTTPException(
             status_code=status.HTTP_409_CONFLICT, detail=f"job {job_id} has already {job.state.value}"
         )
-    updated = runner.cancel(job_id)
+    try:
+        updated = runner.cancel(job_id)
+    except CancelRefused as e:
+        raise HTTPException(status_code=status.HTTP_409_CONFLICT, detail=str(e)) from None
     assert updated is not None  # it existed a moment ago; jobs are never deleted
     if updated.state == JobState.RUNNING:
         response.status_code = status.HTTP_202_ACCEPTED

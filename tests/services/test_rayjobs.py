@@ -1,0 +1,99 @@
+"""Jobs through Ray's Job Submission API: a real Ray head serving its dashboard on 127.0.0.1 (its own
+process group, torn down after), the service pointed at ``http://127.0.0.1:PORT``, job folders on a
+moto S3 bucket (what the control plane and a remote cluster both reach). A job is submitted, the
+service is stopped and started again and re-attaches to it by its submission id; a second job is
+cancelled through ``stop_job``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from services.raycluster import EmbeddedRay
+from services.rayjobs import submission_id
+from sharder.catalog import load_catalog
+from sharder.storage import resolve
+from tests.services.support import LiveServer, free_port, make_settings, wait_state, wait_until
+from tests.support import make_archive
+
+JOB_TIMEOUT = 180
+
+
+@pytest.fixture(scope="module")
+def ray_dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Ray head with its dashboard (the Job Submission API) on 127.0.0.1; yields its URL."""
+    head = EmbeddedRay(tmp_path_factory.mktemp("ray-head"), num_cpus=2, dashboard_port=free_port())
+    try:
+        head.address()
+        url = head.dashboard_url()
+        assert url is not None, "the head did not report a dashboard"
+
+        def answers() -> bool:
+            try:
+                return httpx.get(f"{url}/api/version", timeout=2).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(answers, timeout=60, what="Ray's dashboard to answer")
+        yield url
+    finally:
+        head.close(jobs_running=False)
+
+
+def test_jobs_through_the_job_submission_api(ray_dashboard: str, s3_bucket: str, tmp_path: Path) -> None:
+    from ray.job_submission import JobSubmissionClient
+
+    settings = make_settings(
+        tmp_path / "state",
+        ray_address=ray_dashboard,
+        ray_job_python=sys.executable,
+        jobs_uri=f"s3://{s3_bucket}/jobs",
+        cancel_grace_seconds=10,
+    )
+    archive = make_archive(tmp_path / "arch-rj", n_ct=1, n_mr=0)
+    dataset = tmp_path / "dataset"
+    spec = {"kind": "ingest", "source_uri": str(archive), "dataset_uri": str(dataset)}
+    with LiveServer(settings) as live, live.client() as api:
+        job_id = api.post("/api/v1/jobs", json=spec).json()["id"]
+        store = live.app.state.service.store  # type: ignore[attr-defined]
+        wait_until(
+            lambda: store.get_job(job_id).ray_job_id, timeout=30, what="the job to be submitted to Ray"
+        )
+    # the service is gone; the job is Ray's
+    ray_client = JobSubmissionClient(ray_dashboard)
+    info = ray_client.get_job_info(submission_id(job_id))
+    assert info.metadata == {"radforge_job_id": job_id} and "services.ingest_job" in info.entrypoint
+    assert "RADFORGE_SALT" not in str(info.runtime_env)  # secrets stay in the cluster's own environment
+
+    with LiveServer(settings) as live, live.client() as api:
+        job = wait_state(api, job_id, {"succeeded", "failed", "cancelled"}, timeout=JOB_TIMEOUT)
+        assert job["state"] == "succeeded", job
+        assert job["progress"]["series_done"] == job["progress"]["series_total"] == 1
+        assert job["result"]["committed"] and job["result"]["samples_written"] > 0
+        assert [p["archive_id"] for p in load_catalog(resolve(str(dataset))).parts] == ["arch-rj"]
+        logs = api.get(f"/api/v1/jobs/{job_id}/logs", params={"lines": 50}).json()["lines"]
+        assert any('"samples_written"' in line for line in logs), logs
+        assert not any(f"{archive}/" in line for line in logs)
+
+        # a second job, cancelled while it decodes: Ray stops its driver
+        big = make_archive(tmp_path / "arch-big", n_ct=6, n_mr=0, size=192, n_slices=40, seed=3)
+        other = api.post(
+            "/api/v1/jobs",
+            json={"kind": "ingest", "source_uri": str(big), "dataset_uri": str(tmp_path / "d2")},
+        ).json()["id"]
+        wait_until(
+            lambda: (api.get(f"/api/v1/jobs/{other}").json().get("progress") or {}).get("phase") == "running",
+            timeout=JOB_TIMEOUT,
+            what="the second job's driver to report progress",
+        )
+        r = api.post(f"/api/v1/jobs/{other}/cancel")
+        assert r.status_code == 202, r.text
+        cancelled = wait_state(api, other, {"succeeded", "failed", "cancelled"}, timeout=JOB_TIMEOUT)
+        assert cancelled["state"] == "cancelled", cancelled
+        assert str(ray_client.get_job_status(submission_id(other))) in ("STOPPED", "JobStatus.STOPPED")
+        assert load_catalog(resolve(str(tmp_path / "d2"))).parts == []
