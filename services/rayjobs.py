@@ -24,9 +24,13 @@ log = logging.getLogger(__name__)
 
 ENDED = {"SUCCEEDED", "FAILED", "STOPPED"}
 # A head that has just started answers "No available agent to submit job" until its node's job
-# agent registers (seconds): submissions retry that long before the job fails.
+# agent registers (seconds), and a busy head may drop a connection: submissions retry that long
+# before the job fails.
 SUBMIT_RETRY_S = 60.0
 NOT_READY = "No available agent"
+# The submission id is the job's own (deterministic), so a resubmission after a dropped connection
+# that had in fact reached the head is refused with this: the job exists, which is what was asked.
+ALREADY_EXISTS = "already exists"
 
 
 class RayJobMissing(RuntimeError):
@@ -90,6 +94,7 @@ class RayJobs:
         sid = submission_id(job_id)
         client = self.client()
         deadline = time.monotonic() + SUBMIT_RETRY_S
+        retried = False
         while True:
             try:
                 client.submit_job(
@@ -100,8 +105,12 @@ class RayJobs:
                 )
                 return sid
             except Exception as e:
-                if NOT_READY in str(e) and time.monotonic() < deadline:
-                    time.sleep(1.0)  # the head's job agent is registering
+                if retried and ALREADY_EXISTS in str(e):
+                    return sid  # an earlier attempt reached the head before its connection dropped
+                transient = NOT_READY in str(e) or isinstance(e, ConnectionError | OSError)
+                if transient and time.monotonic() < deadline:
+                    retried = True
+                    time.sleep(1.0)  # the head's job agent is registering, or a connection dropped
                     continue
                 raise RayUnavailable(f"the Ray cluster refused the job ({type(e).__name__}: {e})") from None
 

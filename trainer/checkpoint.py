@@ -210,31 +210,42 @@ def load_sharded(ref: CheckpointRef, target: dict[str, Any]) -> None:
 
 
 def resolve_checkpoint(uri: str) -> CheckpointRef:
-    """A run output URI (its ``latest``) or one step folder (``.../checkpoints/step-NNNNNNNN``)."""
+    """The checkpoint ``uri`` names: a run output (its ``latest``), a step folder, or a ``state.pt`` in one.
+
+    Raises :class:`CheckpointError` naming ``uri`` and the three valid forms when it is none of them.
+    """
     loc = resolve(uri)
-    name = loc.path.rstrip("/").rsplit("/", 1)[-1]
-    m = _STEP_DIR.match(name)
-    if m:
-        return CheckpointRef(step=int(m.group(1)), location=loc)
-    ref = latest(uri)
-    if ref is None:
-        raise CheckpointError(
-            f"{uri} holds no published checkpoint (no {CHECKPOINTS}/{LATEST}); give a run output "
-            f"or a {CHECKPOINTS}/step-NNNNNNNN folder"
-        )
-    return ref
+    if loc.path.endswith("/" + STATE):
+        loc = resolve(loc.uri.rsplit("/", 1)[0])
+    if exists(loc.join(CHECKPOINTS, LATEST)):
+        ref = latest(loc.uri)
+        assert ref is not None  # the pointer exists; a corrupt one raised
+        return ref
+    if exists(loc.join(STATE)):
+        m = _STEP_DIR.match(loc.path.rsplit("/", 1)[-1])
+        return CheckpointRef(step=int(m.group(1)) if m else -1, location=loc)  # -1: step is in state.pt
+    raise CheckpointError(
+        f"no checkpoint at {loc.uri}: expected a run output ({CHECKPOINTS}/{LATEST}), "
+        f"a step folder ({STATE}) or a {STATE} file"
+    )
 
 
 def load_weights(
-    uri: str, *, networks: tuple[str, ...] = ("student", "teacher")
+    checkpoint: str | CheckpointRef,
+    *,
+    networks: tuple[str, ...] = ("student", "teacher"),
+    saved: dict[str, Any] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Full (unsharded, CPU) state dicts of ``networks`` from a checkpoint of either format.
 
-    ``uri`` is a run output or a step folder (:func:`resolve_checkpoint`). Needs no process group:
-    a sharded checkpoint's tensors are read whole from its DCP shards.
+    ``checkpoint`` is a run output, a step folder or a ``state.pt`` (:func:`resolve_checkpoint`), or
+    a resolved reference; ``saved`` is its ``state.pt`` when the caller has loaded it already (a
+    plain checkpoint is then not read twice). Needs no process group: a sharded checkpoint's
+    tensors are read whole from its DCP shards.
     """
-    ref = resolve_checkpoint(uri)
-    saved = load(ref)
+    ref = resolve_checkpoint(checkpoint) if isinstance(checkpoint, str) else checkpoint
+    if saved is None:
+        saved = load(ref)
     if not is_sharded(saved):
         return {name: saved[name] for name in networks}
     import torch.distributed.checkpoint as dcp
@@ -251,7 +262,12 @@ def load_weights(
     for key, item in meta.items():
         if key.split(".", 1)[0] in networks and isinstance(item, TensorStorageMetadata):
             flat[key] = torch.empty(item.size, dtype=item.properties.dtype)
-    dcp.load(flat, storage_reader=_dcp_reader(ref.location.join(SHARDS)), no_dist=True)
+    try:
+        dcp.load(flat, storage_reader=_dcp_reader(ref.location.join(SHARDS)), no_dist=True)
+    except Exception as err:  # a missing or truncated shard file
+        raise CheckpointError(
+            f"sharded checkpoint {ref.location.join(SHARDS).uri} cannot be read: {type(err).__name__}: {err}"
+        ) from err
     out: dict[str, dict[str, Any]] = {name: {} for name in networks}
     for key, tensor in flat.items():
         name, rest = key.split(".", 1)
@@ -259,11 +275,13 @@ def load_weights(
     return out
 
 
-def load_teacher_backbone(uri: str) -> dict[str, torch.Tensor]:
+def load_teacher_backbone(
+    checkpoint: str | CheckpointRef, *, saved: dict[str, Any] | None = None
+) -> dict[str, torch.Tensor]:
     """The teacher's backbone weights (keys as in :class:`trainer.models.vit.VisionTransformer`).
 
-    ``uri``: a run output (its latest checkpoint) or a step folder; plain or sharded checkpoints.
-    The teacher (EMA) backbone is the model DINOv2-style recipes release.
+    ``checkpoint`` and ``saved`` as for :func:`load_weights`; plain or sharded checkpoints. The
+    teacher (EMA) backbone is the model DINOv2-style recipes release.
     """
-    teacher = load_weights(uri, networks=("teacher",))["teacher"]
+    teacher = load_weights(checkpoint, networks=("teacher",), saved=saved)["teacher"]
     return {k.removeprefix("backbone."): v for k, v in teacher.items() if k.startswith("backbone.")}

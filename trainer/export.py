@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,7 +41,6 @@ from trainer.models.vit import VisionTransformer
 
 logger = logging.getLogger(__name__)
 
-_STEP = re.compile(r"step-(\d{8})$")
 _TRAINING_ONLY = ("mask_token",)  # iBOT's learned mask embedding: never used on unmasked inputs
 
 
@@ -125,24 +123,6 @@ def random_backbone(
     return model.load_state(state, where=f"random init (seed {seed})")
 
 
-def resolve_checkpoint(uri: str) -> ckpt.CheckpointRef:
-    """A run output (its ``latest``), a step folder, or a ``state.pt`` inside one."""
-    loc = resolve(uri)
-    if loc.path.endswith("/" + ckpt.STATE):
-        loc = resolve(loc.uri.rsplit("/", 1)[0])
-    if exists(loc.join(ckpt.CHECKPOINTS, ckpt.LATEST)):
-        ref = ckpt.latest(loc.uri)
-        assert ref is not None
-        return ref
-    if exists(loc.join(ckpt.STATE)):
-        m = _STEP.search(loc.path)
-        return ckpt.CheckpointRef(step=int(m.group(1)) if m else -1, location=loc)
-    raise ckpt.CheckpointError(
-        f"no checkpoint at {loc.uri}: expected a run output (checkpoints/latest), "
-        f"a step folder (state.pt) or a state.pt file"
-    )
-
-
 def _recipe(saved: dict[str, Any], *, where: str) -> RecipeConfig:
     try:
         tree = yaml.safe_load(saved["config"])
@@ -154,15 +134,19 @@ def _recipe(saved: dict[str, Any], *, where: str) -> RecipeConfig:
 
 
 def teacher_backbone(checkpoint: str) -> TeacherBackbone:
-    """The teacher backbone of a checkpoint; :class:`CheckpointError` names a bad or foreign one."""
-    ref = resolve_checkpoint(checkpoint)
+    """The teacher backbone of a checkpoint; :class:`CheckpointError` names a bad or foreign one.
+
+    ``checkpoint``: a run output, a step folder or a ``state.pt``
+    (:func:`trainer.checkpoint.resolve_checkpoint`), plain or sharded (FSDP2 / DCP: the teacher is
+    read whole from the shards, without a process group).
+    """
+    ref = ckpt.resolve_checkpoint(checkpoint)
     where = ref.location.join(ckpt.STATE).uri
     saved = ckpt.load(ref)
     recipe = _recipe(saved, where=where)
+    state = ckpt.load_teacher_backbone(ref, saved=saved)
     with torch.device("meta"):
         vit = build_backbone(recipe, drop_path_rate=0.0)
-    teacher = saved["teacher"]
-    state = {k.removeprefix("backbone."): v for k, v in teacher.items() if k.startswith("backbone.")}
     try:
         vit.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as err:

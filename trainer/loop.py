@@ -10,7 +10,8 @@ Phases of :func:`run_training`:
                 stage's weights, position tables resampled)
 3. data         next batch from the loader, cut into micro-batches (time blocked on it = data wait)
 4. step         :func:`trainer.step.train_step` over the micro-batches (gradient accumulation)
-5. metrics      loss terms, lr, images/s, tokens/s, data-wait fraction, MFU and memory on GPUs ->
+5. metrics      loss terms, lr, images/s, tokens/s, data-wait fraction, MFU and memory on GPUs,
+                every ``eval.every`` steps kNN scores of the teacher backbone on a held-out suite ->
                 JSONL next to the checkpoints every ``metrics.flush_every`` steps
 6. checkpoint   every N steps and at the end, published atomically (sharded with DCP under FSDP2)
 
@@ -29,7 +30,8 @@ import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -55,6 +57,9 @@ from trainer.parallel import (
 )
 from trainer.run_config import TrainConfig
 from trainer.step import TrainState, train_step
+
+if TYPE_CHECKING:
+    from trainer.eval.periodic import PeriodicKnn
 
 logger = logging.getLogger(__name__)
 
@@ -291,6 +296,48 @@ def _global_keys(micro_keys: list[list[str]], *, rank: int, world: int) -> list[
     return [k for j in sorted(mine) for k in mine[j]]
 
 
+def _evaluates(cfg: TrainConfig, *, rank: int, sharded: bool) -> bool:
+    """Whether this rank runs the periodic kNN (``eval.every``); checks named task folders now.
+
+    Replicated, rank 0 alone evaluates its whole copy of the teacher; the other ranks go on and
+    wait in the next step's first collective. Under FSDP2 the forward all-gathers each unit's
+    parameters, a collective, so every rank evaluates the same inputs (rank 0 records the scores).
+    """
+    if cfg.eval.every == 0 or (not sharded and rank != 0):
+        return False
+    from trainer.eval.run import BUILTIN
+    from trainer.eval.tasks import find_tasks
+
+    if cfg.eval.tasks != BUILTIN:
+        find_tasks(cfg.eval.tasks)  # a wrong path fails at the start, not at the first evaluation
+    return True
+
+
+def _periodic_knn(cfg: TrainConfig, *, local_rank: int, sharded: bool) -> PeriodicKnn:
+    """The suite of ``eval.tasks``, loaded and preprocessed (on an evaluating rank, at its first due step).
+
+    Under FSDP2 every rank loads it: local rank 0 first, so a node's ranks do not generate the
+    built-in suite into the same folder at once (every rank calls one barrier).
+    """
+    from trainer.eval.periodic import PeriodicKnn  # the eval stack only where it is used
+
+    recipe = cfg.recipe
+    if sharded and local_rank != 0:
+        _barrier()
+    periodic = PeriodicKnn.from_suite(
+        cfg.eval.tasks,
+        builtin_root=Path(cfg.eval.cache_dir) / "builtin-suite",
+        every=cfg.eval.every,
+        image_size=recipe.crops.global_size,
+        ct_air_hu=recipe.intensity.ct_air_hu,
+        max_samples=cfg.eval.max_samples,
+        seed=cfg.seed,
+    )
+    if sharded and local_rank == 0:
+        _barrier()
+    return periodic
+
+
 def run_training(
     cfg: TrainConfig,
     *,
@@ -363,6 +410,8 @@ def run_training(
     elif cfg.init_from is not None:
         init_from_stage(state, cfg.init_from, sharded=sharded)
 
+    evaluates = _evaluates(cfg, rank=rank, sharded=sharded)
+    periodic: PeriodicKnn | None = None  # loaded at the first due step: runs that stop before pay nothing
     writer = MetricsWriter(cfg.output, resumed_from=resumed_from) if rank == 0 else None
     crops, patch = recipe.crops, recipe.model.patch_size
     tokens_per_image = crops.global_count * (crops.global_size // patch) ** 2 + (
@@ -409,6 +458,18 @@ def run_training(
             )
             if cfg.metrics.sample_keys:
                 record["keys"] = _global_keys(item["micro_keys"], rank=rank, world=world)
+            if evaluates and state.step % cfg.eval.every == 0:
+                # the teacher as this step left it (= this step's checkpoint); not in step_time_s
+                t_eval = time.perf_counter()
+                if periodic is None:
+                    periodic = _periodic_knn(cfg, local_rank=local_rank, sharded=sharded)
+                record.update(periodic.evaluate(state.teacher.backbone))
+                logger.info(
+                    "step %d: knn_mean %.4f (%.1f s)",
+                    state.step,
+                    record["knn_mean"],
+                    time.perf_counter() - t_eval,
+                )
             records.append(record)
             checkpoint_now = state.step % cfg.checkpoint.every == 0 or state.step == cfg.steps
             if writer is not None:

@@ -119,6 +119,19 @@ class MetricsConfig(_Section):
     flush_every: int = Field(10, ge=1)  # steps per JSONL file (and at every checkpoint); stores cannot append
 
 
+class EvalConfig(_Section):
+    """Periodic kNN evaluation of the teacher backbone during training (trainer/eval/periodic.py)."""
+
+    every: int = Field(0, ge=0)  # steps between evaluations (knn_* fields in the metrics); 0 = off
+    tasks: str = (
+        "builtin"  # as `radforge eval --tasks`: builtin, a task folder, a folder of them, a suite file
+    )
+    max_samples: int = Field(
+        256, ge=1
+    )  # train and test samples per task (slices in 2D, volumes in 3D), seeded
+    cache_dir: str = "/tmp/radforge-eval"  # the built-in suite is generated under it (once per node)
+
+
 class TrainConfig(_Section):
     """Everything one ``radforge train`` run needs."""
 
@@ -129,6 +142,7 @@ class TrainConfig(_Section):
     steps: int = Field(1000, ge=1)  # stop after this many optimisation steps (schedules follow the recipe)
     checkpoint: CheckpointConfig = CheckpointConfig()
     metrics: MetricsConfig = MetricsConfig()
+    eval: EvalConfig = EvalConfig()
     output: str  # local path or s3:// URI for checkpoints, the resolved config and metrics
     # a later stage (e.g. 512 px): start from this run output's latest checkpoint (or one step
     # folder): weights of student and teacher, position tables resampled to model.img_size; the

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -17,6 +18,9 @@ from tests.trainer.support import TINY, ingest_tiny, tiny_run
 from trainer import build_backbone
 from trainer import checkpoint as ckpt
 from trainer.distributed import launch
+from trainer.eval.builtin import build_builtin_suite
+from trainer.eval.periodic import PeriodicKnn
+from trainer.export import teacher_backbone
 from trainer.loop import read_metrics, run_training
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -145,8 +149,12 @@ def test_global_batch_does_not_depend_on_workers_and_survives_a_shrink(
     assert {r["accumulation"] for r in ref.metrics} == {2}
 
     elastic = tmp_path / "elastic"
+    # rank 0 alone evaluates at step 2 (replicated) while rank 1 waits in step 3's first collective
+    suite = tmp_path / "suite"
+    build_builtin_suite(suite, n_volumes=12, size=32, slices=12, real=False)
+    periodic = ("eval.every=2", f"eval.tasks={suite}", "eval.max_samples=16")
     result = launch(
-        tiny_run(dataset, str(elastic), tmp_path, *common, "workers=2", "steps=3"),
+        tiny_run(dataset, str(elastic), tmp_path, *common, *periodic, "workers=2", "steps=3"),
         max_failures=0,
         storage_path=str(tmp_path / "ray"),
     )
@@ -159,6 +167,7 @@ def test_global_batch_does_not_depend_on_workers_and_survives_a_shrink(
         (1, 2, 4)
     ] * 3
     assert_same_run(read_metrics(str(tmp_path / "ref")), records, steps=[1, 2, 3, 4, 5, 6])
+    assert ["knn_mean" in r for r in records] == [False, True, False, False, False, False]
     # 14 samples, 3 global batches per epoch: the first epoch never repeats a key
     assert len({k for r in records[:3] for k in r["keys"]}) == 12
 
@@ -188,7 +197,10 @@ def test_fsdp2_two_workers_sharded_checkpoints_and_exact_resume(tmp_path: Path, 
     dataset = ingest_tiny(tmp_path, str(tmp_path / "ds"))
     common = ("parallel=fsdp", "batch.global_size=8", "batch.micro_size=2", "checkpoint.every=2")
     straight = tmp_path / "straight"
-    _torchrun(straight, dataset, tmp_path, *common, "steps=4", "checkpoint.keep=2")
+    # the periodic kNN on the built-in suite: both ranks run the sharded teacher's forward (it
+    # all-gathers), local rank 0 generates the suite first
+    periodic = ("eval.every=2", "eval.max_samples=8", f"eval.cache_dir={tmp_path / 'eval'}")
+    _torchrun(straight, dataset, tmp_path, *common, *periodic, "steps=4", "checkpoint.keep=2")
 
     step2 = straight / "checkpoints" / "step-00000002"
     assert sorted(p.name for p in (step2 / "shards").iterdir()) == [
@@ -198,13 +210,22 @@ def test_fsdp2_two_workers_sharded_checkpoints_and_exact_resume(tmp_path: Path, 
     ]
     saved = ckpt.load(ckpt.CheckpointRef(step=2, location=ckpt.resolve_checkpoint(str(step2)).location))
     assert ckpt.is_sharded(saved) and "student" not in saved  # weights live in the shards only
+    knn = PeriodicKnn.from_suite(
+        "builtin", builtin_root=tmp_path / "eval" / "builtin-suite", every=2, image_size=32, max_samples=8
+    )
+    a = read_metrics(str(straight))
+    assert ["knn_mean" in r for r in a] == [False, True, False, True]
+    np.testing.assert_equal(
+        {k: v for k, v in a[1].items() if k.startswith("knn_")},
+        knn.evaluate(teacher_backbone(str(step2)).frozen()),
+    )
 
     resumed = tmp_path / "resumed"
     shutil.copytree(step2, resumed / "checkpoints" / step2.name)
     (resumed / "checkpoints" / "latest").write_text(json.dumps({"step": 2, "dir": step2.name}))
     _torchrun(resumed, dataset, tmp_path, *common, "steps=4")
 
-    a, b = read_metrics(str(straight)), read_metrics(str(resumed))
+    b = read_metrics(str(resumed))
     assert [r["resumed_from"] for r in b] == [2, 2]
     assert {(r["world_size"], r["accumulation"]) for r in a} == {(2, 2)}
     assert_same_run(a[2:], b, steps=[3, 4], exact=True)

@@ -10,10 +10,13 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
 
 from services.cli import main as cli_main
 from sharder.schema import SchemaVersionError
@@ -21,8 +24,13 @@ from tests.trainer.support import TINY, ingest_tiny, tiny_run
 from trainer import checkpoint as ckpt
 from trainer.build import build_schedules, build_train_state
 from trainer.data import mapped_shared_memory, stale_shared_memory
+from trainer.eval.backbone import load_backbone
+from trainer.eval.builtin import build_builtin_suite
+from trainer.eval.periodic import PeriodicKnn
+from trainer.export import teacher_backbone, vit_from_spec
 from trainer.loop import init_from_stage, read_metrics, run_training
 from trainer.models.pos_embed import resize_table
+from trainer.parallel import fsdp_state_dicts, load_fsdp_state_dicts, shard_network
 from trainer.run_config import load_train_config
 
 TINY_64 = TINY.parent / "tiny-cpu-64.yaml"
@@ -32,6 +40,27 @@ TINY_64 = TINY.parent / "tiny-cpu-64.yaml"
 def dataset(tmp_path_factory: pytest.TempPathFactory, ray_local: None) -> str:
     root = tmp_path_factory.mktemp("loop-data")
     return ingest_tiny(root, str(root / "ds"))
+
+
+@pytest.fixture(scope="module")
+def eval_suite(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small built-in suite (phantoms only, 2D and 3D tasks): a folder of task folders for eval.tasks."""
+    root = tmp_path_factory.mktemp("eval-suite")
+    build_builtin_suite(root, n_volumes=12, size=32, slices=12, real=False)
+    return root
+
+
+def _eval_overrides(suite: Path, tmp: Path) -> list[str]:
+    return ["eval.every=2", f"eval.tasks={suite}", "eval.max_samples=24", f"eval.cache_dir={tmp / 'eval'}"]
+
+
+def _periodic(suite: Path) -> PeriodicKnn:
+    """The evaluation the runs of these tests do (tiny recipe: 32-px inputs, run seed 0)."""
+    return PeriodicKnn.from_suite(str(suite), builtin_root=suite, every=2, image_size=32, max_samples=24)
+
+
+def _knn(record: dict[str, object]) -> dict[str, object]:
+    return {k: v for k, v in record.items() if k.startswith("knn_")}
 
 
 def test_run_writes_checkpoints_config_and_metrics(dataset: str, tmp_path: Path) -> None:
@@ -260,3 +289,74 @@ def test_one_process_fsdp_run_checkpoints_sharded_and_resumes(dataset: str, tmp_
     assert teacher["pos_embed.weight"].shape == (1, 1 + 16, 96)
     with pytest.raises(ckpt.CheckpointError, match="is sharded .* but this run is replicated"):
         run_training(tiny_run(dataset, str(out), tmp_path, "parallel=replicate", "steps=4"))
+
+
+def test_periodic_knn_scores_the_teacher_every_n_steps(
+    dataset: str, eval_suite: Path, tmp_path: Path
+) -> None:
+    """eval.every=2: knn_<task> and knn_mean at steps 2 and 4 only, equal to the kNN scores of the
+    teacher saved in that step's checkpoint, not of the student."""
+    out = tmp_path / "run"
+    overrides = ["steps=5", "checkpoint.every=2", "checkpoint.keep=3", *_eval_overrides(eval_suite, tmp_path)]
+    run_training(tiny_run(dataset, str(out), tmp_path, *overrides))
+
+    records = read_metrics(str(out))
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5]
+    assert [bool(_knn(r)) for r in records] == [False, True, False, True, False]
+    periodic = _periodic(eval_suite)
+    names = {f"knn_{t.spec.name}" for t in periodic.tasks} | {"knn_mean"}
+    assert len(names) == 7  # six tasks of the small suite, 2D and 3D
+    for record in (records[1], records[3]):
+        step = out / "checkpoints" / f"step-{record['step']:08d}"
+        teacher = periodic.evaluate(teacher_backbone(str(step)).frozen())
+        assert set(_knn(record)) == names
+        np.testing.assert_equal(_knn(record), teacher)  # bit for bit (NaN == NaN)
+        # the student of the same checkpoint scores otherwise (R2 of a regression is continuous)
+        student = ckpt.load_weights(str(step), networks=("student",))["student"]
+        vit = vit_from_spec(teacher_backbone(str(step)).spec)
+        vit.load_state_dict(
+            {k.removeprefix("backbone."): v for k, v in student.items() if k.startswith("backbone.")}
+        )
+        assert periodic.evaluate(vit)["knn_lesion_volume_3d"] != teacher["knn_lesion_volume_3d"]
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_fsdp_run_evaluates_sharded_teacher_and_exports_it(
+    dataset: str, eval_suite: Path, tmp_path: Path
+) -> None:
+    """parallel=fsdp in one process: the periodic kNN runs through the sharded teacher; `radforge export`
+    of the DCP checkpoint gives that teacher's features (loaded back sharded, as a resume does)."""
+    out = tmp_path / "run"
+    overrides = ["parallel=fsdp", "steps=2", "checkpoint.every=2", *_eval_overrides(eval_suite, tmp_path)]
+    cfg = tiny_run(dataset, str(out), tmp_path, *overrides)
+    run_training(cfg)
+    ref = ckpt.latest(str(out))
+    assert ref is not None and ckpt.is_sharded(ckpt.load(ref))
+
+    assert cli_main(["export", str(out), str(tmp_path / "export"), "--json"]) == 0
+    frozen = load_backbone(tmp_path / "export")
+    assert (
+        frozen.weights_hash
+        == teacher_backbone(str(out / "checkpoints" / "step-00000002")).frozen().weights_hash
+    )
+    periodic = _periodic(eval_suite)
+    record = read_metrics(str(out))[-1]
+    np.testing.assert_equal(_knn(record), periodic.evaluate(frozen))
+
+    # the teacher as the loop holds it: sharded modules filled from the DCP shards by a one-rank group
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        from torch.distributed.device_mesh import init_device_mesh
+
+        shard = partial(shard_network, mesh=init_device_mesh("cpu", (1,)), param_dtype=None)
+        state = build_train_state(cfg.recipe, global_batch_size=4, seed=cfg.seed, shard=shard)
+        target = fsdp_state_dicts(state.student, state.teacher, state.optimizer)
+        ckpt.load_sharded(ref, target)
+        load_fsdp_state_dicts(state.student, state.teacher, state.optimizer, target)
+        x = torch.randn(3, 1, 32, 32, generator=torch.Generator().manual_seed(2))
+        with torch.no_grad():
+            want = state.teacher.backbone.forward_features(x)
+    finally:
+        dist.destroy_process_group()
+    got = frozen(x)
+    assert torch.equal(got.cls, want.cls) and torch.equal(got.patches, want.patches)

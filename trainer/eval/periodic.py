@@ -6,10 +6,8 @@ returns ``{"knn_<task>": score, "knn_mean": mean}`` (accuracy, or R2 for regress
 of the full track. It takes any module whose ``forward_features`` returns ``.cls`` and ``.patches``:
 the training ``VisionTransformer`` or a :class:`trainer.eval.backbone.FrozenBackbone`.
 
-Wiring into the loop (``trainer/loop.py``), after the step's metrics record is built::
-
-    if periodic is not None and periodic.due(state.step):
-        record.update(periodic.evaluate(state.teacher.backbone))
+``radforge train`` runs it every ``eval.every`` steps (``trainer/loop.py``, metrics phase), on the
+teacher backbone; docs/training.md, "Periodic evaluation", says which ranks evaluate under FSDP2.
 """
 
 from __future__ import annotations
