@@ -14,7 +14,6 @@ accepted for the job contract every kind follows, and not used.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -23,12 +22,15 @@ from typing import TYPE_CHECKING, Any
 
 from services.progress import (
     ERROR,
+    JOB_EXIT_FAILED,
     PROGRESS,
     RESULT,
     SPEC,
     JobProgress,
     job_file,
+    job_main,
     read_json,
+    unexpected_error_type,
     write_json_atomic,
 )
 
@@ -36,7 +38,6 @@ if TYPE_CHECKING:
     from trainer.eval.run import EvalOutcome
 
 log = logging.getLogger("radforge.eval_job")
-EXIT_FAILED = 1
 ERROR_MAX_CHARS = 300
 
 
@@ -92,7 +93,7 @@ def run(job_dir: str) -> int:
     except (CheckpointError, BackboneLoadError, TaskError, ValueError) as e:
         write_json_atomic(job_file(job_dir, ERROR), {"error": f"{type(e).__name__}: {e}"[:ERROR_MAX_CHARS]})
         log.error("eval job failed: %s", e)
-        return EXIT_FAILED
+        return JOB_EXIT_FAILED
     pairs = len({(r.backbone, r.task) for r in outcome.results})
     progress("done", pairs, pairs)
     result = eval_result(outcome)
@@ -102,19 +103,16 @@ def run(job_dir: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the job process."""
-    parser = argparse.ArgumentParser(prog="python -m services.eval_job", description=__doc__)
-    parser.add_argument("--job-dir", required=True, help="the job folder (path or URI)")
-    parser.add_argument("--ray-address", required=True, help="accepted for the job contract; not used")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        return run(args.job_dir)
-    except Exception as e:
-        # task folders hold labelled images: only the type of an unexpected error leaves the process
-        write_json_atomic(job_file(args.job_dir, ERROR), {"error": f"unexpected {type(e).__name__}"})
-        log.exception("eval job failed unexpectedly")
-        return EXIT_FAILED
+    """Entry point of the job process (``--ray-address`` is part of the job contract; eval runs here)."""
+    # task folders hold labelled images: only the type of an unexpected error leaves the process
+    return job_main(
+        argv,
+        prog="python -m services.eval_job",
+        description=__doc__,
+        run=lambda job_dir, _ray_address: run(job_dir),
+        describe_error=unexpected_error_type,
+        logger=log,
+    )
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ interrupt the commit nor turn a committed job into a "cancelled" one.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import signal
@@ -27,20 +26,22 @@ from services.progress import (
     COMMITTED,
     COMMITTING,
     ERROR,
+    JOB_EXIT_FAILED,
     PROGRESS,
     RESULT,
     SPEC,
     JobProgress,
     RateWindow,
     job_file,
+    job_main,
     read_json,
+    unexpected_error_type,
     write_json_atomic,
 )
 from services.raycluster import ray_reachable
 
 log = logging.getLogger("radforge.ingest_job")
 REPORT_EVERY_S = 1.0
-EXIT_FAILED = 1
 
 
 def progress_sink_class(counter: Any, job_dir: str) -> type:
@@ -174,7 +175,7 @@ def run(job_dir: str, ray_address: str) -> int:
     except (ConfigError, SourceError, DatasetError, SchemaVersionError) as e:
         write_json_atomic(job_file(job_dir, ERROR), {"error": f"{type(e).__name__}: {e}"})
         log.error("ingest job failed: %s", e)
-        return EXIT_FAILED
+        return JOB_EXIT_FAILED
     result = summary.to_dict()
     final = final.model_copy(update={"series_total": summary.series, "series_done": summary.series})
     write_json_atomic(job_file(job_dir, PROGRESS), final.model_dump(mode="json", exclude_none=True))
@@ -185,18 +186,14 @@ def run(job_dir: str, ray_address: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the job process."""
-    parser = argparse.ArgumentParser(prog="python -m services.ingest_job", description=__doc__)
-    parser.add_argument("--job-dir", required=True, help="the job folder (path or URI)")
-    parser.add_argument("--ray-address", required=True)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        return run(args.job_dir, args.ray_address)
-    except Exception as e:
-        # the message of an unexpected error may quote anything: only its type leaves the process
-        write_json_atomic(job_file(args.job_dir, ERROR), {"error": f"unexpected {type(e).__name__}"})
-        log.exception("ingest job failed unexpectedly")
-        return EXIT_FAILED
+    return job_main(
+        argv,
+        prog="python -m services.ingest_job",
+        description=__doc__,
+        run=run,
+        describe_error=unexpected_error_type,
+        logger=log,
+    )
 
 
 if __name__ == "__main__":

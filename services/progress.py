@@ -15,10 +15,13 @@ Ray's Job Submission API: both sides read and write it through :func:`write_json
 
 from __future__ import annotations
 
+import argparse
 import json
+import logging
 import os
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +65,9 @@ class JobProgress(BaseModel):
     # eval: (backbone, task) evaluations done, of all
     tasks_done: int | None = None
     tasks_total: int | None = None
+
+
+JOB_EXIT_FAILED = 1
 
 
 def job_file(job_dir: str | Path, name: str) -> str:
@@ -117,3 +123,36 @@ class RateWindow:
             self._points.popleft()
         (t0, v0), (t1, v1) = self._points[0], self._points[-1]
         return (v1 - v0) / (t1 - t0) if t1 > t0 else None
+
+
+def job_main(
+    argv: list[str] | None,
+    *,
+    prog: str,
+    description: str | None,
+    run: Callable[[str, str], int],
+    describe_error: Callable[[Exception], str],
+    logger: logging.Logger,
+) -> int:
+    """The entry point every job process shares: ``--job-dir DIR --ray-address ADDR``, then ``run``.
+
+    An exception ``run`` lets through ends the process with exit 1 and ``error.json`` holding
+    ``describe_error(e)``: each kind decides how much of an unexpected error may leave the process
+    (patient data must not, so most give only the exception's type).
+    """
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--job-dir", required=True, help="the job folder (path or URI)")
+    parser.add_argument("--ray-address", required=True, help="the Ray cluster the job runs on")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return run(args.job_dir, args.ray_address)
+    except Exception as e:
+        write_json_atomic(job_file(args.job_dir, ERROR), {"error": describe_error(e)})
+        logger.exception("%s failed", prog)
+        return JOB_EXIT_FAILED
+
+
+def unexpected_error_type(e: Exception) -> str:
+    """Only the type of an unexpected error: its message may quote anything."""
+    return f"unexpected {type(e).__name__}"

@@ -13,7 +13,6 @@ A cancelled run keeps its checkpoints: a new job with the same output resumes fr
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -24,11 +23,13 @@ from typing import Any
 
 from services.progress import (
     ERROR,
+    JOB_EXIT_FAILED,
     PROGRESS,
     RESULT,
     SPEC,
     JobProgress,
     job_file,
+    job_main,
     read_json,
     write_json_atomic,
 )
@@ -37,7 +38,6 @@ from services.raycluster import ray_reachable
 log = logging.getLogger("radforge.train_job")
 REPORT_EVERY_S = 1.0
 RECENT_STEPS = 10  # "current" rates are over the latest steps recorded
-EXIT_FAILED = 1
 ERROR_MAX_CHARS = 300
 
 
@@ -192,7 +192,7 @@ def run(job_dir: str, ray_address: str) -> int:
     except (TrainConfigError, CheckpointError, ConnectionError) as e:
         write_json_atomic(job_file(job_dir, ERROR), {"error": f"{type(e).__name__}: {e}"[:ERROR_MAX_CHARS]})
         log.error("train job failed: %s", e)
-        return EXIT_FAILED
+        return JOB_EXIT_FAILED
     result = {
         "step": final.step,
         "resumed_from": resumed.step if resumed is not None else None,
@@ -207,22 +207,23 @@ def run(job_dir: str, ray_address: str) -> int:
     return 0
 
 
+def _describe_error(e: Exception) -> str:
+    """Ray Train wraps worker errors; their type and first line are what an operator needs."""
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    message = f"{type(e).__name__}: {first}" if first else f"unexpected {type(e).__name__}"
+    return message[:ERROR_MAX_CHARS]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the job process."""
-    parser = argparse.ArgumentParser(prog="python -m services.train_job", description=__doc__)
-    parser.add_argument("--job-dir", required=True, help="the job folder (path or URI)")
-    parser.add_argument("--ray-address", required=True)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        return run(args.job_dir, args.ray_address)
-    except Exception as e:
-        # Ray Train wraps worker errors; their type and first line are what an operator needs
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        message = f"{type(e).__name__}: {first}" if first else f"unexpected {type(e).__name__}"
-        write_json_atomic(job_file(args.job_dir, ERROR), {"error": message[:ERROR_MAX_CHARS]})
-        log.exception("train job failed")
-        return EXIT_FAILED
+    return job_main(
+        argv,
+        prog="python -m services.train_job",
+        description=__doc__,
+        run=run,
+        describe_error=_describe_error,
+        logger=log,
+    )
 
 
 if __name__ == "__main__":
