@@ -58,14 +58,23 @@ def test_jobs_through_the_job_submission_api(ray_dashboard: str, s3_bucket: str,
     archive = make_archive(tmp_path / "arch-rj", n_ct=1, n_mr=0)
     dataset = tmp_path / "dataset"
     spec = {"kind": "ingest", "source_uri": str(archive), "dataset_uri": str(dataset)}
+    ray_client = JobSubmissionClient(ray_dashboard)
+
+    def ray_knows(sid: str) -> bool:
+        return any(j.submission_id == sid for j in ray_client.list_jobs())
+
     with LiveServer(settings) as live, live.client() as api:
         job_id = api.post("/api/v1/jobs", json=spec).json()["id"]
         store = live.app.state.service.store  # type: ignore[attr-defined]
+        # the id is recorded before the submission (so a restart can re-attach); wait for Ray's side
         wait_until(
-            lambda: store.get_job(job_id).ray_job_id, timeout=30, what="the job to be submitted to Ray"
+            lambda: (
+                store.get_job(job_id).ray_job_id == submission_id(job_id) and ray_knows(submission_id(job_id))
+            ),
+            timeout=90,  # the service retries a submission for up to 60 s while the head's agent registers
+            what="the job to be submitted to Ray",
         )
     # the service is gone; the job is Ray's
-    ray_client = JobSubmissionClient(ray_dashboard)
     info = ray_client.get_job_info(submission_id(job_id))
     assert info.metadata == {"radforge_job_id": job_id} and "services.ingest_job" in info.entrypoint
     assert "RADFORGE_SALT" not in str(info.runtime_env)  # secrets stay in the cluster's own environment
