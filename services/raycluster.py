@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from services.procs import is_running, process_start_ticks, signal_group
 from services.progress import read_json, write_json_atomic
@@ -190,6 +190,32 @@ class EmbeddedRay:
 
 
 # ---- the head process ----------------------------------------------------------------------------
+def _init_with_free_agent_port(**kwargs: Any) -> Any:
+    """``ray.init`` with this node's dashboard agent on any free port.
+
+    Every local Ray's dashboard agent asks for port 52365, and ``ray.init`` (unlike ``ray start``)
+    has no option for it: with another Ray already on the host (a test session's, the demo's), this
+    head's agent serves no HTTP and the Job Submission API answers "No available agent" forever.
+    Port 0 lets the agent bind a free port, which Ray publishes to the head. Ray 2.60 builds its
+    ``RayParams`` by module attribute at call time, so a subclass defaulting the port is enough.
+    """
+    import ray
+    from ray._private import parameter
+
+    original = parameter.RayParams
+
+    class _FreeAgentPort(original):  # type: ignore[misc, valid-type]
+        def __init__(self, *a: Any, **kw: Any) -> None:
+            kw.setdefault("dashboard_agent_listen_port", 0)
+            super().__init__(*a, **kw)
+
+    parameter.RayParams = _FreeAgentPort  # type: ignore[misc]
+    try:
+        return ray.init(**kwargs)
+    finally:
+        parameter.RayParams = original  # type: ignore[misc]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run a local Ray head bound to 127.0.0.1 until SIGTERM; publish its address in ``--info``."""
     parser = argparse.ArgumentParser(prog="python -m services.raycluster", description=main.__doc__)
@@ -209,13 +235,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.dashboard_port is None
         else {"include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": args.dashboard_port}
     )
-    context = ray.init(
+    init: Any = ray.init if args.dashboard_port is None else _init_with_free_agent_port
+    context = init(
         address="local",
         num_cpus=args.num_cpus,
         _node_ip_address="127.0.0.1",
         log_to_driver=False,
         configure_logging=False,
-        **dashboard,  # type: ignore[arg-type]
+        **dashboard,
     )
     pid = os.getpid()
     write_json_atomic(

@@ -25,8 +25,12 @@ JOB_TIMEOUT = 180
 
 
 @pytest.fixture(scope="module")
-def ray_dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A Ray head with its dashboard (the Job Submission API) on 127.0.0.1; yields its URL."""
+def ray_dashboard(ray_local: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Ray head with its dashboard (the Job Submission API) on 127.0.0.1; yields its URL.
+
+    The session's local Ray runs beside it on purpose: its dashboard agent holds Ray's default agent
+    port, as another Ray on a real host would, and this head must still get a working job agent.
+    """
     head = EmbeddedRay(tmp_path_factory.mktemp("ray-head"), num_cpus=2, dashboard_port=free_port())
     try:
         head.address()
