@@ -17,9 +17,10 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
-from tests.services.support import free_port, wait_until
+from tests.services.support import LiveServer, free_port, wait_until
 
 PG_USER = "radforge"
 
@@ -117,3 +118,10 @@ def database(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'radforge.db'}"
     return str(request.getfixturevalue("postgres").new_database())
+
+
+@pytest.fixture(scope="module")
+def api(server: LiveServer) -> Iterator[httpx.Client]:
+    """An authorised client of the module's ``server``."""
+    with server.client() as client:
+        yield client

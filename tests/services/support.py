@@ -94,3 +94,12 @@ def metric_value(text: str, name: str, labels: dict[str, str] | None = None) -> 
             if sample.name == name and all(sample.labels.get(k) == v for k, v in (labels or {}).items()):
                 return float(sample.value)
     return None
+
+
+def session_ray_server(state_dir: Path, **overrides: Any) -> LiveServer:
+    """A service on the test session's local Ray (``ray_local``), its state in ``state_dir``."""
+    import ray
+
+    return LiveServer(
+        make_settings(state_dir, ray_address=ray.get_runtime_context().gcs_address, **overrides)
+    )

@@ -24,8 +24,8 @@ from tests.services.support import (
     TOKEN,
     LiveServer,
     free_port,
-    make_settings,
     metric_value,
+    session_ray_server,
     wait_state,
     wait_until,
 )
@@ -39,22 +39,9 @@ JOB_TIMEOUT = 120
 
 @pytest.fixture(scope="module")
 def server(ray_local: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    import ray
-
-    settings = make_settings(
-        tmp_path_factory.mktemp("jobs-state"),
-        ray_address=ray.get_runtime_context().gcs_address,
-        max_running_jobs=2,
-        cancel_grace_seconds=10,
-    )
-    with LiveServer(settings) as live:
+    state = tmp_path_factory.mktemp("jobs-state")
+    with session_ray_server(state, max_running_jobs=2, cancel_grace_seconds=10) as live:
         yield live
-
-
-@pytest.fixture(scope="module")
-def api(server: LiveServer) -> Iterator[httpx.Client]:
-    with server.client() as client:
-        yield client
 
 
 @pytest.fixture(scope="module")

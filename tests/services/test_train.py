@@ -12,7 +12,13 @@ import httpx
 import pytest
 
 from services.procs import is_running
-from tests.services.support import LiveServer, make_settings, metric_value, wait_state, wait_until
+from tests.services.support import (
+    LiveServer,
+    metric_value,
+    session_ray_server,
+    wait_state,
+    wait_until,
+)
 from tests.trainer.support import TINY, ingest_tiny
 from trainer.checkpoint import latest
 from trainer.data import remove_stale_shared_memory
@@ -22,22 +28,9 @@ JOB_TIMEOUT = 300
 
 @pytest.fixture(scope="module")
 def server(ray_local: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    import ray
-
-    settings = make_settings(
-        tmp_path_factory.mktemp("train-state"),
-        ray_address=ray.get_runtime_context().gcs_address,
-        max_running_jobs=2,
-        cancel_grace_seconds=15,
-    )
-    with LiveServer(settings) as live:
+    state = tmp_path_factory.mktemp("train-state")
+    with session_ray_server(state, max_running_jobs=2, cancel_grace_seconds=15) as live:
         yield live
-
-
-@pytest.fixture(scope="module")
-def api(server: LiveServer) -> Iterator[httpx.Client]:
-    with server.client() as client:
-        yield client
 
 
 @pytest.fixture(scope="module")
