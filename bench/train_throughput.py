@@ -73,22 +73,10 @@ def steady(records: list[dict[str, Any]], *, warmup: int) -> dict[str, float]:
 
 def loader_rate(cfg: Any, *, batches: int) -> float:
     """Images/s the loader alone delivers (views built in ``data.loader_workers`` processes, no step)."""
-    from trainer.build import build_mask_sampler, build_multicrop
-    from trainer.data import build_loader
+    from trainer.build import build_run_loader
 
     plan = cfg.batch.plan(1)
-    loader = build_loader(
-        cfg.data.mix,
-        multicrop=build_multicrop(cfg.recipe),
-        masks=build_mask_sampler(cfg.recipe),
-        batch_size=plan.per_worker,
-        accumulation=plan.accumulation,
-        seed=cfg.seed,
-        cache_dir=cfg.data.cache_dir,
-        cache_limit=cfg.data.cache_limit,
-        num_workers=cfg.data.loader_workers,
-        prefetch_factor=cfg.data.prefetch_factor,
-    )
+    loader = build_run_loader(cfg, plan)
     n, start = 0, 0.0
     while n <= batches:
         for _ in loader:
@@ -102,22 +90,11 @@ def loader_rate(cfg: Any, *, batches: int) -> float:
 
 def floor(cfg: Any, *, steps: int, warmup: int, threads: int, device: str = "cpu") -> float:
     """Images/s of ``train_step`` alone on micro-batches from ``cfg``'s loader, held in memory."""
-    from trainer.build import build_mask_sampler, build_multicrop, build_train_state
-    from trainer.data import build_loader
+    from trainer.build import build_run_loader, build_train_state
     from trainer.step import train_step
 
     plan = cfg.batch.plan(1)
-    loader = build_loader(
-        cfg.data.mix,
-        multicrop=build_multicrop(cfg.recipe),
-        masks=build_mask_sampler(cfg.recipe),
-        batch_size=plan.per_worker,
-        accumulation=plan.accumulation,
-        seed=cfg.seed,
-        cache_dir=cfg.data.cache_dir,
-        cache_limit=cfg.data.cache_limit,
-        num_workers=0,
-    )
+    loader = build_run_loader(cfg, plan, num_workers=0)
     batches = []
     for item in loader:
         batches.append([mb.to(device) for mb in item["micro"]])

@@ -125,6 +125,30 @@ def build_mask_sampler(cfg: RecipeConfig) -> MaskSampler:
     return MaskSampler(**cfg.masking.model_dump())
 
 
+def build_run_loader(cfg: Any, plan: Any, *, num_workers: int | None = None) -> Any:
+    """The loader a run trains from: its dataset mix, views and masks, this worker's share of ``plan``.
+
+    ``cfg`` is the run's ``TrainConfig`` and ``plan`` its ``BatchPlan`` for the world size;
+    ``num_workers`` overrides the run's loader processes (benchmarks measure with and without them).
+    """
+    from trainer.data import build_loader  # streaming: imported by whoever builds a loader only
+
+    workers = cfg.data.loader_workers if num_workers is None else num_workers
+    return build_loader(
+        cfg.data.mix,
+        multicrop=build_multicrop(cfg.recipe),
+        masks=build_mask_sampler(cfg.recipe),
+        batch_size=plan.per_worker,
+        accumulation=plan.accumulation,
+        seed=cfg.seed,
+        cache_dir=cfg.data.cache_dir,
+        cache_limit=cfg.data.cache_limit,
+        shuffle=cfg.data.shuffle,
+        num_workers=workers,
+        prefetch_factor=cfg.data.prefetch_factor,
+    )
+
+
 def _scatter_initial_weights(cfg: RecipeConfig, networks: list[Network], *, seed: int | None) -> None:
     """Initialise sharded networks from one whole network initialised on rank 0's CPU.
 

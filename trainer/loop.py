@@ -38,9 +38,8 @@ import torch.distributed as dist
 
 from sharder.storage import resolve, write_bytes_atomic
 from trainer import checkpoint as ckpt
-from trainer.build import build_mask_sampler, build_multicrop, build_train_state
+from trainer.build import build_run_loader, build_train_state
 from trainer.data import (
-    build_loader,
     release_resume_memory,
     remove_stale_shared_memory,
     set_single_process_env,
@@ -382,19 +381,7 @@ def run_training(
     # streaming picks a free shared-memory prefix on every rank, barriers, then the local leader
     # creates it: ranks that arrive together leave other datasets on the node less time to take it
     _barrier()
-    loader = build_loader(
-        cfg.data.mix,
-        multicrop=build_multicrop(recipe),
-        masks=build_mask_sampler(recipe),
-        batch_size=plan.per_worker,
-        accumulation=plan.accumulation,
-        seed=cfg.seed,
-        cache_dir=cfg.data.cache_dir,
-        cache_limit=cfg.data.cache_limit,
-        shuffle=cfg.data.shuffle,
-        num_workers=cfg.data.loader_workers,
-        prefetch_factor=cfg.data.prefetch_factor,
-    )
+    loader = build_run_loader(cfg, plan)
     config_yaml = cfg.to_yaml()
 
     # 2. resume (this run's own checkpoint wins over init_from: a restarted stage continues)
