@@ -99,8 +99,8 @@ def load_dicom_volume(plan: SeriesPlan, read: Reader, *, geometry: GeometryConfi
     if is_ct:  # straight into int16 HU, one slice at a time (no float or int32 copy of the volume)
         stack = np.empty((len(order), *images[0].shape), dtype=np.int16)
         for k, i in enumerate(order):
-            if images[i].dtype == np.int16:  # typed bounds: numpy's fast clip loop
-                np.clip(images[i], np.int16(HU_MIN), np.int16(HU_MAX), out=stack[k])
+            if images[i].dtype == np.int16:  # already inside (HU_MIN, HU_MAX): see int16_range
+                stack[k] = images[i]
             elif images[i].dtype.kind in "iu":  # exact integer HU: clip and narrow in one pass
                 np.clip(images[i], HU_MIN, HU_MAX, out=stack[k], casting="unsafe")
             else:

@@ -36,6 +36,53 @@ def ensure_ray(address: str | None = None, *, num_cpus: int | None = None) -> No
     log.info("started a local Ray bound to 127.0.0.1")
 
 
+# Ray Data 2.60's streaming executor, tuned for jobs of few, long tasks (an ingest: a task decodes a
+# whole series, 0.2-2 s). Measured on the project's 2-CPU VM with bench/ingest.py and ray.timeline()
+# (docs/BENCHMARKS.md):
+# - Each execution learns how many CPUs it may use from the autoscaling coordinator actor, whose answer
+#   the ResourceManager reads from a cache refreshed every GLOBAL_LIMITS_UPDATE_INTERVAL_S (1 s). The
+#   first read is empty, so every execution ran one task at a time for its first second: a whole
+#   header phase, half a decode phase. At 0.1 s the reservation arrives before the second task is due.
+# - By default task completions are postponed to a metadata-fetch thread (its own 0.1 s wait, then
+#   the next scheduling pass): a worker idled 120-210 ms between two series. Fetched inline, 25-80 ms.
+# Both are process-wide settings of the driver; they change scheduling latency, never results.
+_LIMITS_REFRESH_S = 0.1
+
+
+def tune_data_executor() -> bool:
+    """Apply the settings above to this driver's Ray Data; True when the installed Ray has both knobs.
+
+    ``RAY_DATA_METADATA_PREFETCH_ON_THREAD=0`` is Ray's documented switch for inline metadata
+    fetching, but it is read when ``ray.data`` is imported; the module value it sets is changed here
+    so the setting holds whatever imported Ray Data first. A Ray without these names (another
+    version) is left as it is, with a warning, and the job still runs (slower to start tasks).
+    """
+    from ray.data._internal.execution import metadata_fetcher
+    from ray.data._internal.execution.resource_manager import ResourceManager
+
+    applied = True
+    if isinstance(getattr(ResourceManager, "GLOBAL_LIMITS_UPDATE_INTERVAL_S", None), (int, float)):
+        ResourceManager.GLOBAL_LIMITS_UPDATE_INTERVAL_S = min(  # type: ignore[misc]
+            ResourceManager.GLOBAL_LIMITS_UPDATE_INTERVAL_S, _LIMITS_REFRESH_S
+        )
+    else:
+        applied = False
+    if isinstance(getattr(metadata_fetcher, "_PREFETCH_ON_THREAD", None), bool):
+        metadata_fetcher._PREFETCH_ON_THREAD = False
+    else:
+        applied = False
+    if not applied:
+        log.warning("this Ray Data has no known executor latency settings; ingest tasks start slower")
+    return applied
+
+
+def cluster_cpus() -> int:
+    """CPUs the connected Ray cluster has now (at least 1: a head with ``num-cpus: 0`` reports none)."""
+    import ray
+
+    return max(1, int(ray.cluster_resources().get("CPU", 0)))
+
+
 # glibc's allocator serves blocks of >= 128 KiB (adaptively more) with fresh mmap()s and trims freed
 # heap back to the kernel, so every decoded slice, encoded sample and shard buffer (0.5-64 MiB) is
 # paid again in page faults. In one process on the project's VM that was 25-40% of the CPU time of

@@ -118,12 +118,13 @@ class RayConfig(_Model):
         None, description="Ray cluster address; default: start a local Ray on 127.0.0.1"
     )
     num_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray (default: all)")
-    header_batch_size: int = Field(64, ge=1, description="files per header-reading batch within a task")
+    header_batch_size: int = Field(1024, ge=1, description="files per header-reading batch within a task")
     header_files_per_task: int = Field(
-        512,
+        2048,
         ge=1,
-        description="files per header-reading task: a header takes well under a millisecond, so "
-        "smaller tasks spend more time being scheduled than reading",
+        description="most files per header-reading task (a small archive is spread over every CPU "
+        "in one wave): a header takes well under a millisecond, so smaller tasks spend more time "
+        "being scheduled than reading",
     )
     series_per_task: int = Field(1, ge=1, description="series decoded (and written) per task")
     distributed_grouping_min_objects: int = Field(

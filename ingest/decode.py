@@ -140,8 +140,9 @@ def decode_instance(
     With ``integer_ok``, integer stored values under an integral rescale (slope and intercept whole
     numbers, no Modality LUT; the usual CT case) come back as exact integer modality units instead
     (int16 when the stored range maps inside it, else int32), which saves float conversions.
-    ``int16_range=(lo, hi)`` (inside int16) says the caller clips to that range anyway: a unit
-    slope then yields int16 already clipped, computed in 16-bit arithmetic (no int32 detour).
+    ``int16_range=(lo, hi)`` (inside int16) says the caller clips to that range anyway: an int16
+    result then lies inside it (a unit slope computes it in 16-bit arithmetic, no int32 detour), so
+    the caller only clips int32 results.
 
     ``source`` is the whole object (bytes or a binary file-like read to its end). Sizes are checked
     against ``max_pixels`` per frame, ``max_frames`` and ``MAX_TOTAL_PIXELS`` before any pixel
@@ -961,6 +962,8 @@ def _modality_units(
                 values *= slope_arr.astype(values.dtype)
             if np.any(intercept_arr != 0):
                 values += intercept_arr.astype(values.dtype)
+            if fits16 and int16_range is not None:  # the promise: int16 results lie inside int16_range
+                np.clip(values, np.int16(int16_range[0]), np.int16(int16_range[1]), out=values)
             return values
     slope32 = np.asarray(slope, dtype=np.float32)
     intercept32 = np.asarray(intercept, dtype=np.float32)

@@ -7,6 +7,7 @@ de-identification need. UIDs are kept in memory only to group and to salt; they 
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 from dataclasses import dataclass, field, fields
@@ -70,8 +71,7 @@ class Header:
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Header:
-        names = {f.name for f in fields(cls)}
-        data = {k: row[k] for k in names if k in row}
+        data = {k: row[k] for k in _header_fields() if k in row}
         for k in ("image_type", "iop", "ipp", "pixel_spacing"):
             v = data.get(k)
             if v is not None and not isinstance(v, list):
@@ -79,6 +79,11 @@ class Header:
         if data.get("image_type") is None:
             data["image_type"] = []
         return cls(**data)
+
+
+@functools.cache
+def _header_fields() -> frozenset[str]:
+    return frozenset(f.name for f in fields(Header))
 
 
 def is_nifti(path: str) -> bool:

@@ -21,10 +21,11 @@ import pandas as pd
 import pyarrow as pa
 
 from ingest.assemble import load_dicom_volume, load_nifti_volume
-from ingest.cluster import ensure_ray, tune_worker_allocator
+from ingest.cluster import cluster_cpus, ensure_ray, tune_data_executor, tune_worker_allocator
 from ingest.config import IngestConfig
 from ingest.discover import Header, list_objects, read_header
 from ingest.errors import IngestError, Reason, SourceError, Status
+from ingest.partition import decode_task_groups, header_files_per_task
 from ingest.series import SeriesPlan, group_key, plan_group
 from ingest.slicer import SliceCounts, volume_samples
 from sharder.catalog import MANIFESTS, load_catalog
@@ -74,6 +75,7 @@ def _plan(batch: pd.DataFrame, *, salt: bytes, already: frozenset[str]) -> pd.Da
         {
             "series_key": [p.series_key for p in plans],
             "pending": [p.status == "pending" for p in plans],
+            "n_objects": [p.n_objects for p in plans],
             "plan": [p.to_json() for p in plans],
         }
     )
@@ -235,21 +237,28 @@ def part_id_for(archive_id: str, config_hash: str, pending: list[str]) -> str:
     return f"p-{h.hexdigest()[:16]}"
 
 
-def _plan_series(headers: Any, *, salt: bytes, already: frozenset[str], distributed: bool) -> Any:
-    """Group headers into series plans: a Ray Data groupby for big archives, on the driver otherwise.
+def _plan_series(
+    headers: Any, *, salt: bytes, already: frozenset[str], distributed: bool, series_per_task: int
+) -> tuple[pd.DataFrame, Any]:
+    """Group headers into series plans: ``(series_key and pending of each, a dataset of task blocks)``.
 
-    Both paths call the same pure :func:`ingest.series.plan_group`. The hash shuffle behind a
-    groupby costs seconds of fixed overhead that small archives do not need to pay; driver grouping
-    streams the (small) header rows and holds one entry per object.
+    The dataset has one block per decoding task. Big archives group with a Ray Data groupby;
+    smaller ones on the driver, which streams the (small) header rows, holds one entry per object
+    and hands the plans to Ray already cut into tasks, biggest series first
+    (:func:`ingest.partition.decode_task_groups`): no hash shuffle, no repartition, no extra Ray
+    Data execution (each costs a fixed tenth of a second or more). Both call the same pure
+    :func:`ingest.series.plan_group`.
     """
     import ray
 
     if distributed:
-        return (
+        plans = (
             headers.groupby("group")
             .map_groups(_plan, fn_kwargs={"salt": salt, "already": already}, batch_format="pandas")
             .materialize()
         )
+        keys = plans.select_columns(["series_key", "pending"]).to_pandas()
+        return keys, plans.repartition(max(1, -(-len(keys) // series_per_task)))
     groups: dict[str, list[str]] = {}
     for batch in headers.iter_batches(batch_format="pandas", batch_size=4096):
         for group, text in zip(batch["group"], batch["header"], strict=True):
@@ -261,9 +270,11 @@ def _plan_series(headers: Any, *, salt: bytes, already: frozenset[str], distribu
     table = (
         pd.concat(frames, ignore_index=True)
         if frames
-        else pd.DataFrame({"series_key": [], "pending": [], "plan": []})
+        else pd.DataFrame({"series_key": [], "pending": [], "n_objects": [], "plan": []})
     )
-    return ray.data.from_pandas(table).materialize()
+    tasks = decode_task_groups(table["n_objects"].tolist(), series_per_task)
+    blocks = [table.iloc[idx].reset_index(drop=True) for idx in tasks] or [table]
+    return table[["series_key", "pending"]], ray.data.from_pandas(blocks)
 
 
 def run_ingest(
@@ -294,9 +305,11 @@ def run_ingest(
     known = frozenset((k, s, r) for k, (s, r) in recorded.items())
 
     ensure_ray(cfg.ray.address, num_cpus=cfg.ray.num_cpus)
+    tune_data_executor()
+    per_task = header_files_per_task(len(objects), cluster_cpus(), cap=cfg.ray.header_files_per_task)
     items = ray.data.from_items(
         [{"path": p, "size": s} for p, s in objects],
-        override_num_blocks=max(1, -(-len(objects) // cfg.ray.header_files_per_task)),  # one task per block
+        override_num_blocks=max(1, -(-len(objects) // per_task)),  # one task per block
     )
     headers = items.map_batches(
         _read_headers,  # type: ignore[arg-type]  # keyword arguments arrive through fn_kwargs
@@ -305,13 +318,13 @@ def run_ingest(
         batch_format="pandas",
     )
     t_plan = time.perf_counter()
-    plans = _plan_series(
+    keys, task_blocks = _plan_series(
         headers,
         salt=salt,
         already=already,
         distributed=len(objects) >= cfg.ray.distributed_grouping_min_objects,
+        series_per_task=cfg.ray.series_per_task,
     )
-    keys = plans.select_columns(["series_key", "pending"]).to_pandas()
     pending = sorted(keys.loc[keys["pending"], "series_key"])
     if on_plan is not None:
         on_plan(len(keys))
@@ -332,8 +345,7 @@ def run_ingest(
     )
     # One block (hence one decoding + writing task) per `series_per_task` series: map_batches'
     # batch_size splits work inside a task, blocks are what spread it over the cluster.
-    n_tasks = max(1, -(-len(keys) // cfg.ray.series_per_task))
-    samples = plans.repartition(n_tasks).map_batches(
+    samples = task_blocks.map_batches(
         _process,
         fn_kwargs={"root": src, "cfg": cfg, "archive_id": archive_id},
         batch_size=cfg.ray.series_per_task,

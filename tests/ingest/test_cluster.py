@@ -39,3 +39,17 @@ def test_tuned_worker_keeps_freed_buffers_on_its_heap() -> None:
     assert _probe("default") == "True False"
     # Tuned: it comes from the heap and stays there, warm, for the next slice or shard.
     assert _probe("tuned") == "False True"
+
+
+def test_data_executor_settings_reach_ray_data() -> None:
+    # Both names exist in the pinned Ray (an upgrade that renames them fails here, not silently
+    # in a benchmark), and the executor built afterwards uses them.
+    from ray.data._internal.execution import metadata_fetcher
+    from ray.data._internal.execution.resource_manager import ResourceManager
+
+    from ingest.cluster import tune_data_executor
+
+    assert tune_data_executor() is True
+    assert ResourceManager.GLOBAL_LIMITS_UPDATE_INTERVAL_S <= 0.1
+    assert isinstance(metadata_fetcher.make_metadata_fetcher(), metadata_fetcher.InlineMetadataFetcher)
+    assert tune_data_executor() is True  # idempotent

@@ -685,3 +685,23 @@ def test_unit_slope_int16_rescale_equals_wide_arithmetic(
     assert got.dtype == np.int16
     np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(stored, before)  # the stored buffer (often read-only) is not touched
+
+
+@pytest.mark.parametrize(("slope", "intercept"), [(1, -1024), (2, -1024), (1, 0), (3, -3000)])
+def test_int16_results_lie_inside_int16_range(slope: int, intercept: int) -> None:
+    # The volume builder copies int16 slices as they are and clips only wider results: an int16
+    # result must already be inside the range the caller asked for, whatever the rescale.
+    rng = np.random.default_rng(5)
+    values = rng.integers(0, 4096, (32, 48))
+    values.flat[:2] = (0, 4095)
+    ds = pydicom.dcmread(io.BytesIO(_with_pixels(values.astype(np.uint16), bits_stored=12, signed=False)))
+    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    lo, hi = -1024, 3071
+    pixels = decode_instance(_write(ds), integer_ok=True, int16_range=(lo, hi)).pixels
+    want = np.clip(values.astype(np.int64) * slope + intercept, lo, hi)
+    if pixels.dtype == np.int16:
+        np.testing.assert_array_equal(pixels[0], want)
+    else:  # a wider result is the caller's to clip; its values are exact
+        assert pixels.dtype == np.int32
+        np.testing.assert_array_equal(np.clip(pixels[0], lo, hi), want)
+    assert pixels.dtype == np.int16  # 12-bit stored with these rescales fits int16: the fast case
