@@ -61,10 +61,9 @@ def tune_data_executor() -> bool:
     from ray.data._internal.execution.resource_manager import ResourceManager
 
     applied = True
-    if isinstance(getattr(ResourceManager, "GLOBAL_LIMITS_UPDATE_INTERVAL_S", None), (int, float)):
-        ResourceManager.GLOBAL_LIMITS_UPDATE_INTERVAL_S = min(  # type: ignore[misc]
-            ResourceManager.GLOBAL_LIMITS_UPDATE_INTERVAL_S, _LIMITS_REFRESH_S
-        )
+    interval = getattr(ResourceManager, "GLOBAL_LIMITS_UPDATE_INTERVAL_S", None)
+    if isinstance(interval, (int, float)):
+        setattr(ResourceManager, "GLOBAL_LIMITS_UPDATE_INTERVAL_S", min(interval, _LIMITS_REFRESH_S))  # noqa: B010
     else:
         applied = False
     if isinstance(getattr(metadata_fetcher, "_PREFETCH_ON_THREAD", None), bool):
