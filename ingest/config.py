@@ -126,7 +126,13 @@ class RayConfig(_Model):
         "in one wave): a header takes well under a millisecond, so smaller tasks spend more time "
         "being scheduled than reading",
     )
-    series_per_task: int = Field(1, ge=1, description="series decoded (and written) per task")
+    slices_per_task: int = Field(
+        512,
+        ge=1,
+        description="decode work per task, in 512x512-slice equivalents: a task takes whole series "
+        "(a longer series is a task of its own), in whole waves over the CPUs; bigger tasks spend "
+        "less time being scheduled, smaller ones balance the end of a job better",
+    )
     distributed_grouping_min_objects: int = Field(
         200_000,
         ge=0,

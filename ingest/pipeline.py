@@ -25,7 +25,13 @@ from ingest.cluster import cluster_cpus, ensure_ray, tune_data_executor, tune_wo
 from ingest.config import IngestConfig
 from ingest.discover import Header, list_objects, read_header
 from ingest.errors import IngestError, Reason, SourceError, Status
-from ingest.partition import decode_task_groups, header_files_per_task
+from ingest.partition import (
+    SLICE_PIXELS,
+    decode_task_count,
+    decode_task_groups,
+    header_files_per_task,
+    series_cost,
+)
 from ingest.series import SeriesPlan, group_key, plan_group
 from ingest.slicer import SliceCounts, volume_samples
 from sharder.catalog import MANIFESTS, load_catalog
@@ -71,11 +77,21 @@ def _read_headers(batch: pd.DataFrame, *, root: Location) -> pd.DataFrame:
 def _plan(batch: pd.DataFrame, *, salt: bytes, already: frozenset[str]) -> pd.DataFrame:
     headers = [Header.from_row(json.loads(t)) for t in batch["header"]]
     plans = plan_group(headers, salt=salt, already_ingested=already)
+    nbytes = sum(h.size for h in headers)  # stands in for the pixels of a NIfTI volume (one object)
     return pd.DataFrame(
         {
             "series_key": [p.series_key for p in plans],
             "pending": [p.status == "pending" for p in plans],
-            "n_objects": [p.n_objects for p in plans],
+            "cost": [
+                series_cost(
+                    pending=p.status == "pending",
+                    rows=p.rows,
+                    cols=p.cols,
+                    frames=sum(max(i.frames, 1) for i in p.instances),
+                    nbytes=nbytes,
+                )
+                for p in plans
+            ],
             "plan": [p.to_json() for p in plans],
         }
     )
@@ -238,16 +254,16 @@ def part_id_for(archive_id: str, config_hash: str, pending: list[str]) -> str:
 
 
 def _plan_series(
-    headers: Any, *, salt: bytes, already: frozenset[str], distributed: bool, series_per_task: int
+    headers: Any, *, salt: bytes, already: frozenset[str], distributed: bool, cpus: int, task_cost: int
 ) -> tuple[pd.DataFrame, Any]:
     """Group headers into series plans: ``(series_key and pending of each, a dataset of task blocks)``.
 
-    The dataset has one block per decoding task. Big archives group with a Ray Data groupby;
+    The dataset has one block per decoding task, of about ``task_cost`` pixels (see
+    :func:`ingest.partition.decode_task_groups`). Big archives group with a Ray Data groupby;
     smaller ones on the driver, which streams the (small) header rows, holds one entry per object
-    and hands the plans to Ray already cut into tasks, biggest series first
-    (:func:`ingest.partition.decode_task_groups`): no hash shuffle, no repartition, no extra Ray
-    Data execution (each costs a fixed tenth of a second or more). Both call the same pure
-    :func:`ingest.series.plan_group`.
+    and hands the plans to Ray already cut into balanced tasks, heaviest first: no hash shuffle, no
+    repartition, no extra Ray Data execution (each costs a tenth of a second or more). Both call
+    the same pure :func:`ingest.series.plan_group`.
     """
     import ray
 
@@ -257,8 +273,9 @@ def _plan_series(
             .map_groups(_plan, fn_kwargs={"salt": salt, "already": already}, batch_format="pandas")
             .materialize()
         )
-        keys = plans.select_columns(["series_key", "pending"]).to_pandas()
-        return keys, plans.repartition(max(1, -(-len(keys) // series_per_task)))
+        keys = plans.select_columns(["series_key", "pending", "cost"]).to_pandas()
+        n_tasks = decode_task_count(int(keys["cost"].sum()), len(keys), cpus, target=task_cost)
+        return keys, plans.repartition(max(1, n_tasks))
     groups: dict[str, list[str]] = {}
     for batch in headers.iter_batches(batch_format="pandas", batch_size=4096):
         for group, text in zip(batch["group"], batch["header"], strict=True):
@@ -270,9 +287,9 @@ def _plan_series(
     table = (
         pd.concat(frames, ignore_index=True)
         if frames
-        else pd.DataFrame({"series_key": [], "pending": [], "n_objects": [], "plan": []})
+        else pd.DataFrame({"series_key": [], "pending": [], "cost": [], "plan": []})
     )
-    tasks = decode_task_groups(table["n_objects"].tolist(), series_per_task)
+    tasks = decode_task_groups(table["cost"].tolist(), cpus, target=task_cost)
     blocks = [table.iloc[idx].reset_index(drop=True) for idx in tasks] or [table]
     return table[["series_key", "pending"]], ray.data.from_pandas(blocks)
 
@@ -306,7 +323,8 @@ def run_ingest(
 
     ensure_ray(cfg.ray.address, num_cpus=cfg.ray.num_cpus)
     tune_data_executor()
-    per_task = header_files_per_task(len(objects), cluster_cpus(), cap=cfg.ray.header_files_per_task)
+    cpus = cluster_cpus()
+    per_task = header_files_per_task(len(objects), cpus, cap=cfg.ray.header_files_per_task)
     items = ray.data.from_items(
         [{"path": p, "size": s} for p, s in objects],
         override_num_blocks=max(1, -(-len(objects) // per_task)),  # one task per block
@@ -323,7 +341,8 @@ def run_ingest(
         salt=salt,
         already=already,
         distributed=len(objects) >= cfg.ray.distributed_grouping_min_objects,
-        series_per_task=cfg.ray.series_per_task,
+        cpus=cpus,
+        task_cost=cfg.ray.slices_per_task * SLICE_PIXELS,
     )
     pending = sorted(keys.loc[keys["pending"], "series_key"])
     if on_plan is not None:
@@ -343,12 +362,13 @@ def run_ingest(
         samples_per_task=cfg.shards.samples_per_task,
         known_records=known,
     )
-    # One block (hence one decoding + writing task) per `series_per_task` series: map_batches'
-    # batch_size splits work inside a task, blocks are what spread it over the cluster.
+    # One block (hence one decoding + writing task) per task group: blocks are what spread work
+    # over the cluster; batch_size=1 has each call decode one series, and the fused write consumes
+    # its samples as they come (a task never holds all its series' samples at once).
     samples = task_blocks.map_batches(
         _process,
         fn_kwargs={"root": src, "cfg": cfg, "archive_id": archive_id},
-        batch_size=cfg.ray.series_per_task,
+        batch_size=1,  # one series per call: a task holds one decoded series at a time
         batch_format="pandas",
     )
     phases["headers_and_plan"] = time.perf_counter() - t_plan
