@@ -66,27 +66,48 @@ ROW_COLUMNS = (
 )
 
 
-def rows_block(rows: list[dict[str, Any]]) -> pa.Table:
+# Below glibc's largest mmap threshold (32 MiB): a chunk's buffer comes from the heap, whose freed
+# pages the next chunk reuses warm (tuned workers keep them, see ingest.cluster). One buffer per
+# 128 MiB series was a fresh mmap each time, paid again in page faults: ~0.2 ms per 512x512 slice.
+ROWS_CHUNK_BYTES = 16 << 20
+
+
+def rows_block(rows: list[dict[str, Any]], *, chunk_bytes: int = ROWS_CHUNK_BYTES) -> pa.Table:
     """The rows of one series stage task as one Arrow table, the block the datasink reads.
 
     ``sample`` is bytes or a list of pieces (:meth:`SampleEncoder.encode_parts`: views of the
-    slice arrays). They are laid end to end in one buffer (the only copy) behind a ``large_binary``
-    column: Ray Data then neither converts a pandas frame to Arrow row by row nor re-grows a
-    binary builder, and :func:`iter_rows` reads each sample back as a zero-copy view.
+    slice arrays). They are laid end to end (the only copy) behind a ``large_binary`` column, in
+    record batches of at most ``chunk_bytes`` of samples each (a bigger sample is a batch of its
+    own): Ray Data then neither converts a pandas frame to Arrow row by row nor re-grows a binary
+    builder, and :func:`iter_rows` reads each sample back as a zero-copy view.
     """
+    batches: list[pa.RecordBatch] = []
     pieces: list[Any] = []  # bytes-like
     sizes: list[int] = []
-    for r in rows:  # a sample is bytes, or the pieces of SampleEncoder.encode_parts
+    start = held = 0
+    for i, r in enumerate(rows):  # a sample is bytes, or the pieces of SampleEncoder.encode_parts
         parts = [r["sample"]] if isinstance(r["sample"], bytes | bytearray | memoryview) else r["sample"]
+        size = sum(len(p) for p in parts)
+        if sizes and held + size > chunk_bytes:
+            batches.append(_rows_batch(rows[start:i], pieces, sizes))
+            start, pieces, sizes, held = i, [], [], 0
         pieces.extend(parts)
-        sizes.append(sum(len(p) for p in parts))
+        sizes.append(size)
+        held += size
+    batches.append(_rows_batch(rows[start:], pieces, sizes))
+    return pa.Table.from_batches(batches)
+
+
+def _rows_batch(rows: list[dict[str, Any]], pieces: list[Any], sizes: list[int]) -> pa.RecordBatch:
     offsets = np.zeros(len(rows) + 1, dtype=np.int64)
     np.cumsum(sizes, out=offsets[1:])
     payload = pa.LargeBinaryArray.from_buffers(
         pa.large_binary(), len(rows), [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(pieces))]
     )
-    columns = {c: pa.array([r[c] for r in rows], type=pa.string()) for c in ROW_COLUMNS if c != "sample"}
-    return pa.table({**columns, "sample": payload}).select(list(ROW_COLUMNS))
+    columns = [
+        payload if c == "sample" else pa.array([r[c] for r in rows], type=pa.string()) for c in ROW_COLUMNS
+    ]
+    return pa.RecordBatch.from_arrays(columns, names=list(ROW_COLUMNS))
 
 
 def _binary_views(chunk: pa.Array) -> list[memoryview]:

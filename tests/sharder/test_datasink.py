@@ -231,6 +231,30 @@ def test_rows_block_reads_back_every_row_as_views_of_one_buffer() -> None:
     assert len({id(v.obj) for v in views}) == 1  # zero-copy: every sample points into one Arrow buffer
 
 
+def test_rows_block_chunks_stay_below_the_allocator_mmap_threshold() -> None:
+    # A 128 MiB series in one buffer was a fresh mmap (page faults) per series; chunks of at most
+    # chunk_bytes are reused heap memory. A sample bigger than a chunk is a batch of its own.
+    from sharder.datasink import ROWS_CHUNK_BYTES, iter_rows, rows_block
+
+    assert ROWS_CHUNK_BYTES < 32 << 20  # glibc's largest mmap threshold
+    sizes = [1000, 1000, 1000, 5000, 10, 990, 0]
+    rows = [
+        {"record": "sample", "key": f"k{i}", "sample": bytes([i]) * n, "count": "c", "series": ""}
+        for i, n in enumerate(sizes)
+    ]
+    table = rows_block(rows, chunk_bytes=2500)
+    batches = table.to_batches()
+    assert [b.num_rows for b in batches] == [2, 1, 1, 3]
+    for batch in batches:
+        data = batch.column("sample").buffers()[2]
+        assert data.size <= 2500 or batch.num_rows == 1
+    got = list(iter_rows(table))
+    assert [(k, bytes(s)) for _, k, s, _, _ in got] == [(r["key"], r["sample"]) for r in rows]
+    owners = [id(s.obj) for _, _, s, _, _ in got if len(s)]
+    assert len(set(owners)) == 4  # zero-copy views, one buffer per chunk
+    assert rows_block([]).num_rows == 0
+
+
 def test_iter_rows_reads_sliced_arrow_and_pandas_blocks() -> None:
     import pyarrow as pa
 
