@@ -172,9 +172,54 @@ def secret_problems(docs: list[Doc]) -> list[str]:
     return problems
 
 
+def _selects_whole_cluster(policy: Doc, cluster: str) -> bool:
+    selector = policy["spec"].get("podSelector") or {}
+    labels = selector.get("matchLabels") or {}
+    return not selector.get("matchExpressions") and labels.items() <= {"ray.io/cluster": cluster}.items()
+
+
+def ray_isolation_problems(docs: list[Doc]) -> list[str]:
+    """Ray's unauthenticated endpoints (Job Submission API, GCS, client) closed to other namespaces.
+
+    Every RayCluster's pods are selected by an Ingress NetworkPolicy of its namespace, and each of
+    its rules either admits only this namespace's pods or names the ports it opens to others:
+    never everything, and never the GCS or Ray client ports.
+    """
+    problems = []
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    for cluster in (d for d in docs if d["kind"] == "RayCluster"):
+        name, namespace = cluster["metadata"]["name"], cluster["metadata"].get("namespace")
+        covering = [
+            p
+            for p in policies
+            if p["metadata"].get("namespace") == namespace
+            and "Ingress" in p["spec"].get("policyTypes", ["Ingress"])
+            and _selects_whole_cluster(p, name)
+        ]
+        if not covering:
+            problems.append(f"RayCluster/{name}: no NetworkPolicy closes its pods to other namespaces")
+        for policy in covering:
+            for i, rule in enumerate(policy["spec"].get("ingress") or []):
+                where = f"NetworkPolicy/{policy['metadata']['name']} ingress[{i}]"
+                peers = rule.get("from")
+                if not peers:
+                    problems.append(f"{where}: admits every source")
+                    continue
+                outside = [p for p in peers if "namespaceSelector" in p or "ipBlock" in p]
+                if not outside:
+                    continue  # this namespace's pods only
+                ports = {str(p.get("port")) for p in rule.get("ports") or []}
+                if not ports:
+                    problems.append(f"{where}: opens every port to other namespaces")
+                if ports & {"gcs-server", "6379", "client", "10001"}:
+                    problems.append(f"{where}: opens the GCS or Ray client port to other namespaces")
+    return problems
+
+
 CHECKS = {
     "images": image_problems,
     "resources": resource_problems,
     "non-root": nonroot_problems,
     "secrets": secret_problems,
+    "ray-isolation": ray_isolation_problems,
 }

@@ -30,7 +30,15 @@ from tests.deploy.manifests import (
 from trainer.run_config import load_train_config
 
 DATA = Path(__file__).parent / "data"
-CORE_KINDS = {"Namespace", "ServiceAccount", "ConfigMap", "Service", "PersistentVolumeClaim", "Deployment"}
+CORE_KINDS = {
+    "Namespace",
+    "ServiceAccount",
+    "ConfigMap",
+    "Service",
+    "PersistentVolumeClaim",
+    "Deployment",
+    "NetworkPolicy",
+}
 IMAGE_ROOT = "/opt/radforge/"  # where the Dockerfile copies configs/
 
 
@@ -180,6 +188,29 @@ def _head(docs: list[Doc]) -> Doc:
                 {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "x"}, "data": {"a": "Yg=="}}
             ),
             "Secret/x",
+        ),
+        ("ray-isolation", lambda docs: docs.remove(find(docs, "NetworkPolicy")), "no NetworkPolicy"),
+        (
+            "ray-isolation",
+            lambda docs: find(docs, "NetworkPolicy")["spec"]["ingress"][1].pop("ports"),
+            "every port",
+        ),
+        (
+            "ray-isolation",
+            lambda docs: find(docs, "NetworkPolicy")["spec"]["ingress"].append({}),
+            "every source",
+        ),
+        (
+            "ray-isolation",
+            lambda docs: find(docs, "NetworkPolicy")["spec"]["ingress"][2]["ports"].append({"port": 6379}),
+            "GCS",
+        ),
+        (
+            "ray-isolation",
+            lambda docs: find(docs, "NetworkPolicy")["spec"]["podSelector"]["matchLabels"].update(
+                {"ray.io/node-type": "head"}
+            ),
+            "no NetworkPolicy",
         ),
         (
             "secrets",
@@ -396,3 +427,64 @@ def test_control_plane_submits_to_the_head_dashboard_with_valid_settings(
         assert pg["valueFrom"]["secretKeyRef"]["name"]
     service = find(docs, "Service", "radforge-control-plane")
     assert service["spec"]["ports"][0]["targetPort"] == container["ports"][0]["name"]
+
+
+# -- network isolation of the Ray cluster --------------------------------------------------------
+
+
+def _addon_namespaces() -> dict[str, str]:
+    """Helm chart -> namespace, as deploy/scripts/install-addons.sh installs them."""
+    script = (REPO / "deploy/scripts/install-addons.sh").read_text()
+    out = {}
+    for command in script.replace("\\\n", " ").splitlines():
+        words = shlex.split(command, comments=True) if "helm upgrade" in command else []
+        if "--install" in words and "--namespace" in words:
+            chart = words[words.index("--install") + 2]  # helm upgrade --install RELEASE CHART
+            out[chart] = words[words.index("--namespace") + 1]
+    return out
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_ray_pods_admit_the_operator_prometheus_and_this_namespace(
+    overlay: str, rendered: dict[str, list[Doc]]
+) -> None:
+    docs = rendered[f"overlays/{overlay}"]
+    cluster = find(docs, "RayCluster")
+    policy = find(docs, "NetworkPolicy", "radforge-ray")
+    namespace = cluster["metadata"]["namespace"]
+    assert policy["metadata"]["namespace"] == namespace
+    # the same label KubeRay puts on every pod of the cluster, and the PodMonitors select on
+    assert policy["spec"]["podSelector"] == {"matchLabels": {"ray.io/cluster": cluster["metadata"]["name"]}}
+    rules = policy["spec"]["ingress"]
+    # Ray's pods talk to each other on many ports, and the control plane (same namespace) submits
+    assert any(rule.get("from") == [{"podSelector": {}}] and "ports" not in rule for rule in rules)
+    assert find(docs, "Deployment", "radforge-control-plane")["metadata"]["namespace"] == namespace
+
+    def opened_to(ns: str) -> set[str]:
+        return {
+            str(port["port"])
+            for rule in rules
+            for peer in rule.get("from", [])
+            if peer.get("namespaceSelector", {}).get("matchLabels") == {"kubernetes.io/metadata.name": ns}
+            for port in rule.get("ports", [])
+        }
+
+    installed = _addon_namespaces()
+    operator, prometheus = "kuberay/kuberay-operator", "prometheus-community/kube-prometheus-stack"
+    assert set(installed) == {operator, prometheus}
+    head_ports = {p["name"] for p in _head(docs)["ports"]}
+    # the operator submits RayJobs and reads their status through the head's dashboard port
+    assert opened_to(installed[operator]) == {"dashboard"} <= head_ports
+    # Prometheus scrapes exactly the ports the Ray PodMonitors name, which the pods declare
+    scraped: set[str] = set()
+    for monitor in (d for d in docs if d["kind"] == "PodMonitor"):
+        if monitor["spec"]["selector"]["matchLabels"].get("ray.io/cluster") == cluster["metadata"]["name"]:
+            scraped |= {e["port"] for e in monitor["spec"]["podMetricsEndpoints"]}
+    assert scraped and opened_to(installed[prometheus]) == scraped
+    worker_ports = {
+        p["name"]
+        for group in cluster["spec"]["workerGroupSpecs"]
+        for c in group["template"]["spec"]["containers"]
+        for p in c.get("ports", [])
+    }
+    assert scraped <= head_ports and "metrics" in worker_ports
