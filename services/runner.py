@@ -44,6 +44,7 @@ from services.progress import (
     PROGRESS,
     RESULT,
     SPEC,
+    SUBMITTED,
     JobProgress,
     job_file,
     read_json,
@@ -274,6 +275,11 @@ class JobRunner:
         try:
             state = self.ray_jobs.state(job.ray_job_id)
         except RayJobMissing:
+            never_submitted = job.job_dir and read_json(job_file(job.job_dir, SUBMITTED)) is None
+            if never_submitted and not job.cancel_requested:
+                log.info("job %s was recorded but never submitted (the service stopped): submitting", job.id)
+                self._resubmit(job)
+                return
             self._close(job, exit_info=None, note="the Ray cluster has no record of the job (restarted?)")
             return
         except Exception as e:  # the cluster is unreachable now: try again next tick
@@ -443,7 +449,7 @@ class JobRunner:
         log.info("job %s (%s) started, pid %d", job.id, job.kind, proc.pid)
 
     def _submit_to_ray(self, job: JobRecord, *, args: list[str], job_dir: str) -> None:
-        """Record the submission id first (a restart then finds the job), then submit."""
+        """Record the submission id first (a restart then finds the job), submit, then mark it submitted."""
         assert self.ray_jobs is not None
         sid = submission_id(job.id)
         self.store.set_process(
@@ -460,7 +466,25 @@ class JobRunner:
         except RayUnavailable as e:
             self._fail_launch(job, str(e))
             return
+        try:
+            write_json_atomic(job_file(job_dir, SUBMITTED), {"submission_id": sid})
+        except OSError as e:  # only costs a resubmission if Ray later loses the job
+            log.warning("job %s: cannot mark it submitted (%s)", job.id, type(e).__name__)
         log.info("job %s (%s) submitted to Ray as %s", job.id, job.kind, sid)
+
+    def _resubmit(self, job: JobRecord) -> None:
+        """Submit a job whose submission id was recorded by a service that stopped before submitting."""
+        kind = KINDS.get(job.kind)
+        assert job.job_dir is not None  # recorded with the submission id
+        if kind is None:  # recorded by a build that had this kind
+            self._fail_launch(job, f"unknown kind {job.kind!r}")
+            return
+        try:
+            args = kind.args(job_dir=job.job_dir, ray_address=self.ray.address())
+        except RayUnavailable as e:
+            self._fail_launch(job, str(e))
+            return
+        self._submit_to_ray(job, args=args, job_dir=job.job_dir)
 
     def _fail_launch(self, job: JobRecord, error: str) -> None:
         now = time.time()

@@ -110,3 +110,60 @@ def test_jobs_through_the_job_submission_api(ray_dashboard: str, s3_bucket: str,
         assert cancelled["state"] == "cancelled", cancelled
         assert str(ray_client.get_job_status(submission_id(other))) in ("STOPPED", "JobStatus.STOPPED")
         assert load_catalog(resolve(str(tmp_path / "d2"))).parts == []
+
+
+def test_a_job_recorded_but_never_submitted_is_submitted_after_a_restart(
+    ray_dashboard: str, s3_bucket: str, tmp_path: Path
+) -> None:
+    # The service records a job's submission id before submitting it, so that a restart finds the
+    # job. If it stops in between, Ray has no record of the job and nothing ever ran: the next
+    # service submits it (a job Ray accepted and then lost is reported failed instead).
+    import time
+
+    from ray.job_submission import JobSubmissionClient
+
+    from services.models import IngestJobCreate
+    from services.progress import SUBMITTED, job_file, read_json
+    from services.service import build_service
+
+    class Stopped(BaseException):
+        """The service process ending at the moment of submitting."""
+
+    settings = make_settings(
+        tmp_path / "state",
+        ray_address=ray_dashboard,
+        ray_job_python=sys.executable,
+        jobs_uri=f"s3://{s3_bucket}/jobs-unsubmitted",
+    )
+    archive = make_archive(tmp_path / "arch-un", n_ct=1, n_mr=0)
+    dataset = tmp_path / "dataset"
+    service = build_service(settings)
+    runner = service.runner
+    assert runner.ray_jobs is not None
+
+    def stop_here(**_: object) -> str:
+        raise Stopped
+
+    runner.ray_jobs.submit = stop_here  # type: ignore[method-assign]
+    job = runner.submit(
+        IngestJobCreate(kind="ingest", source_uri=str(archive), dataset_uri=str(dataset)), priority=0
+    )
+    with pytest.raises(Stopped):
+        runner.tick()
+    recorded = service.store.get_job(job.id)
+    assert recorded is not None and recorded.state.value == "running"
+    assert recorded.ray_job_id == submission_id(job.id) and recorded.job_dir is not None
+    assert read_json(job_file(recorded.job_dir, SUBMITTED)) is None
+    service.store.close()
+    ray_client = JobSubmissionClient(ray_dashboard)
+    assert not any(j.submission_id == submission_id(job.id) for j in ray_client.list_jobs())
+
+    started = time.time()
+    with LiveServer(settings) as live, live.client() as api:
+        done = wait_state(api, job.id, {"succeeded", "failed", "cancelled"}, timeout=JOB_TIMEOUT)
+        assert done["state"] == "succeeded", done
+        assert done["result"]["committed"] and done["result"]["samples_written"] > 0
+    info = ray_client.get_job_info(submission_id(job.id))
+    assert info.metadata == {"radforge_job_id": job.id} and (info.start_time or 0) / 1000 >= started - 1
+    assert read_json(job_file(recorded.job_dir, SUBMITTED)) == {"submission_id": submission_id(job.id)}
+    assert [p["archive_id"] for p in load_catalog(resolve(str(dataset))).parts] == ["arch-un"]
