@@ -32,9 +32,10 @@ RESULT = "result.json"
 ERROR = "error.json"
 EXIT = "exit.json"
 SPEC = "spec.json"
-# Written by the control plane once Ray has accepted the job's submission. A job whose submission id
-# is recorded but which Ray does not know was never submitted when this is missing (the service
-# stopped in between: it is submitted again), and was lost by Ray when it is there (a head restart).
+# Written by the control plane each time Ray accepts the job's submission ({"submission_id",
+# "submissions"}). A job whose submission id is recorded but which Ray does not know was never
+# submitted when this is missing (the service stopped in between), and was lost by Ray when it is
+# there (a head restart): either way it is submitted again, the latter up to ray_job_resubmits times.
 SUBMITTED = "submitted.json"
 LOG = "log.txt"
 COMMIT = "commit.json"

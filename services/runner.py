@@ -107,6 +107,22 @@ def tail_lines(path: Path, n: int, *, block: int = 64 << 10) -> list[str]:
     return list(lines)
 
 
+def missing_job_note(*, submissions: int, resubmits: int, cancelled: bool) -> str | None:
+    """A job the Ray cluster has no record of: None to submit it (again), else why it ends here.
+
+    ``submissions`` is how many times Ray accepted it (the ``submitted.json`` marker): 0 means the
+    service stopped between recording the submission id and submitting, so nothing ran; more means
+    the cluster lost it (a head restart takes the job table and the driver with it). A lost job is
+    submitted again ``resubmits`` times: jobs resume (an ingest commits exactly once, a training
+    run continues from its last checkpoint). A cancelled job is not brought back.
+    """
+    if cancelled:
+        return "cancelled; the Ray cluster has no record of the job"
+    if submissions == 0 or submissions <= resubmits:
+        return None
+    return f"the Ray cluster lost the job (restarted?) after {submissions} submission(s); not submitted again"
+
+
 class JobRunner:
     """Starts, follows and cancels jobs; one background thread."""
 
@@ -121,6 +137,7 @@ class JobRunner:
         max_running_by_kind: dict[str, int] | None = None,
         tick_seconds: float = 0.5,
         cancel_grace_seconds: float = 30.0,
+        ray_job_resubmits: int = 2,
     ) -> None:
         self.store = store
         self.metrics = metrics
@@ -132,6 +149,7 @@ class JobRunner:
         self.max_running_by_kind = dict(max_running_by_kind or {})
         self.tick_seconds = tick_seconds
         self.cancel_grace_seconds = cancel_grace_seconds
+        self.ray_job_resubmits = ray_job_resubmits
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._counted: dict[str, JobProgress | None] = {}
         self._stop = threading.Event()
@@ -275,12 +293,7 @@ class JobRunner:
         try:
             state = self.ray_jobs.state(job.ray_job_id)
         except RayJobMissing:
-            never_submitted = job.job_dir and read_json(job_file(job.job_dir, SUBMITTED)) is None
-            if never_submitted and not job.cancel_requested:
-                log.info("job %s was recorded but never submitted (the service stopped): submitting", job.id)
-                self._resubmit(job)
-                return
-            self._close(job, exit_info=None, note="the Ray cluster has no record of the job (restarted?)")
+            self._missing_from_ray(job)
             return
         except Exception as e:  # the cluster is unreachable now: try again next tick
             log.warning("cannot reach Ray for job %s: %s", job.id, type(e).__name__)
@@ -296,6 +309,25 @@ class JobRunner:
         elif code is None and state.status == "FAILED":
             note = f"Ray reports the job failed: {state.message or 'no message'}"[:300]
         self._close(job, exit_info={"exit_code": code}, note=note)
+
+    def _missing_from_ray(self, job: JobRecord) -> None:
+        """Ray has no record of a job this service recorded: submit it (again), or report it lost."""
+        marker = read_json(job_file(job.job_dir, SUBMITTED)) if job.job_dir else None
+        submissions = int(marker.get("submissions", 1)) if isinstance(marker, dict) else 0
+        note = missing_job_note(
+            submissions=submissions, resubmits=self.ray_job_resubmits, cancelled=job.cancel_requested
+        )
+        if note is not None or job.job_dir is None:
+            self._close(job, exit_info=None, note=note or "the Ray cluster has no record of the job")
+            return
+        if self._commit(job) == COMMITTED:  # lost after its dataset commit: its work is done
+            self._close(job, exit_info=None)
+            return
+        if submissions == 0:
+            log.info("job %s was recorded but never submitted (the service stopped): submitting", job.id)
+        else:
+            log.warning("job %s: the Ray cluster lost it (head restarted?); submitting it again", job.id)
+        self._resubmit(job)
 
     def _read_progress(self, job: JobRecord) -> dict[str, Any] | None:
         if job.job_dir is None:
@@ -467,8 +499,10 @@ class JobRunner:
             self._fail_launch(job, str(e))
             return
         try:
-            write_json_atomic(job_file(job_dir, SUBMITTED), {"submission_id": sid})
-        except OSError as e:  # only costs a resubmission if Ray later loses the job
+            marker = read_json(job_file(job_dir, SUBMITTED))
+            before = int(marker.get("submissions", 1)) if isinstance(marker, dict) else 0
+            write_json_atomic(job_file(job_dir, SUBMITTED), {"submission_id": sid, "submissions": before + 1})
+        except OSError as e:  # Ray losing this job later would then look like a first submission
             log.warning("job %s: cannot mark it submitted (%s)", job.id, type(e).__name__)
         log.info("job %s (%s) submitted to Ray as %s", job.id, job.kind, sid)
 

@@ -60,6 +60,7 @@ def build_service(settings: ServiceSettings) -> Service:
         max_running_by_kind=settings.max_running_by_kind,
         tick_seconds=settings.runner_tick_seconds,
         cancel_grace_seconds=settings.cancel_grace_seconds,
+        ray_job_resubmits=settings.ray_job_resubmits,
     )
     scheduler = Scheduler(
         store=store, runner=runner, metrics=metrics, tick_seconds=settings.scheduler_tick_seconds

@@ -81,6 +81,13 @@ class ServiceSettings(BaseModel):
     runner_tick_seconds: float = Field(0.5, gt=0, le=60, description="how often running jobs are checked")
     scheduler_tick_seconds: float = Field(1.0, gt=0, le=600, description="how often sources are checked")
     cancel_grace_seconds: float = Field(30.0, ge=0, description="SIGTERM to SIGKILL delay when cancelling")
+    ray_job_resubmits: int = Field(
+        2,
+        ge=0,
+        le=100,
+        description="times a job the Ray cluster lost (a head restart) is submitted again; it resumes: "
+        "an ingest commits exactly once, a training run continues from its last checkpoint",
+    )
     access_log: bool = Field(False, description="uvicorn access log")
 
     @model_validator(mode="after")

@@ -14,8 +14,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from services.models import JobRecord
 from services.raycluster import EmbeddedRay
 from services.rayjobs import submission_id
+from services.settings import ServiceSettings
 from sharder.catalog import load_catalog
 from sharder.storage import resolve
 from tests.services.support import LiveServer, free_port, make_settings, wait_state, wait_until
@@ -112,31 +114,16 @@ def test_jobs_through_the_job_submission_api(ray_dashboard: str, s3_bucket: str,
         assert load_catalog(resolve(str(tmp_path / "d2"))).parts == []
 
 
-def test_a_job_recorded_but_never_submitted_is_submitted_after_a_restart(
-    ray_dashboard: str, s3_bucket: str, tmp_path: Path
-) -> None:
-    # The service records a job's submission id before submitting it, so that a restart finds the
-    # job. If it stops in between, Ray has no record of the job and nothing ever ran: the next
-    # service submits it (a job Ray accepted and then lost is reported failed instead).
-    import time
+class Stopped(BaseException):
+    """The service process ending at the moment of submitting."""
 
-    from ray.job_submission import JobSubmissionClient
 
+def _leave_unsubmitted(settings: ServiceSettings, archive: Path, dataset: Path) -> JobRecord:
+    """What a service stopped at the moment of submitting leaves: a running job, its submission id
+    recorded and its folder written, and nothing on Ray's side."""
     from services.models import IngestJobCreate
-    from services.progress import SUBMITTED, job_file, read_json
     from services.service import build_service
 
-    class Stopped(BaseException):
-        """The service process ending at the moment of submitting."""
-
-    settings = make_settings(
-        tmp_path / "state",
-        ray_address=ray_dashboard,
-        ray_job_python=sys.executable,
-        jobs_uri=f"s3://{s3_bucket}/jobs-unsubmitted",
-    )
-    archive = make_archive(tmp_path / "arch-un", n_ct=1, n_mr=0)
-    dataset = tmp_path / "dataset"
     service = build_service(settings)
     runner = service.runner
     assert runner.ray_jobs is not None
@@ -151,19 +138,97 @@ def test_a_job_recorded_but_never_submitted_is_submitted_after_a_restart(
     with pytest.raises(Stopped):
         runner.tick()
     recorded = service.store.get_job(job.id)
-    assert recorded is not None and recorded.state.value == "running"
-    assert recorded.ray_job_id == submission_id(job.id) and recorded.job_dir is not None
-    assert read_json(job_file(recorded.job_dir, SUBMITTED)) is None
     service.store.close()
+    assert recorded is not None and recorded.state.value == "running" and recorded.job_dir is not None
+    assert recorded.ray_job_id == submission_id(job.id)
+    return recorded
+
+
+def test_a_job_recorded_but_never_submitted_is_submitted_after_a_restart(
+    ray_dashboard: str, s3_bucket: str, tmp_path: Path
+) -> None:
+    # The service records a job's submission id before submitting it, so that a restart finds the
+    # job. If it stops in between, Ray has no record of the job and nothing ever ran: the next
+    # service submits it.
+    import time
+
+    from ray.job_submission import JobSubmissionClient
+
+    from services.progress import SUBMITTED, job_file, read_json
+
+    settings = make_settings(
+        tmp_path / "state",
+        ray_address=ray_dashboard,
+        ray_job_python=sys.executable,
+        jobs_uri=f"s3://{s3_bucket}/jobs-unsubmitted",
+    )
+    archive = make_archive(tmp_path / "arch-un", n_ct=1, n_mr=0)
+    dataset = tmp_path / "dataset"
+    recorded = _leave_unsubmitted(settings, archive, dataset)
+    assert recorded.job_dir is not None and read_json(job_file(recorded.job_dir, SUBMITTED)) is None
     ray_client = JobSubmissionClient(ray_dashboard)
-    assert not any(j.submission_id == submission_id(job.id) for j in ray_client.list_jobs())
+    assert not any(j.submission_id == submission_id(recorded.id) for j in ray_client.list_jobs())
 
     started = time.time()
     with LiveServer(settings) as live, live.client() as api:
-        done = wait_state(api, job.id, {"succeeded", "failed", "cancelled"}, timeout=JOB_TIMEOUT)
+        done = wait_state(api, recorded.id, {"succeeded", "failed", "cancelled"}, timeout=JOB_TIMEOUT)
         assert done["state"] == "succeeded", done
         assert done["result"]["committed"] and done["result"]["samples_written"] > 0
-    info = ray_client.get_job_info(submission_id(job.id))
-    assert info.metadata == {"radforge_job_id": job.id} and (info.start_time or 0) / 1000 >= started - 1
-    assert read_json(job_file(recorded.job_dir, SUBMITTED)) == {"submission_id": submission_id(job.id)}
+    info = ray_client.get_job_info(submission_id(recorded.id))
+    assert info.metadata == {"radforge_job_id": recorded.id} and (info.start_time or 0) / 1000 >= started - 1
+    marker = {"submission_id": submission_id(recorded.id), "submissions": 1}
+    assert read_json(job_file(recorded.job_dir, SUBMITTED)) == marker
     assert [p["archive_id"] for p in load_catalog(resolve(str(dataset))).parts] == ["arch-un"]
+
+
+@pytest.mark.parametrize(("resubmits", "ends"), [(1, "succeeded"), (0, "failed")])
+def test_a_job_the_cluster_lost_is_submitted_again_up_to_the_limit(
+    ray_dashboard: str, s3_bucket: str, tmp_path: Path, resubmits: int, ends: str
+) -> None:
+    # Ray accepted the job once (the marker says so), then lost it: a head restart takes the job
+    # table and the driver with it. The service submits it again while under ray_job_resubmits.
+    from services.progress import SUBMITTED, job_file, read_json, write_json_atomic
+
+    settings = make_settings(
+        tmp_path / "state",
+        ray_address=ray_dashboard,
+        ray_job_python=sys.executable,
+        jobs_uri=f"s3://{s3_bucket}/jobs-lost-{resubmits}",
+        ray_job_resubmits=resubmits,
+    )
+    archive = make_archive(tmp_path / "arch-lost", n_ct=1, n_mr=0)
+    dataset = tmp_path / "dataset"
+    recorded = _leave_unsubmitted(settings, archive, dataset)
+    assert recorded.job_dir is not None
+    write_json_atomic(
+        job_file(recorded.job_dir, SUBMITTED), {"submission_id": submission_id(recorded.id), "submissions": 1}
+    )
+    with LiveServer(settings) as live, live.client() as api:
+        done = wait_state(api, recorded.id, {"succeeded", "failed", "cancelled"}, timeout=JOB_TIMEOUT)
+    assert done["state"] == ends, done
+    marker = read_json(job_file(recorded.job_dir, SUBMITTED))
+    assert isinstance(marker, dict)
+    if ends == "succeeded":
+        assert marker["submissions"] == 2 and done["result"]["committed"]
+    else:
+        assert marker["submissions"] == 1 and "lost the job" in done["error"]
+        assert load_catalog(resolve(str(dataset))).parts == []
+
+
+@pytest.mark.parametrize(
+    ("submissions", "resubmits", "cancelled", "submit"),
+    [
+        (0, 0, False, True),  # never submitted: always submitted, whatever the limit
+        (1, 2, False, True),
+        (2, 2, False, True),
+        (3, 2, False, False),
+        (1, 0, False, False),
+        (0, 2, True, False),  # cancelled: not brought back
+        (1, 2, True, False),
+    ],
+)
+def test_missing_job_decision(submissions: int, resubmits: int, cancelled: bool, submit: bool) -> None:
+    from services.runner import missing_job_note
+
+    note = missing_job_note(submissions=submissions, resubmits=resubmits, cancelled=cancelled)
+    assert (note is None) == submit
