@@ -118,12 +118,22 @@ class Stopped(BaseException):
     """The service process ending at the moment of submitting."""
 
 
-def _leave_unsubmitted(settings: ServiceSettings, archive: Path, dataset: Path) -> JobRecord:
-    """What a service stopped at the moment of submitting leaves: a running job, its submission id
-    recorded and its folder written, and nothing on Ray's side."""
+def _leave_unsubmitted(
+    tmp_path: Path, dashboard: str, bucket: str, name: str, **overrides: object
+) -> tuple[ServiceSettings, JobRecord]:
+    """What a service stopped at the moment of submitting an ingest of a 1-series archive leaves:
+    a running job, its submission id recorded and its folder written, nothing on Ray's side."""
     from services.models import IngestJobCreate
     from services.service import build_service
 
+    settings = make_settings(
+        tmp_path / "state",
+        ray_address=dashboard,
+        ray_job_python=sys.executable,
+        jobs_uri=f"s3://{bucket}/{name}",
+        **overrides,
+    )
+    archive = make_archive(tmp_path / name, n_ct=1, n_mr=0)
     service = build_service(settings)
     runner = service.runner
     assert runner.ray_jobs is not None
@@ -132,6 +142,7 @@ def _leave_unsubmitted(settings: ServiceSettings, archive: Path, dataset: Path) 
         raise Stopped
 
     runner.ray_jobs.submit = stop_here  # type: ignore[method-assign]
+    dataset = tmp_path / "dataset"
     job = runner.submit(
         IngestJobCreate(kind="ingest", source_uri=str(archive), dataset_uri=str(dataset)), priority=0
     )
@@ -141,7 +152,7 @@ def _leave_unsubmitted(settings: ServiceSettings, archive: Path, dataset: Path) 
     service.store.close()
     assert recorded is not None and recorded.state.value == "running" and recorded.job_dir is not None
     assert recorded.ray_job_id == submission_id(job.id)
-    return recorded
+    return settings, recorded
 
 
 def test_a_job_recorded_but_never_submitted_is_submitted_after_a_restart(
@@ -156,15 +167,8 @@ def test_a_job_recorded_but_never_submitted_is_submitted_after_a_restart(
 
     from services.progress import SUBMITTED, job_file, read_json
 
-    settings = make_settings(
-        tmp_path / "state",
-        ray_address=ray_dashboard,
-        ray_job_python=sys.executable,
-        jobs_uri=f"s3://{s3_bucket}/jobs-unsubmitted",
-    )
-    archive = make_archive(tmp_path / "arch-un", n_ct=1, n_mr=0)
+    settings, recorded = _leave_unsubmitted(tmp_path, ray_dashboard, s3_bucket, "arch-un")
     dataset = tmp_path / "dataset"
-    recorded = _leave_unsubmitted(settings, archive, dataset)
     assert recorded.job_dir is not None and read_json(job_file(recorded.job_dir, SUBMITTED)) is None
     ray_client = JobSubmissionClient(ray_dashboard)
     assert not any(j.submission_id == submission_id(recorded.id) for j in ray_client.list_jobs())
@@ -189,16 +193,10 @@ def test_a_job_the_cluster_lost_is_submitted_again_up_to_the_limit(
     # table and the driver with it. The service submits it again while under ray_job_resubmits.
     from services.progress import SUBMITTED, job_file, read_json, write_json_atomic
 
-    settings = make_settings(
-        tmp_path / "state",
-        ray_address=ray_dashboard,
-        ray_job_python=sys.executable,
-        jobs_uri=f"s3://{s3_bucket}/jobs-lost-{resubmits}",
-        ray_job_resubmits=resubmits,
+    settings, recorded = _leave_unsubmitted(
+        tmp_path, ray_dashboard, s3_bucket, f"arch-lost-{resubmits}", ray_job_resubmits=resubmits
     )
-    archive = make_archive(tmp_path / "arch-lost", n_ct=1, n_mr=0)
     dataset = tmp_path / "dataset"
-    recorded = _leave_unsubmitted(settings, archive, dataset)
     assert recorded.job_dir is not None
     write_json_atomic(
         job_file(recorded.job_dir, SUBMITTED), {"submission_id": submission_id(recorded.id), "submissions": 1}
