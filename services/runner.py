@@ -123,6 +123,12 @@ def missing_job_note(*, submissions: int, resubmits: int, cancelled: bool) -> st
     return f"the Ray cluster lost the job (restarted?) after {submissions} submission(s); not submitted again"
 
 
+def _submissions(job_dir: str) -> int:
+    """How many times Ray accepted the job in ``job_dir`` (its ``submitted.json``; 0 without one)."""
+    marker = read_json(job_file(job_dir, SUBMITTED))
+    return int(marker.get("submissions", 1)) if isinstance(marker, dict) else 0
+
+
 class JobRunner:
     """Starts, follows and cancels jobs; one background thread."""
 
@@ -312,8 +318,7 @@ class JobRunner:
 
     def _missing_from_ray(self, job: JobRecord) -> None:
         """Ray has no record of a job this service recorded: submit it (again), or report it lost."""
-        marker = read_json(job_file(job.job_dir, SUBMITTED)) if job.job_dir else None
-        submissions = int(marker.get("submissions", 1)) if isinstance(marker, dict) else 0
+        submissions = _submissions(job.job_dir) if job.job_dir else 0
         note = missing_job_note(
             submissions=submissions, resubmits=self.ray_job_resubmits, cancelled=job.cancel_requested
         )
@@ -499,15 +504,14 @@ class JobRunner:
             self._fail_launch(job, str(e))
             return
         try:
-            marker = read_json(job_file(job_dir, SUBMITTED))
-            before = int(marker.get("submissions", 1)) if isinstance(marker, dict) else 0
-            write_json_atomic(job_file(job_dir, SUBMITTED), {"submission_id": sid, "submissions": before + 1})
+            marker = {"submission_id": sid, "submissions": _submissions(job_dir) + 1}
+            write_json_atomic(job_file(job_dir, SUBMITTED), marker)
         except OSError as e:  # Ray losing this job later would then look like a first submission
             log.warning("job %s: cannot mark it submitted (%s)", job.id, type(e).__name__)
         log.info("job %s (%s) submitted to Ray as %s", job.id, job.kind, sid)
 
     def _resubmit(self, job: JobRecord) -> None:
-        """Submit a job whose submission id was recorded by a service that stopped before submitting."""
+        """Submit a recorded job Ray has no record of (never submitted, or lost): same id, same folder."""
         kind = KINDS.get(job.kind)
         assert job.job_dir is not None  # recorded with the submission id
         if kind is None:  # recorded by a build that had this kind
