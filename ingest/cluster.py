@@ -52,13 +52,18 @@ _LIMITS_REFRESH_S = 0.1
 def tune_data_executor() -> bool:
     """Apply the settings above to this driver's Ray Data; True when the installed Ray has both knobs.
 
-    ``RAY_DATA_METADATA_PREFETCH_ON_THREAD=0`` is Ray's documented switch for inline metadata
-    fetching, but it is read when ``ray.data`` is imported; the module value it sets is changed here
-    so the setting holds whatever imported Ray Data first. A Ray without these names (another
-    version) is left as it is, with a warning, and the job still runs (slower to start tasks).
+    ``RAY_DATA_METADATA_PREFETCH_ON_THREAD=0`` is Ray's switch for inline metadata fetching (see
+    ``ray.data._internal.execution.metadata_fetcher``), but it is read when ``ray.data`` is
+    imported; the module value it sets is changed here so the setting holds whatever imported Ray
+    Data first. A Ray without these names (another version) is left as it is, with a warning, and
+    the job still runs (slower to start tasks).
     """
-    from ray.data._internal.execution import metadata_fetcher
-    from ray.data._internal.execution.resource_manager import ResourceManager
+    try:
+        from ray.data._internal.execution import metadata_fetcher
+        from ray.data._internal.execution.resource_manager import ResourceManager
+    except ImportError:
+        log.warning("this Ray Data has no known executor latency settings; ingest tasks start slower")
+        return False
 
     applied = True
     interval = getattr(ResourceManager, "GLOBAL_LIMITS_UPDATE_INTERVAL_S", None)
