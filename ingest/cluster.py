@@ -36,9 +36,9 @@ def ensure_ray(address: str | None = None, *, num_cpus: int | None = None) -> No
     log.info("started a local Ray bound to 127.0.0.1")
 
 
-# Ray Data 2.60's streaming executor, tuned for jobs of few, long tasks (an ingest: a task decodes a
-# whole series, 0.2-2 s). Measured on the project's 2-CPU VM with bench/ingest.py and ray.timeline()
-# (docs/BENCHMARKS.md):
+# Ray Data 2.60's streaming executor, tuned for jobs of few, long tasks (an ingest: a task decodes
+# ~512 slices of whole series, 1-2 s; see ingest.partition). Measured on the project's 2-CPU VM
+# with bench/ingest.py and ray.timeline() (docs/BENCHMARKS.md):
 # - Each execution learns how many CPUs it may use from the autoscaling coordinator actor, whose answer
 #   the ResourceManager reads from a cache refreshed every GLOBAL_LIMITS_UPDATE_INTERVAL_S (1 s). The
 #   first read is empty, so every execution ran one task at a time for its first second: a whole
@@ -62,22 +62,15 @@ def tune_data_executor() -> bool:
         from ray.data._internal.execution import metadata_fetcher
         from ray.data._internal.execution.resource_manager import ResourceManager
     except ImportError:
-        log.warning("this Ray Data has no known executor latency settings; ingest tasks start slower")
-        return False
-
-    applied = True
+        metadata_fetcher = ResourceManager = None  # type: ignore[assignment,misc]
     interval = getattr(ResourceManager, "GLOBAL_LIMITS_UPDATE_INTERVAL_S", None)
-    if isinstance(interval, (int, float)):
+    inline = getattr(metadata_fetcher, "_PREFETCH_ON_THREAD", None)
+    if isinstance(interval, (int, float)) and isinstance(inline, bool):
         setattr(ResourceManager, "GLOBAL_LIMITS_UPDATE_INTERVAL_S", min(interval, _LIMITS_REFRESH_S))  # noqa: B010
-    else:
-        applied = False
-    if isinstance(getattr(metadata_fetcher, "_PREFETCH_ON_THREAD", None), bool):
         metadata_fetcher._PREFETCH_ON_THREAD = False
-    else:
-        applied = False
-    if not applied:
-        log.warning("this Ray Data has no known executor latency settings; ingest tasks start slower")
-    return applied
+        return True
+    log.warning("this Ray Data has no known executor latency settings; ingest tasks start slower")
+    return False
 
 
 def cluster_cpus() -> int:

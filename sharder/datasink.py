@@ -67,8 +67,8 @@ ROW_COLUMNS = (
 
 
 # Below glibc's largest mmap threshold (32 MiB): a chunk's buffer comes from the heap, whose freed
-# pages the next chunk reuses warm (tuned workers keep them, see ingest.cluster). One buffer per
-# 128 MiB series was a fresh mmap each time, paid again in page faults: ~0.2 ms per 512x512 slice.
+# pages the next chunk reuses (tuned workers keep them, see ingest.cluster). One buffer per 128 MiB
+# series was a fresh mapping each time: in one process, kernel time per 1,024 slices 0.47 -> 0.36 s.
 ROWS_CHUNK_BYTES = 16 << 20
 
 
