@@ -17,11 +17,16 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m services.demo
+	$(PY) -m radforge.services.demo
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check ingest sharder trainer services tests bench
-	$(VENV)/bin/mypy ingest sharder trainer services
+	$(VENV)/bin/ruff check radforge ingest sharder trainer services tests bench
+	@# mypy does not follow setuptools' package-dir mapping: type-check a tree of links laid out as
+	@# the installed namespace (radforge/ with each stage folder linked in as its subpackage)
+	rm -rf build/typecheck && mkdir -p build/typecheck/radforge
+	for p in radforge/*; do ln -s ../../../$$p build/typecheck/radforge/; done
+	for s in ingest sharder trainer services; do ln -s ../../../$$s build/typecheck/radforge/$$s; done
+	cd build/typecheck && ../../$(VENV)/bin/mypy --config-file ../../pyproject.toml -p radforge
 
 # Debian packages the metrics and dashboard tests use for real: Prometheus (promtool, a scraping
 # server) and headless Chromium; shellcheck for the deploy scripts. Installed when missing (CI runs

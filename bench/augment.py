@@ -3,7 +3,7 @@
 Both turn the same stored 512x512 int16 CT slices (phantoms) into 2 global 224-px and 8 local 96-px
 views. The baseline is DINOv2's DataAugmentationDINO with torchvision transforms on PIL images (the
 slice windowed to uint8 and converted to RGB, as DINOv2's loader decodes images); radforge runs
-trainer.views.MultiCrop on the int16 array (content-aware crops, intensity ops, foreground priors).
+radforge.trainer.views.MultiCrop on the int16 array (content-aware crops, intensity ops, foreground priors).
 One thread, rounds interleaved so both see the same machine load; the best round of each is compared.
 
     .venv/bin/python -m bench.augment [--seconds 5] [--rounds 5]
@@ -23,10 +23,10 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from ingest.content import analyse
-from ingest.synthetic.phantom import ct_phantom
-from ingest.windowing import CT_PRESETS, window_to_uint8
-from trainer.views import MultiCrop
+from radforge.ingest.content import analyse
+from radforge.synthetic.phantom import ct_phantom
+from radforge.trainer.views import MultiCrop
+from radforge.windowing import CT_PRESETS, window_to_uint8
 
 
 def dinov2_augmentation() -> Callable[[Image.Image], dict[str, list[torch.Tensor]]]:

@@ -1,4 +1,4 @@
-"""Content analysis speed: ``ingest.content.analyse`` on 512x512 CT and MR slices, one core.
+"""Content analysis speed: ``radforge.ingest.content.analyse`` on 512x512 CT and MR slices, one core.
 
 CPU time per slice (process time, so less sensitive to a shared machine; best of ``--rounds``
 passes), each slice freshly copied before its call so it is in cache as a just-decoded slice is.
@@ -25,7 +25,7 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from ingest.content import analyse
+from radforge.ingest.content import analyse
 
 log = logging.getLogger("bench.content")
 

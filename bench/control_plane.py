@@ -38,8 +38,8 @@ def _free_port() -> int:
 
 
 def seed(db: Path, n: int) -> list[str]:
-    from services.db import Store
-    from services.models import JobRecord, JobState
+    from radforge.services.app.db import Store
+    from radforge.services.app.models import JobRecord, JobState
 
     rng = random.Random(0)
     states = [JobState.SUCCEEDED] * 8 + [JobState.FAILED, JobState.CANCELLED]
@@ -187,7 +187,7 @@ def main() -> int:
             [
                 sys.executable,
                 "-m",
-                "services.cli",
+                "radforge.cli",
                 "serve",
                 "--port",
                 str(port),

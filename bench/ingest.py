@@ -118,10 +118,10 @@ def main() -> None:
     os.environ["RAY_DATA_DISABLE_PROGRESS_BARS"] = "1"
     logging.basicConfig(level=logging.WARNING)
 
-    from ingest.cluster import ensure_ray
-    from ingest.config import load_config
-    from ingest.pipeline import run_ingest
-    from ingest.synthetic import build_uncompressed_ct_archive
+    from radforge.ingest.config import load_config
+    from radforge.ingest.pipeline import run_ingest
+    from radforge.runtime import ensure_ray
+    from radforge.synthetic import build_uncompressed_ct_archive
 
     work = Path(tempfile.mkdtemp(prefix="radforge-bench-ingest-"))
     try:

@@ -4,7 +4,7 @@ One run of the tiny CPU recipe (configs/recipe-tiny-cpu.yaml) on phantom CT and 
 the eval suite never uses (views by MultiCrop, masks by the anatomy prior, ``train_step`` in this
 process: the recipe, not Ray, is what is measured). The teacher is snapshotted at step 0 (the
 random-init baseline: the exact initialisation training started from), after ``--short-steps``
-and after ``--long-steps``; each snapshot is evaluated with ``trainer.eval.run_eval`` (linear probe
+and after ``--long-steps``; each snapshot is evaluated with ``radforge.trainer.eval.run_eval`` (linear probe
 and kNN, full training set and few-shot) on the built-in suite.
 
     .venv/bin/python -m bench.pretrain_quality [--short-steps 60 --long-steps 200]
@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ingest.content import analyse
-from ingest.synthetic.phantom import ct_phantom, mr_phantom
-from trainer import (
+from radforge.ingest.content import analyse
+from radforge.synthetic.phantom import ct_phantom, mr_phantom
+from radforge.trainer import (
     build_mask_sampler,
     build_multicrop,
     build_train_state,
@@ -35,11 +35,11 @@ from trainer import (
     load_recipe,
     train_step,
 )
-from trainer.eval.backbone import FrozenBackbone
-from trainer.eval.metrics import PRIMARY
-from trainer.eval.report import full_scores
-from trainer.eval.run import load_suite, run_eval
-from trainer.export import spec_of
+from radforge.trainer.eval.backbone import FrozenBackbone
+from radforge.trainer.eval.metrics import PRIMARY
+from radforge.trainer.eval.report import full_scores
+from radforge.trainer.eval.run import load_suite, run_eval
+from radforge.trainer.export import spec_of
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "recipe-tiny-cpu.yaml"
 SHAPE = (24, 64, 64)  # the suite's phantom size

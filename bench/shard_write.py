@@ -34,7 +34,7 @@ import numpy as np
 
 
 def _samples(n: int) -> list[dict[str, Any]]:
-    from ingest.synthetic import ct_phantom
+    from radforge.synthetic import ct_phantom
 
     vol = ct_phantom(shape=(min(n, 64), 512, 512), seed=0).array.astype(np.int16)
     fg = np.full((32, 32), 200, np.uint8)
@@ -56,8 +56,8 @@ def _samples(n: int) -> list[dict[str, Any]]:
 
 
 def _encode_batch(batch: dict[str, Any]) -> Any:
-    from ingest.pipeline import _encoder
-    from sharder.datasink import count_key, rows_block
+    from radforge.ingest.pipeline import _encoder
+    from radforge.sharder.datasink import count_key, rows_block
 
     enc = _encoder()
     rows = []
@@ -76,8 +76,8 @@ def _encode_batch(batch: dict[str, Any]) -> Any:
 
 
 def floor(samples: list[dict[str, Any]], out: Path) -> float:
-    from sharder.mds import SampleEncoder
-    from sharder.schema import COLUMNS
+    from radforge.sharder.mds import SampleEncoder
+    from radforge.sharder.schema import COLUMNS
 
     enc = SampleEncoder(COLUMNS)
     t = time.perf_counter()
@@ -92,7 +92,7 @@ def bare(
 ) -> float:
     from streaming import MDSWriter
 
-    from sharder.schema import COLUMNS
+    from radforge.sharder.schema import COLUMNS
 
     t = time.perf_counter()
     with MDSWriter(columns=COLUMNS, out=out, compression=compression, hashes=["xxh64"], exist_ok=True) as w:
@@ -109,7 +109,7 @@ def bare(
 def radforge(samples: list[dict[str, Any]], uri: str, compression: str | None, cpus: int) -> float:
     import ray
 
-    from sharder.datasink import MDSDatasink
+    from radforge.sharder.datasink import MDSDatasink
 
     items = [
         {"key": s["key"], "image": s["image"], "fg": s["fg"], "meta": json.dumps(s["meta"])} for s in samples
@@ -162,7 +162,7 @@ def main() -> None:
     import boto3
     import ray
 
-    from ingest.cluster import ensure_ray
+    from radforge.runtime import ensure_ray
 
     boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="bench")
     work = Path(tempfile.mkdtemp(prefix="radforge-bench-shards-"))

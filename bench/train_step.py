@@ -28,7 +28,7 @@ import torch
 from timm.models.vision_transformer import VisionTransformer as TimmViT
 from torch.utils.flop_counter import FlopCounterMode
 
-from trainer import VIT_SIZES, ViewBatch, build_train_state, load_recipe, train_step
+from radforge.trainer import VIT_SIZES, ViewBatch, build_train_state, load_recipe, train_step
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense, SXM
 

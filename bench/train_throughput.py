@@ -46,10 +46,10 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 def make_dataset(root: Path, *, series: int, slices: int, size: int) -> str:
     """Ingest ``series`` phantom series (CT and MR alternating) into ``root``/ds; returns its path."""
-    from ingest.config import load_config
-    from ingest.pipeline import run_ingest
-    from ingest.synthetic.dicom import write_dicom_series
-    from ingest.synthetic.phantom import ct_phantom, mr_phantom
+    from radforge.ingest.config import load_config
+    from radforge.ingest.pipeline import run_ingest
+    from radforge.synthetic.dicom import write_dicom_series
+    from radforge.synthetic.phantom import ct_phantom, mr_phantom
 
     archive = root / "archive"
     for i in range(series):
@@ -73,7 +73,7 @@ def steady(records: list[dict[str, Any]], *, warmup: int) -> dict[str, float]:
 
 def loader_rate(cfg: Any, *, batches: int) -> float:
     """Images/s the loader alone delivers (views built in ``data.loader_workers`` processes, no step)."""
-    from trainer.build import build_run_loader
+    from radforge.trainer.build import build_run_loader
 
     plan = cfg.batch.plan(1)
     loader = build_run_loader(cfg, plan)
@@ -90,8 +90,8 @@ def loader_rate(cfg: Any, *, batches: int) -> float:
 
 def floor(cfg: Any, *, steps: int, warmup: int, threads: int, device: str = "cpu") -> float:
     """Images/s of ``train_step`` alone on micro-batches from ``cfg``'s loader, held in memory."""
-    from trainer.build import build_run_loader, build_train_state
-    from trainer.step import train_step
+    from radforge.trainer.build import build_run_loader, build_train_state
+    from radforge.trainer.step import train_step
 
     plan = cfg.batch.plan(1)
     loader = build_run_loader(cfg, plan, num_workers=0)
@@ -119,8 +119,8 @@ def floor(cfg: Any, *, steps: int, warmup: int, threads: int, device: str = "cpu
 
 
 def cpu_run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    from trainer.loop import read_metrics, run_training
-    from trainer.run_config import load_train_config
+    from radforge.trainer.loop import read_metrics, run_training
+    from radforge.trainer.run_config import load_train_config
 
     dataset = make_dataset(tmp, series=args.series, slices=args.slices, size=args.size)
     cfg = load_train_config(
@@ -138,7 +138,7 @@ def cpu_run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         ],
     )
     if args.mode == "ray":
-        from trainer.distributed import launch
+        from radforge.trainer.ray_launcher import launch
 
         result = launch(cfg, max_failures=0, storage_path=str(tmp / "ray"))
         if result.error is not None:
@@ -166,8 +166,8 @@ def cpu_run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 
 def gpu_run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     """ViT-L steps on real shards in this process (no Ray): images/s, MFU, data wait, memory."""
-    from trainer.loop import run_training
-    from trainer.run_config import load_train_config
+    from radforge.trainer.loop import run_training
+    from radforge.trainer.run_config import load_train_config
 
     cfg = load_train_config(
         CONFIGS / "vit-l.yaml",

@@ -1,4 +1,4 @@
-"""Assembly: a planned series' objects -> one canonical :class:`~ingest.volume.Volume`.
+"""Assembly: a planned series' objects -> one canonical :class:`~radforge.ingest.volume.Volume`.
 
 Slices are ordered by their position projected on the slice normal (never by file name or
 InstanceNumber), spacing uniformity and duplicate positions are checked, and the stack is
@@ -14,12 +14,19 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ingest.config import GeometryConfig
-from ingest.decode import decode_instance
-from ingest.errors import IngestError, Reason
-from ingest.series import SeriesPlan
-from ingest.volume import Volume, check_spacing, from_nifti, gantry_tilt_deg, order_slices, to_canonical
-from ingest.windowing import hu_to_int16
+from radforge.ingest.config import GeometryConfig
+from radforge.ingest.decode import decode_instance
+from radforge.ingest.errors import IngestError, Reason
+from radforge.ingest.series import SeriesPlan
+from radforge.ingest.volume import (
+    Volume,
+    check_spacing,
+    from_nifti,
+    gantry_tilt_deg,
+    order_slices,
+    to_canonical,
+)
+from radforge.windowing import hu_to_int16
 
 Reader = Callable[[str], bytes]
 _AXIAL_IOP = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)

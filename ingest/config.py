@@ -9,14 +9,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-from ingest.errors import ConfigError
-from ingest.windowing import CT_PRESETS
+from radforge.config import ConfigError, format_validation_error, merge_mappings, read_yaml_mapping
+from radforge.windowing import CT_PRESETS
 
 Plane = Literal["axial", "coronal", "sagittal"]
 SALT_ENV = "RADFORGE_SALT"
@@ -105,7 +104,7 @@ class ShardConfig(_Model):
     @field_validator("compression")
     @classmethod
     def _codec_known(cls, v: str | None) -> str | None:
-        from sharder.mds import parse_compression
+        from radforge.sharder.mds import parse_compression
 
         parse_compression(v)  # ShardFormatError (a ValueError) names the valid codecs
         return v
@@ -164,64 +163,6 @@ class IngestConfig(_Model):
         """Hash of what determines the output (excludes Ray settings and the salt)."""
         data = self.model_dump(mode="json", exclude={"ray": True, "archive_id": True, "deid": {"salt"}})
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def read_yaml_mapping(
-    path: str | os.PathLike[str], *, error: type[Exception] = ConfigError, what: str = "config"
-) -> dict[str, Any]:
-    """The top-level mapping of a YAML file, or ``error`` with one line naming the file and the problem.
-
-    This and :func:`parse_overrides` / :func:`merge_mappings` are the layered-configuration plumbing
-    every config shares (ingest, service settings, training runs and recipes).
-    """
-    try:
-        with open(path) as f:
-            loaded = yaml.safe_load(f) or {}
-    except OSError as e:
-        raise error(f"{path}: cannot read {what} file ({e.strerror})") from None
-    except yaml.YAMLError as e:
-        raise error(f"{path}: not valid YAML ({e.__class__.__name__})") from None
-    if not isinstance(loaded, dict):
-        raise error(f"{path}: expected a mapping of settings at the top level, got {type(loaded).__name__}")
-    return loaded
-
-
-def parse_overrides(items: Sequence[str], *, error: type[Exception] = ConfigError) -> dict[str, Any]:
-    """``["a.b=1", "planes=[axial,coronal]"]`` -> nested dict; values parsed as YAML scalars/lists."""
-    tree: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise error(f"override {item!r} is not of the form section.field=value (e.g. steps=100)")
-        node = tree
-        parts = key.split(".")
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise error(f"override {key!r}: {part!r} is a value, not a section")
-            node = child
-        node[parts[-1]] = yaml.safe_load(raw)
-    return tree
-
-
-def merge_mappings(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    """``base`` with ``over`` laid on top, nested mappings merged key by key."""
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = merge_mappings(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def format_validation_error(err: ValidationError, *, source: str) -> str:
-    """One line per problem: ``<source>: <field.path>: <message> (got <value>)``."""
-    lines = []
-    for e in err.errors():
-        where = ".".join(str(p) for p in e["loc"]) or "(root)"
-        got = e.get("input")
-        shown = "" if isinstance(got, dict) else f" (got {got!r})"
-        lines.append(f"{source}: {where}: {e['msg']}{shown}")
-    return "; ".join(lines)
 
 
 def load_config(

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from ingest.errors import ConfigError
+from radforge.config import ConfigError
 
 # Largest grid cell (px). 8 keeps a 16-px patch map at quarter-patch resolution while the two
 # connected-component passes run on 64 x 64 cells (4-px cells: 128 x 128, ~1.5x the total cost).

@@ -36,8 +36,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from ingest.deid import silence_identifying_library_logs
-from ingest.errors import IngestError, Reason
+from radforge.ingest.deid import silence_identifying_library_logs
+from radforge.ingest.errors import IngestError, Reason
 
 silence_identifying_library_logs()
 

@@ -16,10 +16,10 @@ from typing import Any
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from ingest import deid
-from ingest.deid import silence_identifying_library_logs
-from ingest.errors import IngestError, Reason, SourceError
-from sharder.storage import Location
+from radforge.ingest import deid
+from radforge.ingest.deid import silence_identifying_library_logs
+from radforge.ingest.errors import IngestError, Reason, SourceError
+from radforge.storage import Location
 
 silence_identifying_library_logs()
 
@@ -241,7 +241,7 @@ class _RawValues(dict[str, Any]):
 
 def _fast_values(data: bytes) -> _RawValues | None:
     """Header values from the fast top-level scanner, or None when pydicom must parse the object."""
-    from ingest.decode import scan_top_level
+    from radforge.ingest.decode import scan_top_level
 
     scanned = scan_top_level(data, _HEADER_WANTED)
     if scanned is None:

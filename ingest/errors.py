@@ -70,9 +70,5 @@ class IngestError(Exception):
         self.detail = detail
 
 
-class ConfigError(ValueError):
-    """An invalid configuration: the message names the field, the bad value and what is valid."""
-
-
 class SourceError(RuntimeError):
     """The job cannot run: source missing or empty, destination not writable, ..."""

@@ -1,8 +1,8 @@
 """The ingest job as a Ray Data pipeline: list -> headers -> series -> volumes -> slices -> MDS.
 
 Every stage is a Ray Data operation over plain rows, so the same job runs on a laptop and on a
-cluster. Decisions live in pure modules (:mod:`ingest.series`, :mod:`ingest.volume`,
-:mod:`ingest.content`, ...); this module only wires them together and accounts for every object.
+cluster. Decisions live in pure modules (:mod:`radforge.ingest.series`, :mod:`radforge.ingest.volume`,
+:mod:`radforge.ingest.content`, ...); this module only wires them together and accounts for every object.
 """
 
 from __future__ import annotations
@@ -20,25 +20,25 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
-from ingest.assemble import load_dicom_volume, load_nifti_volume
-from ingest.cluster import cluster_cpus, ensure_ray, tune_data_executor, tune_worker_allocator
-from ingest.config import IngestConfig
-from ingest.discover import Header, list_objects, read_header
-from ingest.errors import IngestError, Reason, SourceError, Status
-from ingest.partition import (
+from radforge.ingest.assemble import load_dicom_volume, load_nifti_volume
+from radforge.ingest.config import IngestConfig
+from radforge.ingest.discover import Header, list_objects, read_header
+from radforge.ingest.errors import IngestError, Reason, SourceError, Status
+from radforge.ingest.partition import (
     SLICE_PIXELS,
     decode_task_count,
     decode_task_groups,
     header_files_per_task,
     series_cost,
 )
-from ingest.series import SeriesPlan, group_key, plan_group
-from ingest.slicer import SliceCounts, volume_samples
-from sharder.catalog import MANIFESTS, load_catalog
-from sharder.datasink import MDSDatasink, count_key, rows_block
-from sharder.mds import SampleEncoder
-from sharder.schema import COLUMNS
-from sharder.storage import Location, resolve
+from radforge.ingest.series import SeriesPlan, group_key, plan_group
+from radforge.ingest.slicer import SliceCounts, volume_samples
+from radforge.runtime import cluster_cpus, ensure_ray, tune_data_executor, tune_worker_allocator
+from radforge.sharder.catalog import MANIFESTS, load_catalog
+from radforge.sharder.datasink import MDSDatasink, count_key, rows_block
+from radforge.sharder.mds import SampleEncoder
+from radforge.sharder.schema import COLUMNS
+from radforge.storage import Location, resolve
 
 log = logging.getLogger(__name__)
 
@@ -259,11 +259,11 @@ def _plan_series(
     """Group headers into series plans: ``(series_key and pending of each, a dataset of task blocks)``.
 
     The dataset has one block per decoding task, of about ``task_cost`` pixels (see
-    :func:`ingest.partition.decode_task_groups`). Big archives group with a Ray Data groupby;
+    :func:`radforge.ingest.partition.decode_task_groups`). Big archives group with a Ray Data groupby;
     smaller ones on the driver, which streams the (small) header rows, holds one entry per object
     and hands the plans to Ray already cut into balanced tasks, heaviest first: no hash shuffle, no
     repartition, no extra Ray Data execution (each costs a tenth of a second or more). Both call
-    the same pure :func:`ingest.series.plan_group`.
+    the same pure :func:`radforge.ingest.series.plan_group`.
     """
     import ray
 

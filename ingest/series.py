@@ -1,4 +1,4 @@
-"""Grouping objects into series: pure decisions over :class:`~ingest.discover.Header` records.
+"""Grouping objects into series: pure decisions over :class:`~radforge.ingest.discover.Header` records.
 
 A DICOM series is (StudyInstanceUID, SeriesInstanceUID), split further where one UID holds images
 that cannot form one volume: different orientations, image sizes, echoes or temporal positions,
@@ -15,9 +15,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ingest.deid import salted_key
-from ingest.discover import Header
-from ingest.errors import Reason, Status, status_for
+from radforge.ingest.deid import salted_key
+from radforge.ingest.discover import Header
+from radforge.ingest.errors import Reason, Status, status_for
 
 # SOP classes that hold cross-sectional CT/MR pixel data (PS3.4 B.5).
 IMAGE_SOP_CLASSES = frozenset(

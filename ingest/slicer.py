@@ -1,7 +1,7 @@
 """Slicing: a canonical volume -> de-identified 2D samples (planes x windows), empty slices dropped.
 
 Each kept slice yields one sample per configured window, in the sample schema declared in
-:mod:`sharder.schema`. The foreground map is computed once per slice on modality units and shared
+:mod:`radforge.sharder.schema`. The foreground map is computed once per slice on modality units and shared
 by all its windows; slices whose foreground share is below the threshold are counted and dropped.
 """
 
@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from ingest.config import ContentConfig
-from ingest.content import analyse, foreground_mask, mr_body_threshold
-from ingest.volume import Volume, plane_slices
-from ingest.windowing import mr_to_uint16, percentile_to_uint8, resolve_window, window_to_uint8
-from sharder.schema import SCHEMA_VERSION, meta_defaults, sample_key
+from radforge.ingest.config import ContentConfig
+from radforge.ingest.content import analyse, foreground_mask, mr_body_threshold
+from radforge.ingest.volume import Volume, plane_slices
+from radforge.sharder.schema import SCHEMA_VERSION, meta_defaults, sample_key
+from radforge.windowing import mr_to_uint16, percentile_to_uint8, resolve_window, window_to_uint8
 
 _PLANE_AXIS = {"axial": 0, "coronal": 1, "sagittal": 2}
 
@@ -32,7 +32,7 @@ class SliceCounts:
 
 
 def render_window(image: np.ndarray, *, modality: str, window: str, mask: np.ndarray | None) -> np.ndarray:
-    """One intensity representation of a slice in modality units (see :mod:`sharder.schema`)."""
+    """One intensity representation of a slice in modality units (see :mod:`radforge.sharder.schema`)."""
     if modality == "CT":
         if window == "raw":
             return image.astype(np.int16, copy=False)
@@ -53,7 +53,7 @@ def volume_samples(
     base_meta: dict[str, Any],
     counts: SliceCounts,
 ) -> Iterator[dict[str, Any]]:
-    """Yield samples (the :mod:`sharder.schema` columns) for every kept slice, plane and window."""
+    """Yield samples (the :mod:`radforge.sharder.schema` columns) for every kept slice, plane and window."""
     # MR has no absolute scale: one body threshold per volume, so air-only end slices stay empty.
     mr_threshold = mr_body_threshold(vol.array[::2, ::4, ::4]) if modality == "MR" else None
     for plane in planes:

@@ -37,7 +37,8 @@ from typing import Literal
 
 import numpy as np
 
-from ingest.errors import ConfigError, IngestError, Reason
+from radforge.config import ConfigError
+from radforge.ingest.errors import IngestError, Reason
 
 Plane = Literal["axial", "coronal", "sagittal"]
 

@@ -33,8 +33,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from rich.console import Console
 
-    from ingest.synthetic import build_sample_archive
-    from services.cli import main as cli
+    from radforge.cli import main as cli
+    from radforge.synthetic import build_sample_archive
 
     console = Console()
     root = args.root.resolve()
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if status:
         return status
-    from trainer.checkpoint import latest
+    from radforge.trainer.checkpoint import latest
 
     ref = latest(str(run))
     if ref is None:

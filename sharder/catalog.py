@@ -19,8 +19,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from sharder.schema import SCHEMA_VERSION, check_compatible
-from sharder.storage import Location, exists, read_bytes, write_bytes_atomic
+from radforge.sharder.schema import SCHEMA_VERSION, check_compatible
+from radforge.storage import Location, exists, read_bytes, write_bytes_atomic
 
 INDEX = "index.json"
 PARTS = "parts"

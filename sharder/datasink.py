@@ -4,12 +4,12 @@ Lifecycle (Ray Data calls these hooks):
 
 - ``on_write_start`` (driver): removes orphans of runs that died before their commit;
 - ``write`` (one Ray task per group of blocks): writes that task's (already MDS-encoded) samples
-  with :class:`sharder.mds.ShardWriter` into a staging folder, then publishes them under a
+  with :class:`radforge.sharder.mds.ShardWriter` into a staging folder, then publishes them under a
   folder named after a hash of the task's sample keys, so a retried task overwrites its own
   output rather than adding a copy;
   returns its shard entries and the series records it carried;
 - ``on_write_complete`` (driver, only after every task succeeded): writes the part's series
-  manifest and commits the part by atomically replacing the root index (see :mod:`sharder.catalog`).
+  manifest and commits the part by atomically replacing the root index (see :mod:`radforge.sharder.catalog`).
 
 A job that dies before ``on_write_complete`` leaves the committed dataset untouched: its shards
 are unreferenced and the next run removes them.
@@ -35,10 +35,10 @@ from ray.data import Datasink
 from ray.data.block import Block, BlockAccessor
 from ray.data.datasource.datasink import WriteResult
 
-from sharder.catalog import INDEX, MANIFESTS, PARTS, Catalog, commit, load_catalog, shard_files
-from sharder.mds import SampleEncoder, ShardWriter
-from sharder.schema import COLUMNS, SCHEMA_VERSION
-from sharder.storage import Location, ensure_dir, resolve, write_bytes_atomic
+from radforge.sharder.catalog import INDEX, MANIFESTS, PARTS, Catalog, commit, load_catalog, shard_files
+from radforge.sharder.mds import SampleEncoder, ShardWriter
+from radforge.sharder.schema import COLUMNS, SCHEMA_VERSION
+from radforge.storage import Location, ensure_dir, resolve, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ ROW_COLUMNS = (
 
 
 # Below glibc's largest mmap threshold (32 MiB): a chunk's buffer comes from the heap, whose freed
-# pages the next chunk reuses (tuned workers keep them, see ingest.cluster). One buffer per 128 MiB
+# pages the next chunk reuses (tuned workers keep them, see radforge.runtime). One buffer per 128 MiB
 # series was a fresh mapping each time: in one process, kernel time per 1,024 slices 0.47 -> 0.36 s.
 ROWS_CHUNK_BYTES = 16 << 20
 

@@ -19,8 +19,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from sharder.catalog import INDEX, PARTS, load_catalog
-from sharder.storage import exists, resolve
+from radforge.sharder.catalog import INDEX, PARTS, load_catalog
+from radforge.storage import exists, resolve
 
 
 class SourceSpec(BaseModel):

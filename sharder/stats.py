@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from sharder.catalog import load_catalog
-from sharder.datasink import COUNT_FIELDS
-from sharder.storage import resolve
+from radforge.sharder.catalog import load_catalog
+from radforge.sharder.datasink import COUNT_FIELDS
+from radforge.storage import resolve
 
 
 def dataset_stats(uri: str) -> dict[str, Any]:

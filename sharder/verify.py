@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from sharder.catalog import load_catalog
-from sharder.storage import resolve
+from radforge.sharder.catalog import load_catalog
+from radforge.storage import resolve
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class VerifyReport:
 
 def check_shard_bytes(data: bytes, info: dict[str, Any]) -> Problem | None:
     """Compare one stored shard file's bytes with its index entry (pure; no I/O)."""
-    from sharder.mds import file_hash
+    from radforge.sharder.mds import file_hash
 
     path = info["basename"]
     expected = int(info["bytes"])

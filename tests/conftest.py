@@ -91,7 +91,7 @@ def ray_local() -> Iterator[None]:
 
     import ray
 
-    from ingest.cluster import ensure_ray
+    from radforge.runtime import ensure_ray
 
     ensure_ray(num_cpus=2)
     logging.getLogger("ray.data").setLevel(logging.WARNING)

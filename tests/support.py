@@ -10,8 +10,8 @@ def make_archive(
     root: Path, *, n_ct: int = 2, n_mr: int = 1, size: int = 48, n_slices: int = 6, seed: int = 0
 ) -> Path:
     """A small archive of synthetic DICOM series (project generator), one folder per series."""
-    from ingest.synthetic.dicom import write_dicom_series
-    from ingest.synthetic.phantom import ct_phantom, mr_phantom
+    from radforge.synthetic.dicom import write_dicom_series
+    from radforge.synthetic.phantom import ct_phantom, mr_phantom
 
     for i in range(n_ct):
         ph = ct_phantom(shape=(n_slices, size, size), seed=seed * 100 + i)

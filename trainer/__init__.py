@@ -1,6 +1,6 @@
 """Trainer: the Curia-2 self-supervised recipe (model, losses, views, one training step) in plain PyTorch."""
 
-from trainer.build import (
+from radforge.trainer.build import (
     build_backbone,
     build_mask_sampler,
     build_multicrop,
@@ -10,11 +10,11 @@ from trainer.build import (
     build_schedules,
     build_train_state,
 )
-from trainer.config import RecipeConfig, RecipeConfigError, load_recipe
-from trainer.heads import DINOHead, Network
-from trainer.models import VIT_SIZES, VisionTransformer
-from trainer.step import LossWeights, NonFiniteLossError, Objective, TrainState, train_step
-from trainer.views import MaskSampler, MultiCrop, ViewBatch, Views, collate_views
+from radforge.trainer.config import RecipeConfig, RecipeConfigError, load_recipe
+from radforge.trainer.heads import DINOHead, Network
+from radforge.trainer.models import VIT_SIZES, VisionTransformer
+from radforge.trainer.step import LossWeights, NonFiniteLossError, Objective, TrainState, train_step
+from radforge.trainer.views import MaskSampler, MultiCrop, ViewBatch, Views, collate_views
 
 __all__ = [
     "VIT_SIZES",

@@ -1,8 +1,8 @@
-"""From a :class:`trainer.config.RecipeConfig` to modules, with explicit keyword arguments.
+"""From a :class:`radforge.trainer.config.RecipeConfig` to modules, with explicit keyword arguments.
 
 The config object stops here: every module below is constructed from plain values, so it can be
 built and tested without a config. :func:`build_train_state` assembles a ready-to-step
-:class:`trainer.step.TrainState`: student and teacher built on the meta device, optionally sharded,
+:class:`radforge.trainer.step.TrainState`: student and teacher built on the meta device, optionally sharded,
 materialised on ``device``, initialised, teacher = student, optimizer with DINOv2's groups.
 """
 
@@ -13,15 +13,15 @@ from typing import Any
 
 import torch
 
-from trainer.config import RecipeConfig
-from trainer.heads import DINOHead, Network
-from trainer.losses import Centering, DINOLoss, IBOTLoss, KoLeoLoss, SigRegLoss
-from trainer.models.vit import VIT_SIZES, VisionTransformer
-from trainer.optim import param_groups
-from trainer.parallel import compile_blocks, scatter_full_state
-from trainer.schedules import Schedules, scaled_lr
-from trainer.step import LossWeights, Objective, TrainState
-from trainer.views.multicrop import MaskSampler, MultiCrop
+from radforge.trainer.config import RecipeConfig
+from radforge.trainer.heads import DINOHead, Network
+from radforge.trainer.losses import Centering, DINOLoss, IBOTLoss, KoLeoLoss, SigRegLoss
+from radforge.trainer.models.vit import VIT_SIZES, VisionTransformer
+from radforge.trainer.optim import param_groups
+from radforge.trainer.parallel import compile_blocks, scatter_full_state
+from radforge.trainer.schedules import Schedules, scaled_lr
+from radforge.trainer.step import LossWeights, Objective, TrainState
+from radforge.trainer.views.multicrop import MaskSampler, MultiCrop
 
 
 def build_backbone(cfg: RecipeConfig, *, drop_path_rate: float | None = None) -> VisionTransformer:
@@ -131,7 +131,7 @@ def build_run_loader(cfg: Any, plan: Any, *, num_workers: int | None = None) -> 
     ``cfg`` is the run's ``TrainConfig`` and ``plan`` its ``BatchPlan`` for the world size;
     ``num_workers`` overrides the run's loader processes (benchmarks measure with and without them).
     """
-    from trainer.data import build_loader  # streaming: imported by whoever builds a loader only
+    from radforge.trainer.data import build_loader  # streaming: imported by whoever builds a loader only
 
     workers = cfg.data.loader_workers if num_workers is None else num_workers
     return build_loader(
@@ -180,7 +180,7 @@ def build_train_state(
     """A ready-to-step :class:`TrainState`.
 
     Both networks are built on the meta device (a giant in well under a second), passed to
-    ``shard`` (e.g. ``functools.partial(trainer.parallel.shard_network, mesh=mesh)``), materialised
+    ``shard`` (e.g. ``functools.partial(radforge.trainer.parallel.shard_network, mesh=mesh)``), materialised
     on ``device`` and initialised (sharded ones from one whole initialisation on rank 0's CPU, so
     the weights do not depend on the world size); the teacher starts as an exact copy of the
     student and never receives gradients. ``seed`` seeds the weight initialisation.

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from sharder.storage import Location, exists, read_bytes, resolve, write_bytes_atomic
+from radforge.storage import Location, exists, read_bytes, resolve, write_bytes_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -278,7 +278,7 @@ def load_weights(
 def load_teacher_backbone(
     checkpoint: str | CheckpointRef, *, saved: dict[str, Any] | None = None
 ) -> dict[str, torch.Tensor]:
-    """The teacher's backbone weights (keys as in :class:`trainer.models.vit.VisionTransformer`).
+    """The teacher's backbone weights (keys as in :class:`radforge.trainer.models.vit.VisionTransformer`).
 
     ``checkpoint`` and ``saved`` as for :func:`load_weights`; plain or sharded checkpoints. The
     teacher (EMA) backbone is the model DINOv2-style recipes release.

@@ -4,7 +4,7 @@ Defaults are DINOv2's public values (RECIPE.md, "DINOv2 defaults the recipe star
 where Curia-2 is known to differ (content-aware crops, anatomy-guided masking, SigReg, 1 channel,
 patch 16, SwiGLU, z-scored intensities). Values Curia-2 does not publish are marked "inferred" in
 the comments and in docs/recipe.md. Every section forbids unknown keys, so a typo fails with the
-field's name. The config stops at :mod:`trainer.build`, which turns it into keyword arguments.
+field's name. The config stops at :mod:`radforge.trainer.build`, which turns it into keyword arguments.
 
 Layering: defaults -> YAML file -> ``key.sub=value`` overrides (:func:`load_recipe`).
 """
@@ -19,12 +19,12 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ingest.config import merge_mappings, parse_overrides, read_yaml_mapping
-from ingest.windowing import CT_PRESETS
-from trainer.losses.centering import CenteringMethod
-from trainer.models.vit import VIT_SIZES
-from trainer.schedules import LrScaling
-from trainer.views.intensity import RANDOM_WINDOWS
+from radforge.config import merge_mappings, parse_overrides, read_yaml_mapping
+from radforge.trainer.losses.centering import CenteringMethod
+from radforge.trainer.models.vit import VIT_SIZES
+from radforge.trainer.schedules import LrScaling
+from radforge.trainer.views.intensity import RANDOM_WINDOWS
+from radforge.windowing import CT_PRESETS
 
 ModelSize = Literal["vit_tiny", "vit_small", "vit_base", "vit_large", "vit_giant"]
 Range = tuple[float, float]
@@ -153,7 +153,7 @@ class IntensityConfig(_Section):
 
     ct_air_hu: float = -1000.0  # released processor: clip raw CT below air, then z-score per image
     random_window_p: float = Field(0.0, ge=0.0, le=1.0)  # raw CT: chance of a random clinical window first
-    random_windows: tuple[str, ...] = RANDOM_WINDOWS  # presets (ingest.windowing.CT_PRESETS) drawn from
+    random_windows: tuple[str, ...] = RANDOM_WINDOWS  # presets (radforge.windowing.CT_PRESETS) drawn from
     window_jitter: float = Field(0.1, ge=0.0)  # window centre shift (x width) and log-width spread (inferred)
     hflip_p: float = Field(0.5, ge=0.0, le=1.0)  # DINOv2 horizontal flip
     vflip_p: float = Field(0.0, ge=0.0, le=1.0)  # off: anterior/posterior is meaningful (inferred)

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 from streaming import StreamingDataLoader, StreamingDataset
 
-from sharder.mixing import MixSpec, build_streams
-from trainer.views.multicrop import MaskSampler, MultiCrop, collate_views
+from radforge.sharder.mixing import MixSpec, build_streams
+from radforge.trainer.views.multicrop import MaskSampler, MultiCrop, collate_views
 
 logger = logging.getLogger(__name__)
 

@@ -2,14 +2,14 @@
 
 Output folder (local path or object-store URI)::
 
-    OUT/backbone.safetensors   the teacher ViT's weights (names as trainer.models.VisionTransformer;
+    OUT/backbone.safetensors   the teacher ViT's weights (names as radforge.trainer.models.VisionTransformer;
                                the iBOT mask token and the heads are left out)
     OUT/config.json            {"format": "radforge-backbone", "format_version": 1,
                                 "architecture": {...}, "preprocessing": {...},
                                 "weights": {"file", "sha256", "state_hash"}, "source": {...}}
 
 ``config.json`` is written last: a folder without it is an export that did not finish.
-:mod:`trainer.eval.backbone` reads the pair with torch and safetensors only.
+:mod:`radforge.trainer.eval.backbone` reads the pair with torch and safetensors only.
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ from typing import Any
 import torch
 import yaml
 
-from sharder.storage import Location, exists, resolve, write_bytes_atomic
-from trainer import checkpoint as ckpt
-from trainer.build import build_backbone
-from trainer.config import RecipeConfig
-from trainer.eval.backbone import (
+from radforge.storage import Location, exists, resolve, write_bytes_atomic
+from radforge.trainer import checkpoint as ckpt
+from radforge.trainer.build import build_backbone
+from radforge.trainer.config import RecipeConfig
+from radforge.trainer.eval.backbone import (
     CONFIG,
     FORMAT,
     FORMAT_VERSION,
@@ -36,8 +36,8 @@ from trainer.eval.backbone import (
     FrozenBackbone,
     state_hash,
 )
-from trainer.models.mlp import SwiGLU
-from trainer.models.vit import VisionTransformer
+from radforge.trainer.models.mlp import SwiGLU
+from radforge.trainer.models.vit import VisionTransformer
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ def teacher_backbone(checkpoint: str) -> TeacherBackbone:
     """The teacher backbone of a checkpoint; :class:`CheckpointError` names a bad or foreign one.
 
     ``checkpoint``: a run output, a step folder or a ``state.pt``
-    (:func:`trainer.checkpoint.resolve_checkpoint`), plain or sharded (FSDP2 / DCP: the teacher is
+    (:func:`radforge.trainer.checkpoint.resolve_checkpoint`), plain or sharded (FSDP2 / DCP: the teacher is
     read whole from the shards, without a process group).
     """
     ref = ckpt.resolve_checkpoint(checkpoint)
@@ -199,7 +199,7 @@ def export_backbone(checkpoint: str, out: str) -> ExportResult:
 
 def load_for_eval(path: str) -> FrozenBackbone:
     """A frozen backbone from an export folder or from a checkpoint (run output, step folder, state.pt)."""
-    from trainer.eval.backbone import load_backbone
+    from radforge.trainer.eval.backbone import load_backbone
 
     loc = resolve(path)
     if loc.is_local and exists(loc.join(CONFIG)) and not exists(loc.join(ckpt.STATE)):

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from trainer.config import RecipeConfig
+from radforge.trainer.config import RecipeConfig
 
 # Dense peak FLOP/s per GPU (SXM parts) by compute precision; matched by substring of the device name.
 PEAK_FLOPS: dict[str, dict[str, float]] = {
@@ -35,7 +35,7 @@ def _linear_weights(module: nn.Module) -> int:
 
 def forward_flops_per_crop(recipe: RecipeConfig, *, size: int) -> float:
     """FLOPs of one backbone forward over a ``size`` x ``size`` crop (no heads)."""
-    from trainer.build import build_backbone
+    from radforge.trainer.build import build_backbone
 
     with torch.device("meta"):
         vit = build_backbone(recipe)
@@ -48,7 +48,7 @@ def forward_flops_per_crop(recipe: RecipeConfig, *, size: int) -> float:
 
 def head_flops_per_token(recipe: RecipeConfig) -> float:
     """FLOPs of the DINO/iBOT head for one token (MLP to the bottleneck, then the prototypes)."""
-    from trainer.build import build_backbone
+    from radforge.trainer.build import build_backbone
 
     h = recipe.heads
 

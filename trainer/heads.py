@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainer.models.vit import VisionTransformer
+from radforge.trainer.models.vit import VisionTransformer
 
 
 class DINOHead(nn.Module):

@@ -9,7 +9,7 @@ Phases of :func:`run_training`:
                 step, RNG and the StreamingDataLoader position; else ``init_from`` (a previous
                 stage's weights, position tables resampled)
 3. data         next batch from the loader, cut into micro-batches (time blocked on it = data wait)
-4. step         :func:`trainer.step.train_step` over the micro-batches (gradient accumulation)
+4. step         :func:`radforge.trainer.step.train_step` over the micro-batches (gradient accumulation)
 5. metrics      loss terms, lr, images/s, tokens/s, data-wait fraction, MFU and memory on GPUs,
                 every ``eval.every`` steps kNN scores of the teacher backbone on a held-out suite ->
                 JSONL next to the checkpoints every ``metrics.flush_every`` steps
@@ -18,7 +18,7 @@ Phases of :func:`run_training`:
 Data parallelism for small models is plain gradient averaging: a post-accumulate hook all-reduces
 each parameter's gradient as the last micro-batch's backward produces it (what DDP does, without
 its bucketing), because :func:`train_step` calls ``backbone.forward_features`` directly, which a DDP
-wrapper would not see. Large models are sharded with FSDP2 (:mod:`trainer.parallel`).
+wrapper would not see. Large models are sharded with FSDP2 (:mod:`radforge.trainer.parallel`).
 """
 
 from __future__ import annotations
@@ -36,29 +36,29 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.distributed as dist
 
-from sharder.storage import resolve, write_bytes_atomic
-from trainer import checkpoint as ckpt
-from trainer.build import build_run_loader, build_train_state
-from trainer.data import (
+from radforge.storage import resolve, write_bytes_atomic
+from radforge.trainer import checkpoint as ckpt
+from radforge.trainer.build import build_run_loader, build_train_state
+from radforge.trainer.data import (
     release_resume_memory,
     remove_stale_shared_memory,
     set_single_process_env,
 )
-from trainer.flops import peak_flops, step_flops
-from trainer.heads import Network
-from trainer.models.pos_embed import resize_table
-from trainer.parallel import (
+from radforge.trainer.flops import peak_flops, step_flops
+from radforge.trainer.heads import Network
+from radforge.trainer.models.pos_embed import resize_table
+from radforge.trainer.parallel import (
     fsdp_state_dicts,
     load_fsdp_state_dicts,
     replicate_gradients,
     scatter_full_state,
     shard_network,
 )
-from trainer.run_config import TrainConfig
-from trainer.step import TrainState, train_step
+from radforge.trainer.run_config import TrainConfig
+from radforge.trainer.step import TrainState, train_step
 
 if TYPE_CHECKING:
-    from trainer.eval.periodic import PeriodicKnn
+    from radforge.trainer.eval.periodic import PeriodicKnn
 
 logger = logging.getLogger(__name__)
 
@@ -304,8 +304,8 @@ def _evaluates(cfg: TrainConfig, *, rank: int, sharded: bool) -> bool:
     """
     if cfg.eval.every == 0 or (not sharded and rank != 0):
         return False
-    from trainer.eval.run import BUILTIN
-    from trainer.eval.tasks import find_tasks
+    from radforge.trainer.eval.run import BUILTIN
+    from radforge.trainer.eval.tasks import find_tasks
 
     if cfg.eval.tasks != BUILTIN:
         find_tasks(cfg.eval.tasks)  # a wrong path fails at the start, not at the first evaluation
@@ -318,7 +318,7 @@ def _periodic_knn(cfg: TrainConfig, *, local_rank: int, sharded: bool) -> Period
     Under FSDP2 every rank loads it: local rank 0 first, so a node's ranks do not generate the
     built-in suite into the same folder at once (every rank calls one barrier).
     """
-    from trainer.eval.periodic import PeriodicKnn  # the eval stack only where it is used
+    from radforge.trainer.eval.periodic import PeriodicKnn  # the eval stack only where it is used
 
     recipe = cfg.recipe
     if sharded and local_rank != 0:

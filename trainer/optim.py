@@ -30,7 +30,7 @@ def layer_id(name: str, *, depth: int) -> int:
 def param_groups(
     network: nn.Module, *, depth: int, layerwise_decay: float = 0.9, patch_embed_lr_mult: float = 0.2
 ) -> list[dict[str, Any]]:
-    """Optimizer groups for a :class:`trainer.heads.Network`, one per distinct multiplier set.
+    """Optimizer groups for a :class:`radforge.trainer.heads.Network`, one per distinct multiplier set.
 
     Each group carries ``lr_multiplier``, ``wd_multiplier`` and ``last_layer``, which
     :func:`apply_schedule` reads every step.

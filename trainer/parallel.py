@@ -1,4 +1,4 @@
-"""Data parallelism around a :class:`trainer.heads.Network`: replicated gradients, FSDP2, per-block compile.
+"""Data parallelism around a :class:`~radforge.trainer.heads.Network`: replicated, FSDP2, per-block compile.
 
 Replicated (small models): every rank holds the whole model; :func:`replicate_gradients` averages
 each gradient across ranks as the last micro-batch's backward produces it.
@@ -22,7 +22,7 @@ import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
-from trainer.heads import Network
+from radforge.trainer.heads import Network
 
 
 def replicate_gradients(module: torch.nn.Module, *, world_size: int) -> Callable[[bool], None]:

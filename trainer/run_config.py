@@ -1,6 +1,6 @@
 """One training run as a typed configuration (:class:`TrainConfig`): data, recipe, batch, steps, output.
 
-The recipe (:class:`trainer.config.RecipeConfig`) is embedded as the ``recipe`` field. A run file
+The recipe (:class:`radforge.trainer.config.RecipeConfig`) is embedded as the ``recipe`` field. A run file
 may name a recipe file with ``recipe_file`` (relative to the run file); its ``recipe:`` section
 then overrides that file. Layering: defaults -> YAML file -> dotted ``key=value`` overrides (any
 field, e.g. ``batch.global_size=64`` or ``recipe.optim.base_lr=1e-3``), resolved once by
@@ -17,9 +17,9 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ingest.config import merge_mappings, parse_overrides, read_yaml_mapping
-from sharder.mixing import MixSpec
-from trainer.config import RecipeConfig
+from radforge.config import merge_mappings, parse_overrides, read_yaml_mapping
+from radforge.sharder.mixing import MixSpec
+from radforge.trainer.config import RecipeConfig
 
 
 class TrainConfigError(ValueError):
@@ -33,7 +33,7 @@ class _Section(BaseModel):
 class DataConfig(_Section):
     """Where samples come from and how they are streamed."""
 
-    mix: MixSpec  # one or more dataset URIs (or parts) with proportions (sharder.mixing)
+    mix: MixSpec  # one or more dataset URIs (or parts) with proportions (radforge.sharder.mixing)
     cache_dir: str = "/tmp/radforge-cache"  # local cache of remote shards (one folder per source)
     cache_limit: str | None = "10gb"  # streaming evicts shards above this size; None = no limit
     shuffle: bool = True  # streaming's deterministic shuffle (seeded by the run seed)

@@ -32,13 +32,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainer.collectives import all_reduce_, world_size
-from trainer.ema import ema_update
-from trainer.heads import Network
-from trainer.losses import Centering, DINOLoss, IBOTLoss, KoLeoLoss, SigRegLoss, crop_pairs
-from trainer.optim import apply_schedule
-from trainer.schedules import Schedules, ScheduleValues
-from trainer.views.multicrop import ViewBatch
+from radforge.trainer.collectives import all_reduce_, world_size
+from radforge.trainer.ema import ema_update
+from radforge.trainer.heads import Network
+from radforge.trainer.losses import Centering, DINOLoss, IBOTLoss, KoLeoLoss, SigRegLoss, crop_pairs
+from radforge.trainer.optim import apply_schedule
+from radforge.trainer.schedules import Schedules, ScheduleValues
+from radforge.trainer.views.multicrop import ViewBatch
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class TrainState:
     step: int = 0
     seed: int = 0  # with the step and micro-batch index, seeds each micro-batch's random draws
     # called with False before each micro-batch's backward but the last, then True: replicated
-    # data parallelism combines gradients across ranks only once (see trainer.parallel)
+    # data parallelism combines gradients across ranks only once (see radforge.trainer.parallel)
     grad_sync: Callable[[bool], None] | None = None
 
 

@@ -13,9 +13,11 @@ import pytest
 import yaml
 from kubernetes_validate.utils import Registry, Resource, schema_contents
 
-from ingest.config import load_config, parse_overrides
-from services.cli import build_parser
-from services.settings import load_settings
+from radforge.cli import build_parser
+from radforge.config import parse_overrides
+from radforge.ingest.config import load_config
+from radforge.services.app.settings import load_settings
+from radforge.trainer.run_config import load_train_config
 from tests.deploy.manifests import (
     CHECKS,
     K8S_VERSION,
@@ -27,7 +29,6 @@ from tests.deploy.manifests import (
     pod_templates,
     render,
 )
-from trainer.run_config import load_train_config
 
 DATA = Path(__file__).parent / "data"
 CORE_KINDS = {

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from services.metrics import Metrics
+from radforge.services.app.metrics import Metrics
 from tests.deploy.manifests import DEPLOY, OVERLAYS, Doc, find, pod_templates
 
 GRAFANA = DEPLOY / "monitoring" / "grafana" / "radforge-control-plane.json"

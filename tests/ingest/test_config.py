@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from ingest.config import IngestConfig, load_config, parse_overrides
-from ingest.errors import ConfigError
+from radforge.config import ConfigError, parse_overrides
+from radforge.ingest.config import IngestConfig, load_config
 
 
 def test_defaults_work_and_hash_is_stable() -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ingest.content import (
+from radforge.config import ConfigError
+from radforge.ingest.content import (
     Content,
     analyse,
     body_box,
@@ -14,7 +15,6 @@ from ingest.content import (
     otsu_threshold,
     patch_foreground,
 )
-from ingest.errors import ConfigError
 
 AIR, FAT, SOFT, LUNG, BONE = -1000, -100, 40, -850, 700
 
@@ -200,8 +200,8 @@ def test_bad_arguments_are_config_errors() -> None:
 
 
 def test_mr_volume_threshold_keeps_air_slices_empty_and_finds_the_body() -> None:
-    from ingest.content import mr_body_threshold
-    from ingest.synthetic import mr_phantom
+    from radforge.ingest.content import mr_body_threshold
+    from radforge.synthetic import mr_phantom
 
     ph = mr_phantom(shape=(16, 128, 128), seed=680)
     t = mr_body_threshold(ph.array[::2, ::4, ::4])

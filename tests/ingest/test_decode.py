@@ -1,6 +1,6 @@
-"""ingest.decode against real files from pydicom and pydicom-data, and crafted broken headers.
+"""radforge.ingest.decode against real files from pydicom and pydicom-data, and crafted broken headers.
 
-References are independent of ingest.decode: pydicom's own pixel pipeline (``ds.pixel_array`` with
+References are independent of radforge.ingest.decode: pydicom's own pixel pipeline (``ds.pixel_array`` with
 its default plugin choice, rescale by ``apply_modality_lut`` or the functional groups read here)
 and SimpleITK (GDCM) for a cross-check.
 """
@@ -33,7 +33,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from ingest.decode import (
+from radforge.ingest.decode import (
     MAX_FRAMES,
     MAX_INFLATED_BYTES,
     Frames,
@@ -41,7 +41,7 @@ from ingest.decode import (
     decode_instance,
     supported_transfer_syntaxes,
 )
-from ingest.errors import IngestError, Reason
+from radforge.ingest.errors import IngestError, Reason
 
 # --------------------------------------------------------------------------------------------
 # helpers
@@ -674,7 +674,7 @@ def test_integer_path_is_exact_and_matches_the_float_path(name: str) -> None:
 def test_unit_slope_int16_rescale_equals_wide_arithmetic(
     dtype: Any, intercept: int, lo: int, hi: int
 ) -> None:
-    from ingest.decode import rescale_unit_slope_int16
+    from radforge.ingest.decode import rescale_unit_slope_int16
 
     info = np.iinfo(dtype)
     stored = np.random.default_rng(0).integers(info.min, int(info.max) + 1, size=(64, 64)).astype(dtype)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ingest import deid
+from radforge.ingest import deid
 
 
 def test_salted_key_depends_on_salt_and_parts() -> None:

@@ -8,10 +8,10 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from ingest.discover import Header, header_from_dataset, list_objects, parse_header, read_header
-from ingest.errors import IngestError, SourceError
-from ingest.synthetic import build_synthetic_archive
-from sharder.storage import resolve
+from radforge.ingest.discover import Header, header_from_dataset, list_objects, parse_header, read_header
+from radforge.ingest.errors import IngestError, SourceError
+from radforge.storage import resolve
+from radforge.synthetic import build_synthetic_archive
 
 
 def _reference(data: bytes) -> Header:
@@ -82,7 +82,7 @@ def test_listing_errors(tmp_path: Path) -> None:
 def test_header_row_is_a_detached_copy_that_round_trips() -> None:
     from dataclasses import asdict
 
-    from ingest.discover import Header
+    from radforge.ingest.discover import Header
 
     h = Header(path="s/1.dcm", size=10, kind="dicom", image_type=["ORIGINAL", "AXIAL"], ipp=[0.0, 1.0, 2.0])
     row = h.to_row()

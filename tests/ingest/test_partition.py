@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ingest.partition import (
+from radforge.ingest.partition import (
     MIN_HEADER_FILES_PER_TASK,
     SLICE_PIXELS,
     decode_task_count,

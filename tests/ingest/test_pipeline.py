@@ -12,10 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from ingest.config import load_config
-from ingest.pipeline import IngestSummary, run_ingest
-from ingest.synthetic import ArchiveSpec, build_synthetic_archive
-from services.cli import main
+from radforge.cli import main
+from radforge.ingest.config import load_config
+from radforge.ingest.pipeline import IngestSummary, run_ingest
+from radforge.synthetic import ArchiveSpec, build_synthetic_archive
 from tests.support import read_all
 
 CFG = {"shards": {"size_limit": 1 << 18, "samples_per_task": 64}}
@@ -137,7 +137,7 @@ def test_cli_ingest_prints_summary_and_rejects_bad_runs(
 
 def test_sample_archive_of_real_files_matches_its_expected_outcomes(ray_local: None, tmp_path: Path) -> None:
     """Real DICOM/NIfTI files from pydicom, pydicom-data, nibabel and nilearn, plus a synthetic export."""
-    from ingest.synthetic import build_sample_archive
+    from radforge.synthetic import build_sample_archive
 
     spec = build_sample_archive(str(tmp_path / "sample"))
     ds = tmp_path / "ds"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import random
 
-from ingest.discover import Header
-from ingest.errors import Reason
-from ingest.series import group_key, plan_group, skip_reason
+from radforge.ingest.discover import Header
+from radforge.ingest.errors import Reason
+from radforge.ingest.series import group_key, plan_group, skip_reason
 
 SALT = b"unit-test-salt"
 CT = "1.2.840.10008.5.1.4.1.1.2"

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ingest.config import IngestConfig
-from ingest.slicer import SliceCounts, volume_samples
-from ingest.synthetic import ct_phantom, mr_phantom
-from ingest.volume import Volume
+from radforge.ingest.config import IngestConfig
+from radforge.ingest.slicer import SliceCounts, volume_samples
+from radforge.ingest.volume import Volume
+from radforge.synthetic import ct_phantom, mr_phantom
 
 
 def _samples(ph, modality: str, windows: list[str]) -> tuple[list[dict], SliceCounts]:

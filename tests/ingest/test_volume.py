@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from ingest.errors import ConfigError, IngestError, Reason
-from ingest.volume import (
+from radforge.config import ConfigError
+from radforge.ingest.errors import IngestError, Reason
+from radforge.ingest.volume import (
     Volume,
     check_spacing,
     from_nifti,

@@ -12,8 +12,8 @@ from typing import Any, TypeVar
 import httpx
 import uvicorn
 
-from services.main import create_app
-from services.settings import ServiceSettings, load_settings
+from radforge.services.app.main import create_app
+from radforge.services.app.settings import ServiceSettings, load_settings
 
 T = TypeVar("T")
 TOKEN = "test-token-0123456789abcdef"

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from services.models import JobRecord, JobState
+from radforge.services.app.models import JobRecord, JobState
 from tests.services.support import TOKEN, LiveServer, make_settings, wait_until
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -312,7 +312,7 @@ def test_cancel_a_queued_job_and_close_a_vanished_one(
     """
     store = service.store
     holder = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
-    from services.procs import process_start_ticks
+    from radforge.services.jobs.process_identity import process_start_ticks
 
     archive = JOB["source_uri"]
     now = time.time()
@@ -393,17 +393,18 @@ def test_a_job_past_its_commit_point_is_not_cancelled(
     """Once a job has begun its dataset commit, a cancel gets 409; a signal that lands anyway (sent
     just before) cannot turn a committed job into a cancelled one: it is recorded as succeeded.
 
-    The job is a real supervised process (services.jobproc) whose folder says where the commit is.
+    The job is a real supervised process (radforge.services.jobs.supervisor) whose folder says where the
+    commit is.
     """
-    from services.procs import process_start_ticks, signal_group
-    from services.progress import COMMIT, write_json_atomic
+    from radforge.services.jobs.process_identity import process_start_ticks, signal_group
+    from radforge.services.jobs.progress import COMMIT, write_json_atomic
 
     write_json_atomic(tmp_path / COMMIT, {"state": commit, "committed": True})
     proc = subprocess.Popen(
         [
             sys.executable,
             "-m",
-            "services.jobproc",
+            "radforge.services.jobs.supervisor",
             "--job-dir",
             str(tmp_path),
             "--",

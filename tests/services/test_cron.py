@@ -2,7 +2,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from services.cron import CronError, next_fire, parse_cron
+from radforge.services.schedule.cron import CronError, next_fire, parse_cron
 
 
 def t(s: str) -> datetime:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from services.db import SCHEMA_VERSION, Store, StoreError
-from services.models import JobRecord, JobState, SourceRecord
+from radforge.services.app.db import SCHEMA_VERSION, Store, StoreError
+from radforge.services.app.models import JobRecord, JobState, SourceRecord
 
 
 def _job(job_id: str, *, state: JobState = JobState.QUEUED, t: float = 1_700_000_000.0) -> JobRecord:

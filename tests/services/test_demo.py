@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from services.demo import main
-from sharder.verify import verify_dataset
+from radforge.services.demo import main
+from radforge.sharder.verify import verify_dataset
 from tests.support import read_all
 
 TASKS = ("organ_2d", "lesion_2d", "modality_2d", "plane_2d", "plane_real_2d", "lesion_3d", "lesion_volume_3d")

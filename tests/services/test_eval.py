@@ -12,14 +12,14 @@ from typing import Any, get_args
 import httpx
 import pytest
 
-from services.kinds import KINDS
-from services.models import EVAL_BUILTIN_TASKS, EvalJobCreate, EvalProbe, TrainJobSpec
+from radforge.services.app.models import EVAL_BUILTIN_TASKS, EvalJobCreate, EvalProbe, TrainJobSpec
+from radforge.services.jobs.kinds import KINDS
+from radforge.trainer.eval.builtin import build_builtin_suite
+from radforge.trainer.eval.run import BUILTIN, RANDOM_INIT
+from radforge.trainer.eval.tracks import PROBES
+from radforge.trainer.loop import run_training
 from tests.services.support import LiveServer, make_settings, metric_value, wait_state
 from tests.trainer.support import ingest_tiny, tiny_run
-from trainer.eval.builtin import build_builtin_suite
-from trainer.eval.run import BUILTIN, RANDOM_INIT
-from trainer.eval.tracks import PROBES
-from trainer.loop import run_training
 
 JOB_TIMEOUT = 120
 SMALL_SUITE = {"n_volumes": 12, "size": 32, "slices": 12, "real": False}

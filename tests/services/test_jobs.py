@@ -16,10 +16,10 @@ from typing import Any
 import httpx
 import pytest
 
-from services.procs import is_running
-from services.progress import COMMIT, COMMITTED, job_file, read_json
-from sharder.catalog import load_catalog
-from sharder.storage import resolve
+from radforge.services.jobs.process_identity import is_running
+from radforge.services.jobs.progress import COMMIT, COMMITTED, job_file, read_json
+from radforge.sharder.catalog import load_catalog
+from radforge.storage import resolve
 from tests.services.support import (
     TOKEN,
     LiveServer,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import subprocess
 
-from services.metrics import Metrics
-from services.progress import JobProgress
+from radforge.services.app.metrics import Metrics
+from radforge.services.jobs.progress import JobProgress
 from tests.services.support import metric_value
 
 

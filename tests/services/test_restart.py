@@ -19,9 +19,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from services.procs import is_running
-from sharder.catalog import load_catalog
-from sharder.storage import resolve
+from radforge.services.jobs.process_identity import is_running
+from radforge.sharder.catalog import load_catalog
+from radforge.storage import resolve
 from tests.services.support import TOKEN, free_port, wait_state, wait_until
 from tests.support import make_archive
 
@@ -42,7 +42,7 @@ class Serve:
                 [
                     sys.executable,
                     "-m",
-                    "services.cli",
+                    "radforge.cli",
                     "serve",
                     "--port",
                     str(self.port),

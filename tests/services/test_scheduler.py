@@ -10,9 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from services.scheduler import fingerprint, list_archives
-from sharder.catalog import load_catalog
-from sharder.storage import resolve
+from radforge.services.schedule.scheduler import fingerprint, list_archives
+from radforge.sharder.catalog import load_catalog
+from radforge.storage import resolve
 from tests.services.support import LiveServer, make_settings, metric_value, wait_state, wait_until
 from tests.support import make_archive
 

@@ -8,10 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from services.procs import is_running, parse_proc_stat, process_start_ticks
-from services.progress import RateWindow, read_json, write_json_atomic
-from services.security import UriError, check_uri, is_loopback, redact_below, token_matches, uri_allowed
-from services.settings import ServiceSettings, SettingsError, load_settings, resolve_secrets
+from radforge.services.app.security import (
+    UriError,
+    check_uri,
+    is_loopback,
+    redact_below,
+    token_matches,
+    uri_allowed,
+)
+from radforge.services.app.settings import ServiceSettings, SettingsError, load_settings, resolve_secrets
+from radforge.services.jobs.process_identity import is_running, parse_proc_stat, process_start_ticks
+from radforge.services.jobs.progress import RateWindow, read_json, write_json_atomic
 
 TOKEN = "a-token-of-sufficient-length"
 
@@ -210,7 +217,7 @@ def test_rate_window() -> None:
 
 
 def test_the_service_refuses_to_start_without_a_salt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from services.service import build_service
+    from radforge.services.app.service import build_service
 
     monkeypatch.delenv("RADFORGE_SALT", raising=False)
     with pytest.raises(SettingsError, match=r"deid.salt: a salt of at least 8 characters is required"):

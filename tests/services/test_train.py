@@ -11,7 +11,9 @@ from typing import Any
 import httpx
 import pytest
 
-from services.procs import is_running
+from radforge.services.jobs.process_identity import is_running
+from radforge.trainer.checkpoint import latest
+from radforge.trainer.data import remove_stale_shared_memory
 from tests.services.support import (
     LiveServer,
     metric_value,
@@ -20,8 +22,6 @@ from tests.services.support import (
     wait_until,
 )
 from tests.trainer.support import TINY, ingest_tiny
-from trainer.checkpoint import latest
-from trainer.data import remove_stale_shared_memory
 
 JOB_TIMEOUT = 300
 

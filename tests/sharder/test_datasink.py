@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ingest.config import IngestConfig, load_config
-from ingest.pipeline import run_ingest
-from sharder.catalog import load_catalog
-from sharder.datasink import MDSDatasink
-from sharder.storage import resolve
+from radforge.ingest.config import IngestConfig, load_config
+from radforge.ingest.pipeline import run_ingest
+from radforge.sharder.catalog import load_catalog
+from radforge.sharder.datasink import MDSDatasink
+from radforge.storage import resolve
 from tests.support import make_archive, read_all
 
 SMALL_SHARDS = {"shards": {"size_limit": 16384, "samples_per_task": 8}}
@@ -114,10 +114,10 @@ def test_sigkilled_write_task_is_retried_and_every_key_is_written_once(
 DIE_BEFORE_COMMIT = textwrap.dedent(
     """
     import os, signal, sys
-    from ingest.cluster import ensure_ray
-    from ingest.config import load_config
-    from ingest.pipeline import run_ingest
-    from sharder.datasink import MDSDatasink
+    from radforge.runtime import ensure_ray
+    from radforge.ingest.config import load_config
+    from radforge.ingest.pipeline import run_ingest
+    from radforge.sharder.datasink import MDSDatasink
 
     class DieBeforeCommit(MDSDatasink):
         def on_write_complete(self, write_result):
@@ -217,7 +217,7 @@ def _rows(n: int) -> list[dict[str, Any]]:
 
 
 def test_rows_block_reads_back_every_row_as_views_of_one_buffer() -> None:
-    from sharder.datasink import iter_rows, rows_block
+    from radforge.sharder.datasink import iter_rows, rows_block
 
     rows = _rows(5)
     got = list(iter_rows(rows_block(rows)))
@@ -234,7 +234,7 @@ def test_rows_block_reads_back_every_row_as_views_of_one_buffer() -> None:
 def test_rows_block_chunks_stay_below_the_allocator_mmap_threshold() -> None:
     # A 128 MiB series in one buffer was a fresh mmap (page faults) per series; chunks of at most
     # chunk_bytes are reused heap memory. A sample bigger than a chunk is a batch of its own.
-    from sharder.datasink import ROWS_CHUNK_BYTES, iter_rows, rows_block
+    from radforge.sharder.datasink import ROWS_CHUNK_BYTES, iter_rows, rows_block
 
     assert ROWS_CHUNK_BYTES < 32 << 20  # glibc's largest mmap threshold
     sizes = [1000, 1000, 1000, 5000, 10, 990, 0]
@@ -258,7 +258,7 @@ def test_rows_block_chunks_stay_below_the_allocator_mmap_threshold() -> None:
 def test_iter_rows_reads_sliced_arrow_and_pandas_blocks() -> None:
     import pyarrow as pa
 
-    from sharder.datasink import iter_rows, rows_block
+    from radforge.sharder.datasink import iter_rows, rows_block
 
     rows = _rows(6)
     table = pa.concat_tables([rows_block(rows[:3]), rows_block(rows[3:])]).slice(2, 4)  # two chunks, offsets

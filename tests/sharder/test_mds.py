@@ -7,8 +7,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sharder.mds import HASHES, SampleEncoder, ShardFormatError, ShardWriter, file_hash, parse_compression
-from sharder.schema import COLUMNS
+from radforge.sharder.mds import (
+    HASHES,
+    SampleEncoder,
+    ShardFormatError,
+    ShardWriter,
+    file_hash,
+    parse_compression,
+)
+from radforge.sharder.schema import COLUMNS
 from tests.support import read_all
 
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from ingest.config import load_config
-from ingest.pipeline import run_ingest
-from sharder.catalog import load_catalog
-from sharder.mixing import MixSpec, SourceSpec, build_streams
-from sharder.storage import resolve
+from radforge.ingest.config import load_config
+from radforge.ingest.pipeline import run_ingest
+from radforge.sharder.catalog import load_catalog
+from radforge.sharder.mixing import MixSpec, SourceSpec, build_streams
+from radforge.storage import resolve
 from tests.support import make_archive, read_all
 
 CFG = {"shards": {"size_limit": 16384, "samples_per_task": 8}}

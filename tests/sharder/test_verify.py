@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from ingest.config import load_config
-from ingest.pipeline import run_ingest
-from services.cli import main
-from sharder.catalog import load_catalog
-from sharder.schema import SchemaVersionError
-from sharder.stats import dataset_stats
-from sharder.storage import resolve
-from sharder.verify import verify_dataset
+from radforge.cli import main
+from radforge.ingest.config import load_config
+from radforge.ingest.pipeline import run_ingest
+from radforge.sharder.catalog import load_catalog
+from radforge.sharder.schema import SchemaVersionError
+from radforge.sharder.stats import dataset_stats
+from radforge.sharder.verify import verify_dataset
+from radforge.storage import resolve
 from tests.support import make_archive
 
 CFG = {"shards": {"size_limit": 16384, "samples_per_task": 8}}

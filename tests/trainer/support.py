@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ingest.config import load_config
-from ingest.pipeline import run_ingest
+from radforge.ingest.config import load_config
+from radforge.ingest.pipeline import run_ingest
+from radforge.trainer.run_config import TrainConfig, load_train_config
 from tests.support import make_archive
-from trainer.run_config import TrainConfig, load_train_config
 
 TINY = Path(__file__).resolve().parents[2] / "configs" / "tiny-cpu.yaml"
 SHARDS = {"shards": {"size_limit": 16384}}

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.config import RecipeConfig, RecipeConfigError, load_recipe
+from radforge.trainer.config import RecipeConfig, RecipeConfigError, load_recipe
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 

@@ -14,16 +14,16 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from services.cli import main as cli_main
+from radforge.cli import main as cli_main
+from radforge.trainer import build_network
+from radforge.trainer import checkpoint as ckpt
+from radforge.trainer.eval.backbone import BackboneLoadError, load_backbone
+from radforge.trainer.export import export_backbone, random_backbone, spec_of, teacher_backbone, vit_from_spec
+from radforge.trainer.loop import run_training
+from radforge.trainer.models import VIT_SIZES
+from radforge.trainer.run_config import load_train_config
+from radforge.trainer.views import to_input
 from tests.trainer.support import ingest_tiny, tiny_run
-from trainer import build_network
-from trainer import checkpoint as ckpt
-from trainer.eval.backbone import BackboneLoadError, load_backbone
-from trainer.export import export_backbone, random_backbone, spec_of, teacher_backbone, vit_from_spec
-from trainer.loop import run_training
-from trainer.models import VIT_SIZES
-from trainer.run_config import load_train_config
-from trainer.views import to_input
 
 # Refuses every radforge package: the loader must work from a copied file with torch + safetensors.
 _ISOLATED = """

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ingest.content import analyse
-from ingest.synthetic.phantom import Label, ct_phantom
-from trainer import (
+from radforge.ingest.content import analyse
+from radforge.synthetic.phantom import Label, ct_phantom
+from radforge.trainer import (
     Network,
     build_mask_sampler,
     build_multicrop,
@@ -29,7 +29,7 @@ from trainer import (
     load_recipe,
     train_step,
 )
-from trainer.views import to_input
+from radforge.trainer.views import to_input
 
 torch.set_num_threads(2)
 TINY = Path(__file__).resolve().parents[2] / "configs" / "recipe-tiny-cpu.yaml"

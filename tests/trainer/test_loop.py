@@ -18,20 +18,20 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from services.cli import main as cli_main
-from sharder.schema import SchemaVersionError
+from radforge.cli import main as cli_main
+from radforge.sharder.schema import SchemaVersionError
+from radforge.trainer import checkpoint as ckpt
+from radforge.trainer.build import build_schedules, build_train_state
+from radforge.trainer.data import mapped_shared_memory, stale_shared_memory
+from radforge.trainer.eval.backbone import load_backbone
+from radforge.trainer.eval.builtin import build_builtin_suite
+from radforge.trainer.eval.periodic import PeriodicKnn
+from radforge.trainer.export import teacher_backbone, vit_from_spec
+from radforge.trainer.loop import init_from_stage, read_metrics, run_training
+from radforge.trainer.models.pos_embed import resize_table
+from radforge.trainer.parallel import fsdp_state_dicts, load_fsdp_state_dicts, shard_network
+from radforge.trainer.run_config import load_train_config
 from tests.trainer.support import TINY, ingest_tiny, tiny_run
-from trainer import checkpoint as ckpt
-from trainer.build import build_schedules, build_train_state
-from trainer.data import mapped_shared_memory, stale_shared_memory
-from trainer.eval.backbone import load_backbone
-from trainer.eval.builtin import build_builtin_suite
-from trainer.eval.periodic import PeriodicKnn
-from trainer.export import teacher_backbone, vit_from_spec
-from trainer.loop import init_from_stage, read_metrics, run_training
-from trainer.models.pos_embed import resize_table
-from trainer.parallel import fsdp_state_dicts, load_fsdp_state_dicts, shard_network
-from trainer.run_config import load_train_config
 
 TINY_64 = TINY.parent / "tiny-cpu-64.yaml"
 
@@ -93,7 +93,7 @@ def _train_in_subprocess(cfg_overrides: list[str], *, kill_at_step: int, output:
     checkpointed; returns the streaming shared-memory segments it left behind."""
     before = {p.name for p in stale_shared_memory()}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "train", "--config", str(TINY), "--no-ray", *cfg_overrides],
+        [sys.executable, "-m", "radforge.cli", "train", "--config", str(TINY), "--no-ray", *cfg_overrides],
         cwd=Path(__file__).resolve().parents[2],
         start_new_session=True,
         stdout=subprocess.DEVNULL,

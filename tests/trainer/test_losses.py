@@ -8,8 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.heads import DINOHead
-from trainer.losses import Centering, DINOLoss, IBOTLoss, KoLeoLoss, SigRegLoss, crop_pairs, sinkhorn_knopp
+from radforge.trainer.heads import DINOHead
+from radforge.trainer.losses import (
+    Centering,
+    DINOLoss,
+    IBOTLoss,
+    KoLeoLoss,
+    SigRegLoss,
+    crop_pairs,
+    sinkhorn_knopp,
+)
 
 torch.set_num_threads(2)
 

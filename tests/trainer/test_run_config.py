@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from trainer.data import micro_batch_indices, remove_stale_shared_memory, stale_shared_memory
-from trainer.run_config import BatchSizeError, TrainConfigError, load_train_config
+from radforge.trainer.data import micro_batch_indices, remove_stale_shared_memory, stale_shared_memory
+from radforge.trainer.run_config import BatchSizeError, TrainConfigError, load_train_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 RUNS = sorted(p.name for p in CONFIGS.glob("*.yaml") if not p.name.startswith(("recipe-", "ingest")))

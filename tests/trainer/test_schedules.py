@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
-from trainer.build import build_network, build_optimizer, build_schedules
-from trainer.config import load_recipe
-from trainer.ema import ema_update
-from trainer.optim import apply_schedule, layer_id, param_groups
-from trainer.schedules import cosine, scaled_lr, warmup_then_constant
+from radforge.trainer.build import build_network, build_optimizer, build_schedules
+from radforge.trainer.config import load_recipe
+from radforge.trainer.ema import ema_update
+from radforge.trainer.optim import apply_schedule, layer_id, param_groups
+from radforge.trainer.schedules import cosine, scaled_lr, warmup_then_constant
 
 torch.set_num_threads(2)
 TINY = [

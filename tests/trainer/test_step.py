@@ -16,9 +16,9 @@ import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
-from ingest.content import analyse
-from ingest.synthetic.phantom import ct_phantom
-from trainer import (
+from radforge.ingest.content import analyse
+from radforge.synthetic.phantom import ct_phantom
+from radforge.trainer import (
     NonFiniteLossError,
     RecipeConfig,
     TrainState,
@@ -30,7 +30,7 @@ from trainer import (
     load_recipe,
     train_step,
 )
-from trainer.parallel import compile_blocks, shard_network
+from radforge.trainer.parallel import compile_blocks, shard_network
 
 torch.set_num_threads(2)
 TINY = Path(__file__).resolve().parents[2] / "configs" / "recipe-tiny-cpu.yaml"
@@ -205,10 +205,11 @@ def test_compiled_blocks_match_eager(batch: ViewBatch) -> None:
 
 
 def test_analytic_step_flops_match_torch_flop_counter(batch: ViewBatch) -> None:
-    """trainer.flops (used for MFU) against torch's FlopCounterMode on one full step of the recipe."""
+    """radforge.trainer.flops (used for MFU) against torch's FlopCounterMode on one full step of the recipe.
+    """
     from torch.utils.flop_counter import FlopCounterMode
 
-    from trainer.flops import step_flops
+    from radforge.trainer.flops import step_flops
 
     cfg = recipe()
     state = build_train_state(cfg, global_batch_size=6, seed=0)

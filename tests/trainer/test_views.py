@@ -1,6 +1,6 @@
 """Radiology views: content-aware crops, anatomy-guided masks, intensities, multi-crop batches.
 
-Slices are phantoms from ingest.synthetic with their foreground map from ingest.content.analyse,
+Slices are phantoms from radforge.synthetic with their foreground map from radforge.ingest.content.analyse,
 i.e. exactly what ingest stores per sample.
 """
 
@@ -13,10 +13,9 @@ import pytest
 import torch
 import torchvision.transforms.functional as TF
 
-from ingest.content import analyse
-from ingest.synthetic.phantom import Label, ct_phantom, mr_phantom
-from ingest.windowing import CT_PRESETS, window_to_uint8
-from trainer.views import (
+from radforge.ingest.content import analyse
+from radforge.synthetic.phantom import Label, ct_phantom, mr_phantom
+from radforge.trainer.views import (
     MaskSampler,
     MultiCrop,
     ViewAugment,
@@ -29,8 +28,9 @@ from trainer.views import (
     sample_masks,
     to_input,
 )
-from trainer.views.intensity import gaussian_blur
-from trainer.views.multicrop import _resize
+from radforge.trainer.views.intensity import gaussian_blur
+from radforge.trainer.views.multicrop import _resize
+from radforge.windowing import CT_PRESETS, window_to_uint8
 
 torch.set_num_threads(2)
 MIN_FG = 0.3

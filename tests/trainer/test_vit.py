@@ -7,8 +7,8 @@ import time
 import pytest
 import torch
 
-from trainer.models import VIT_SIZES, VisionTransformer
-from trainer.models.pos_embed import resample_grid
+from radforge.trainer.models import VIT_SIZES, VisionTransformer
+from radforge.trainer.models.pos_embed import resample_grid
 
 torch.set_num_threads(2)
 

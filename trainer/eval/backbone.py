@@ -9,7 +9,7 @@ other radforge code: copy it next to your evaluation code and ::
     x = model.preprocess(slice_hu, modality="CT")     # (1, S, S): clipped, z-scored, resized
     f = model(x[None])                                # f.cls (B, D), f.patches (B, N, D)
 
-The network is the same computation as ``trainer.models.VisionTransformer`` (pre-norm blocks,
+The network is the same computation as ``radforge.trainer.models.VisionTransformer`` (pre-norm blocks,
 LayerScale, SDPA attention, learned positions resampled bicubically), with the same parameter
 names, so its features equal the teacher's (``tests/trainer/test_export.py`` checks it).
 """
@@ -236,7 +236,7 @@ class FrozenBackbone(nn.Module):
         r = 1 + self.spec.num_registers
         return Features(cls=x[:, 0], registers=x[:, 1:r], patches=x[:, r:])
 
-    forward_features = forward  # the name trainer.models.VisionTransformer uses
+    forward_features = forward  # the name radforge.trainer.models.VisionTransformer uses
 
     def preprocess(
         self, image: np.ndarray | torch.Tensor, *, modality: str, window: str = "raw", size: int | None = None

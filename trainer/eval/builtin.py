@@ -1,6 +1,6 @@
 """The built-in task suite, generated offline: phantom CT/MR volumes and real MR volumes shipped in packages.
 
-Phantoms (``ingest.synthetic.phantom``) carry a label map, so slice- and volume-level labels come for
+Phantoms (``radforge.synthetic.phantom``) carry a label map, so slice- and volume-level labels come for
 free. Volumes are split by volume (never by slice) into train / val / test, in groups of four
 (CT with lesion, MR with lesion, CT without, MR without) so every split is balanced.
 
@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from trainer.eval.tasks import TaskSpec, write_parquet_task
+from radforge.trainer.eval.tasks import TaskSpec, write_parquet_task
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def _split_of(group: int, n_groups: int) -> str:
 
 
 def _phantoms(n_volumes: int, *, size: int, slices: int, seed: int) -> Iterator[_Volume]:
-    from ingest.synthetic.phantom import ct_phantom, mr_phantom
+    from radforge.synthetic.phantom import ct_phantom, mr_phantom
 
     n_groups = max(n_volumes // 4, 3)
     rng = np.random.default_rng(seed)
@@ -84,7 +84,7 @@ def _phantoms(n_volumes: int, *, size: int, slices: int, seed: int) -> Iterator[
 
 
 def _organ(labels2d: np.ndarray) -> int:
-    from ingest.synthetic.phantom import Label
+    from radforge.synthetic.phantom import Label
 
     for organ, label in (("kidney", Label.KIDNEY), ("liver", Label.LIVER), ("lung", Label.LUNG)):
         if (labels2d == label).any():
@@ -191,7 +191,7 @@ def build_builtin_suite(
     lesion: dict[str, list] = {"images": [], "labels": [], "splits": [], "modality": []}
     modality: dict[str, list] = {"images": [], "labels": [], "splits": [], "modality": []}
     vol3d: dict[str, list] = {"images": [], "splits": [], "modality": [], "volumes": [], "ml": [], "has": []}
-    from ingest.synthetic.phantom import Label
+    from radforge.synthetic.phantom import Label
 
     for v in volumes:
         liver_z = [

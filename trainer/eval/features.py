@@ -19,8 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from trainer.eval.backbone import FrozenBackbone
-from trainer.eval.tasks import TaskData
+from radforge.trainer.eval.backbone import FrozenBackbone
+from radforge.trainer.eval.tasks import TaskData
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@
 :meth:`PeriodicKnn.evaluate` runs the teacher backbone over them in eval mode without gradients and
 returns ``{"knn_<task>": score, "knn_mean": mean}`` (accuracy, or R2 for regression), the kNN probe
 of the full track. It takes any module whose ``forward_features`` returns ``.cls`` and ``.patches``:
-the training ``VisionTransformer`` or a :class:`trainer.eval.backbone.FrozenBackbone`.
+the training ``VisionTransformer`` or a :class:`radforge.trainer.eval.backbone.FrozenBackbone`.
 
 ``radforge train`` runs it every ``eval.every`` steps (``trainer/loop.py``, metrics phase), on the
 teacher backbone; docs/training.md, "Periodic evaluation", says which ranks evaluate under FSDP2.
@@ -19,12 +19,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainer.eval.backbone import preprocess
-from trainer.eval.features import SliceFeatures
-from trainer.eval.metrics import PRIMARY, compute_metrics
-from trainer.eval.probes import knn_probe
-from trainer.eval.tasks import TaskData
-from trainer.eval.tracks import samples
+from radforge.trainer.eval.backbone import preprocess
+from radforge.trainer.eval.features import SliceFeatures
+from radforge.trainer.eval.metrics import PRIMARY, compute_metrics
+from radforge.trainer.eval.probes import knn_probe
+from radforge.trainer.eval.tasks import TaskData
+from radforge.trainer.eval.tracks import samples
 
 
 def subset(task: TaskData, keep: np.ndarray) -> TaskData:
@@ -89,7 +89,7 @@ class PeriodicKnn:
     @classmethod
     def from_suite(cls, spec: str, *, builtin_root: str | Path, **kwargs: Any) -> PeriodicKnn:
         """Tasks named as ``radforge eval --tasks`` names them (``builtin`` or folders)."""
-        from trainer.eval.run import load_suite
+        from radforge.trainer.eval.run import load_suite
 
         return cls(load_suite(spec, builtin_root=builtin_root), **kwargs)
 

@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from trainer.eval.fewshot import FULL
-from trainer.eval.metrics import PRIMARY
-from trainer.eval.tracks import ProbeResult
+from radforge.trainer.eval.fewshot import FULL
+from radforge.trainer.eval.metrics import PRIMARY
+from radforge.trainer.eval.tracks import ProbeResult
 
 RESULTS = "results.json"
 MARKDOWN = "report.md"

@@ -8,12 +8,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainer.eval.backbone import FrozenBackbone
-from trainer.eval.builtin import build_builtin_suite
-from trainer.eval.features import extract_features
-from trainer.eval.report import Report, write_report
-from trainer.eval.tasks import TaskData, find_tasks, load_task
-from trainer.eval.tracks import PROBES, ProbeResult, evaluate_task
+from radforge.trainer.eval.backbone import FrozenBackbone
+from radforge.trainer.eval.builtin import build_builtin_suite
+from radforge.trainer.eval.features import extract_features
+from radforge.trainer.eval.report import Report, write_report
+from radforge.trainer.eval.tasks import TaskData, find_tasks, load_task
+from radforge.trainer.eval.tracks import PROBES, ProbeResult, evaluate_task
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def load_backbones(
     With ``random_init`` a backbone of the first one's shape, initialised as training starts
     (seeded), is added as :data:`RANDOM_INIT`: the baseline a pretraining run must beat.
     """
-    from trainer.export import load_for_eval, random_backbone
+    from radforge.trainer.export import load_for_eval, random_backbone
 
     if not sources:
         raise ValueError("no backbone to evaluate: give at least one export folder or checkpoint")

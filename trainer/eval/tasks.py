@@ -204,8 +204,8 @@ def read_mds(local: str | Path) -> list[dict[str, Any]]:
 def _load_mds(folder: Path, spec: TaskSpec, obj: dict[str, Any]) -> TaskData:
     import pyarrow.parquet as pq
 
-    from sharder.catalog import load_catalog
-    from sharder.storage import resolve
+    from radforge.sharder.catalog import load_catalog
+    from radforge.storage import resolve
 
     if "dataset" not in obj:
         raise TaskError(f"{folder / TASK_FILE}: source 'mds' needs 'dataset' (an ingested dataset folder)")
@@ -309,7 +309,7 @@ def find_tasks(spec: str | Path) -> list[Path]:
     """Task folders named by ``spec``: a task folder, a folder of task folders, or a YAML/JSON list.
 
     A suite file is ``{"tasks": [folder, ...]}`` (paths relative to the file). ``builtin`` is
-    resolved by the caller (:func:`trainer.eval.builtin.build_builtin_suite`).
+    resolved by the caller (:func:`radforge.trainer.eval.builtin.build_builtin_suite`).
     """
     path = Path(spec)
     if path.is_file():

@@ -14,11 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from trainer.eval.features import SliceFeatures
-from trainer.eval.fewshot import FULL, few_shot_indices, shot_schedule
-from trainer.eval.metrics import bootstrap_ci, compute_metrics
-from trainer.eval.probes import knn_probe, linear_probe
-from trainer.eval.tasks import TaskData
+from radforge.trainer.eval.features import SliceFeatures
+from radforge.trainer.eval.fewshot import FULL, few_shot_indices, shot_schedule
+from radforge.trainer.eval.metrics import bootstrap_ci, compute_metrics
+from radforge.trainer.eval.probes import knn_probe, linear_probe
+from radforge.trainer.eval.tasks import TaskData
 
 PROBES = ("linear", "knn")
 

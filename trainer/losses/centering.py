@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainer.collectives import all_reduce_
+from radforge.trainer.collectives import all_reduce_
 
 CenteringMethod = Literal["sinkhorn", "ema"]
 

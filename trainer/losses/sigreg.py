@@ -20,7 +20,7 @@ class SigRegLoss(nn.Module):
         L   = mean_m T_m
 
     phi is the mean over the N rows given, with no communication: the step passes one micro-batch,
-    whose size does not depend on the worker count (trainer.step). L is about 1.05 for
+    whose size does not depend on the worker count (radforge.trainer.step). L is about 1.05 for
     isotropic Gaussian embeddings (the expectation of the statistic; exactly Gaussian data cannot do
     better with N samples) and grows like N for collapsed ones. LeJEPA uses
     M ~ 256-1024, t in [0, 3] with 17 points, and a weight around 0.02.

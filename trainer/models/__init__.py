@@ -1,6 +1,6 @@
 """Backbones: one ViT class and its named sizes."""
 
-from trainer.models.vit import (
+from radforge.trainer.models.vit import (
     VIT_SIZES,
     Features,
     VisionTransformer,

@@ -23,12 +23,12 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from trainer.models.attention import Attention
-from trainer.models.drop_path import DropPath
-from trainer.models.layer_scale import LayerScale
-from trainer.models.mlp import Mlp, SwiGLU
-from trainer.models.patch_embed import PatchEmbed
-from trainer.models.pos_embed import PosEmbed
+from radforge.trainer.models.attention import Attention
+from radforge.trainer.models.drop_path import DropPath
+from radforge.trainer.models.layer_scale import LayerScale
+from radforge.trainer.models.mlp import Mlp, SwiGLU
+from radforge.trainer.models.patch_embed import PatchEmbed
+from radforge.trainer.models.pos_embed import PosEmbed
 
 FFN_LAYERS: dict[str, type[nn.Module]] = {"mlp": Mlp, "swiglu": SwiGLU}
 

@@ -1,9 +1,9 @@
 """Radiology views: intensities, content-aware crops, anatomy-guided masks, multi-crop batches."""
 
-from trainer.views.crops import body_region, box_foreground, sample_crop_boxes
-from trainer.views.intensity import ViewAugment, apply_view_augment, sample_view_augment, to_input
-from trainer.views.masking import block_mask, sample_masks
-from trainer.views.multicrop import CropPlan, MaskSampler, MultiCrop, ViewBatch, Views, collate_views
+from radforge.trainer.views.crops import body_region, box_foreground, sample_crop_boxes
+from radforge.trainer.views.intensity import ViewAugment, apply_view_augment, sample_view_augment, to_input
+from radforge.trainer.views.masking import block_mask, sample_masks
+from radforge.trainer.views.multicrop import CropPlan, MaskSampler, MultiCrop, ViewBatch, Views, collate_views
 
 __all__ = [
     "CropPlan",

@@ -4,7 +4,7 @@ Input mapping (RECIPE.md, "Data"): the released Curia-2 processor clips raw CT b
 (-1000 HU) and z-scores each image on its own (mean/std, eps 1e-6); MR raw values are z-scored per
 image. Stored uint8 windows (a CT preset or MR percentile scaling) are z-scored the same way. As an
 option, a raw CT slice is first mapped through a random clinical window (a preset from
-``ingest.windowing.CT_PRESETS`` with its level and width jittered): windows as an augmentation is
+``radforge.windowing.CT_PRESETS`` with its level and width jittered): windows as an augmentation is
 our inference.
 
 Per-view augmentations replace DINOv2's RGB colour jitter, grayscale and solarize, which have no
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ingest.windowing import CT_PRESETS
+from radforge.windowing import CT_PRESETS
 
 # Presets a random window is drawn from: the body and head windows (not the extreme stroke/temporal ones).
 RANDOM_WINDOWS: tuple[str, ...] = ("soft_tissue", "abdomen", "liver", "mediastinum", "lung", "bone", "brain")

@@ -2,9 +2,9 @@
 
 One slice (``image``, ``fg``, ``meta`` as the sample schema stores them) becomes ``global_count``
 global crops and ``local_count`` local crops (DINOv2 default 2 x 224 + 8 x 96), placed on anatomy
-(:mod:`trainer.views.crops`), resized with an antialiased bilinear filter, flipped / slightly
-rotated, and augmented per view (:mod:`trainer.views.intensity`). Each global crop also carries its
-per-patch foreground share, the prior of anatomy-guided masking (:mod:`trainer.views.masking`),
+(:mod:`radforge.trainer.views.crops`), resized with an antialiased bilinear filter, flipped / slightly
+rotated, and augmented per view (:mod:`radforge.trainer.views.intensity`). Each global crop also carries its
+per-patch foreground share, the prior of anatomy-guided masking (:mod:`radforge.trainer.views.masking`),
 which :func:`collate_views` applies batch-wide.
 
 Decisions (boxes, flips, angles, augmentation parameters) are drawn by pure numpy in
@@ -23,8 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from trainer.views.crops import body_region, box_foreground, sample_crop_boxes
-from trainer.views.intensity import (
+from radforge.trainer.views.crops import body_region, box_foreground, sample_crop_boxes
+from radforge.trainer.views.intensity import (
     RANDOM_WINDOWS,
     ViewAugment,
     apply_view_augment,
@@ -32,7 +32,7 @@ from trainer.views.intensity import (
     sample_random_window,
     sample_view_augment,
 )
-from trainer.views.masking import sample_masks
+from radforge.trainer.views.masking import sample_masks
 
 Sample = tuple[np.ndarray, np.ndarray, Mapping[str, Any]]  # (image, fg, meta) as stored
 
@@ -124,7 +124,8 @@ def _rotate(views: torch.Tensor, degrees: np.ndarray) -> torch.Tensor:
 class MultiCrop:
     """Build the views of a slice (plan in numpy, render in torch).
 
-    Keyword arguments mirror :class:`trainer.config.CropConfig` and :class:`trainer.config.IntensityConfig`;
+    Keyword arguments mirror :class:`radforge.trainer.config.CropConfig` and
+    :class:`radforge.trainer.config.IntensityConfig`;
     docs/recipe.md says what each does.
     """
 
@@ -312,7 +313,7 @@ class MultiCrop:
 
 @dataclass(frozen=True)
 class MaskSampler:
-    """Batch-level iBOT masking (:func:`trainer.views.masking.sample_masks` with fixed options)."""
+    """Batch-level iBOT masking (:func:`radforge.trainer.views.masking.sample_masks` with fixed options)."""
 
     probability: float = 0.5
     ratio: tuple[float, float] = (0.1, 0.5)

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from trainer.eval.features import SliceFeatures
-from trainer.eval.fewshot import FULL, few_shot_indices, shot_schedule, strata
-from trainer.eval.metrics import auc_binary, bootstrap_ci, classification_metrics, regression_metrics
-from trainer.eval.probes import knn_probe, linear_probe
-from trainer.eval.tasks import TaskData, TaskSpec
-from trainer.eval.tracks import evaluate_task, samples, volume_mean
+from radforge.trainer.eval.features import SliceFeatures
+from radforge.trainer.eval.fewshot import FULL, few_shot_indices, shot_schedule, strata
+from radforge.trainer.eval.metrics import auc_binary, bootstrap_ci, classification_metrics, regression_metrics
+from radforge.trainer.eval.probes import knn_probe, linear_probe
+from radforge.trainer.eval.tasks import TaskData, TaskSpec
+from radforge.trainer.eval.tracks import evaluate_task, samples, volume_mean
 
 
 def blobs(n: int, *, classes: int = 3, dim: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

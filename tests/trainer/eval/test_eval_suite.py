@@ -11,16 +11,16 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from ingest.config import load_config
-from ingest.pipeline import run_ingest
-from services.cli import main as cli_main
+from radforge.cli import main as cli_main
+from radforge.ingest.config import load_config
+from radforge.ingest.pipeline import run_ingest
+from radforge.trainer.eval.builtin import build_builtin_suite
+from radforge.trainer.eval.features import extract_features, mask_weights
+from radforge.trainer.eval.periodic import PeriodicKnn
+from radforge.trainer.eval.run import load_suite
+from radforge.trainer.eval.tasks import TaskError, TaskSpec, load_task, read_mds, write_parquet_task
+from radforge.trainer.export import random_backbone, save_backbone, vit_from_spec
 from tests.support import make_archive
-from trainer.eval.builtin import build_builtin_suite
-from trainer.eval.features import extract_features, mask_weights
-from trainer.eval.periodic import PeriodicKnn
-from trainer.eval.run import load_suite
-from trainer.eval.tasks import TaskError, TaskSpec, load_task, read_mds, write_parquet_task
-from trainer.export import random_backbone, save_backbone, vit_from_spec
 
 SMALL = {"n_volumes": 12, "size": 32, "slices": 12, "real": False}
 
@@ -33,7 +33,7 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 @pytest.fixture(scope="module")
 def export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-init tiny backbone saved as an export (the format `radforge export` writes)."""
-    from trainer.eval.backbone import BackboneSpec
+    from radforge.trainer.eval.backbone import BackboneSpec
 
     spec = BackboneSpec(
         img_size=32,
@@ -163,7 +163,7 @@ def test_mds_task_reads_an_ingested_dataset(ray_local: None, tmp_path: Path) -> 
 
 
 def test_features_equal_the_backbone_and_are_cached(suite: list[Path], export: Path, tmp_path: Path) -> None:
-    from trainer.eval.backbone import load_backbone
+    from radforge.trainer.eval.backbone import load_backbone
 
     model = load_backbone(export)
     task = load_task(suite[0])
@@ -189,7 +189,7 @@ def test_mask_pooling_weights_patches_by_their_share_of_the_mask() -> None:
 
 
 def test_periodic_knn_scores_the_training_vit_like_the_export(suite: list[Path], export: Path) -> None:
-    from trainer.eval.backbone import load_backbone
+    from radforge.trainer.eval.backbone import load_backbone
 
     frozen = load_backbone(export)
     vit = vit_from_spec(frozen.spec)

@@ -1,0 +1,368 @@
+"""The ``radforge`` command line: one entry point, one subcommand per job.
+
+Library code never prints; this module owns the terminal (progress from Ray Data, rich summaries)
+and turns typed errors into one clear line and a non-zero exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+log = logging.getLogger("radforge")
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+def _print_summary(title: str, rows: list[tuple[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    for k, v in rows:
+        table.add_row(k, str(v))
+    Console().print(table)
+
+
+def _enable_ray_data_progress() -> None:
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = sys.stderr.isatty()
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from radforge.config import parse_overrides
+    from radforge.ingest.config import IngestConfig, load_config
+    from radforge.ingest.pipeline import run_ingest
+
+    cfg: IngestConfig = load_config(args.config, overrides=parse_overrides(args.set or []))
+    _enable_ray_data_progress()
+    summary = run_ingest(args.source, args.dataset, cfg)
+    if args.json:
+        print(json.dumps(summary.to_dict(), sort_keys=True))
+    else:
+        rows: list[tuple[str, Any]] = [
+            ("dataset", summary.dataset_uri),
+            ("archive", summary.archive_id),
+            ("committed part", summary.part_id or "nothing new to commit"),
+            ("objects listed", summary.objects),
+            ("series", summary.series),
+        ]
+        rows += [(f"  {k}", v) for k, v in sorted(summary.by_status.items())]
+        rows += [(f"  reason: {k}", v) for k, v in sorted(summary.by_reason.items())]
+        rows += [
+            ("samples written", summary.samples_written),
+            ("empty slices dropped", summary.slices_dropped),
+            ("bytes written", f"{summary.bytes_written / 1e6:.1f} MB"),
+            ("seconds", summary.seconds),
+        ]
+        _print_summary("radforge ingest", rows)
+    return EXIT_OK
+
+
+def cmd_dataset_verify(args: argparse.Namespace) -> int:
+    from radforge.sharder.verify import verify_dataset
+
+    report = verify_dataset(args.dataset)
+    if args.json:
+        print(json.dumps(report.to_dict(), sort_keys=True))
+    else:
+        for problem in report.problems:
+            print(f"{problem.kind}: {problem.path} ({problem.detail})")
+        state = "OK" if report.ok else f"{len(report.problems)} problem(s)"
+        print(f"verified {report.shards_checked} shard(s), {report.samples} sample(s): {state}")
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def cmd_dataset_stats(args: argparse.Namespace) -> int:
+    from radforge.sharder.stats import dataset_stats, format_stats
+
+    stats = dataset_stats(args.dataset)
+    print(json.dumps(stats, sort_keys=True) if args.json else format_stats(stats))
+    return EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from radforge.config import parse_overrides
+    from radforge.services.app.main import serve
+    from radforge.services.app.settings import load_settings
+
+    flags = {
+        "host": args.host,
+        "port": args.port,
+        "state_dir": args.state_dir,
+        "ray_address": args.ray_address,
+        "database_url": args.database_url,
+    }
+    settings = load_settings(args.config, overrides={**parse_overrides(args.set or []), **flags})
+    serve(settings)
+    return EXIT_OK
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from radforge.trainer.checkpoint import CheckpointError
+    from radforge.trainer.run_config import TrainConfigError, load_train_config
+
+    try:
+        cfg = load_train_config(args.config, overrides=args.overrides or [])
+    except TrainConfigError as e:
+        print(f"radforge: invalid configuration: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return _train(cfg, no_ray=args.no_ray, as_json=args.json)
+    except CheckpointError as e:
+        print(f"radforge: {e}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _train_progress(cfg: Any) -> Any:
+    """A rich progress bar over the run's steps on stderr (rank 0 only): loss, images/s, data wait."""
+    import os
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    progress = Progress(
+        TextColumn("[bold]train"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        disable=os.environ.get("RANK", "0") != "0",
+    )
+    task = progress.add_task("train", total=cfg.steps, status="starting")
+
+    def update(record: dict[str, Any]) -> None:
+        status = (
+            f"loss {record['loss']:.4f}  {record['images_per_s']:.1f} img/s  "
+            f"data wait {record['data_wait_fraction']:.0%}"
+        )
+        progress.update(task, completed=record["step"], status=status)
+
+    return progress, update
+
+
+def _train(cfg: Any, *, no_ray: bool, as_json: bool) -> int:
+    progress, on_step = _train_progress(cfg)
+    if no_ray:
+        from radforge.trainer.loop import run_training
+
+        with progress:
+            summary = run_training(cfg, on_step=on_step)
+        rows: list[tuple[str, Any]] = [
+            ("steps", summary.step),
+            ("resumed from", summary.resumed_from),
+            ("checkpoint", summary.checkpoint),
+            ("images/s", round(summary.images_per_s, 2)),
+            ("data-wait fraction", round(summary.data_wait_fraction, 4)),
+        ]
+    else:
+        import threading
+
+        from radforge.trainer.checkpoint import latest
+        from radforge.trainer.loop import MetricsTail
+        from radforge.trainer.ray_launcher import launch
+
+        # Ray workers write metrics JSONL every metrics.flush_every steps: follow those files
+        tail, done = MetricsTail(cfg.output), threading.Event()
+
+        def follow() -> None:
+            while not done.wait(2.0):
+                for record in tail.poll():
+                    on_step(record)
+
+        follower = threading.Thread(target=follow, daemon=True)
+        with progress:
+            follower.start()
+            try:
+                result = launch(cfg)
+            finally:
+                done.set()
+                follower.join()
+            for record in tail.poll():
+                on_step(record)
+        if result.error is not None:
+            raise result.error
+        ref = latest(cfg.output)
+        rows = [("steps", ref.step if ref else 0), ("checkpoint", ref.location.uri if ref else None)]
+    if as_json:
+        print(json.dumps(dict(rows)))
+    else:
+        _print_summary("radforge train", rows)
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from radforge.trainer.checkpoint import CheckpointError
+    from radforge.trainer.export import export_backbone
+
+    try:
+        result = export_backbone(args.checkpoint, args.out)
+    except CheckpointError as e:
+        print(f"radforge: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.json:
+        print(json.dumps({"folder": result.folder, "step": result.step, "sha256": result.sha256}))
+    else:
+        rows = [("folder", result.folder), ("step", result.step), ("sha256", result.sha256)]
+        _print_summary("radforge export", rows)
+    return EXIT_OK
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from radforge.trainer.checkpoint import CheckpointError
+    from radforge.trainer.eval.backbone import BackboneLoadError
+    from radforge.trainer.eval.report import full_scores
+    from radforge.trainer.eval.run import backbone_name, evaluate
+    from radforge.trainer.eval.tasks import TaskError
+
+    sources = {}
+    for item in args.backbone:
+        name, _, path = item.rpartition("=")
+        sources[name or backbone_name(path)] = path
+    try:
+        outcome = evaluate(
+            sources,
+            args.tasks,
+            out=args.out,
+            cache=args.cache,
+            random_init=args.random_init,
+            seed=args.seed,
+            probes=[p.strip() for p in args.probes.split(",") if p.strip()],
+            seeds=args.seeds,
+            max_shots=args.max_shots,
+            n_boot=args.bootstrap,
+        )
+    except (CheckpointError, BackboneLoadError, TaskError, ValueError) as e:
+        print(f"radforge: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    full = full_scores(outcome.results)
+    if args.json:
+        scores = {f"{t}/{p}/{b}": r.metrics for (t, p, b), r in full.items()}
+        print(json.dumps({"report": str(outcome.report.markdown), "full": scores}))
+    else:
+        from radforge.trainer.eval.metrics import PRIMARY
+
+        rows: list[tuple[str, Any]] = [
+            (f"{t} / {p} / {b}", round(r.metrics[PRIMARY[r.kind]], 3)) for (t, p, b), r in full.items()
+        ]
+        rows += [("seconds", round(outcome.seconds, 1))]
+        _print_summary("radforge eval (accuracy, or R2 for regression; full training set)", rows)
+        print(f"Report: {outcome.report.markdown} (HTML: {outcome.report.html})")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="radforge",
+        description="Turn hospital CT/MRI archives into radiology foundation models.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("ingest", help="ingest a DICOM/NIfTI archive into an MDS dataset (Ray Data job)")
+    p.add_argument("source", metavar="SOURCE_URI", help="archive folder or prefix (path, file://, s3://)")
+    p.add_argument("dataset", metavar="DATASET_URI", help="dataset root (path, file://, s3://)")
+    p.add_argument("--config", help="YAML file with ingest settings (see configs/ingest.yaml)")
+    p.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override a setting, e.g. planes=[axial,coronal]"
+    )
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON line")
+    p.set_defaults(func=cmd_ingest)
+
+    d = sub.add_parser("dataset", help="inspect a dataset: verify, stats")
+    dsub = d.add_subparsers(dest="dataset_command", metavar="ACTION", required=True)
+    v = dsub.add_parser("verify", help="check every shard against the index and its hashes")
+    v.add_argument("dataset", metavar="DATASET_URI")
+    v.add_argument("--json", action="store_true")
+    v.set_defaults(func=cmd_dataset_verify)
+    s = dsub.add_parser("stats", help="counts by modality, plane, window, body part, archive; bytes")
+    s.add_argument("dataset", metavar="DATASET_URI")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_dataset_stats)
+
+    sv = sub.add_parser("serve", help="run the control plane (API, scheduler, metrics, dashboard)")
+    sv.add_argument("--host", help="address to listen on (default 127.0.0.1; others need a token)")
+    sv.add_argument("--port", type=int, help="TCP port (default 8000)")
+    sv.add_argument("--config", help="YAML file with service settings (see docs/control-plane.md)")
+    sv.add_argument("--state-dir", help="database, job folders and embedded Ray info (default .radforge)")
+    sv.add_argument(
+        "--ray-address",
+        help="http(s)://HEAD:8265 (Ray's Job Submission API) or HOST:PORT of a Ray cluster "
+        "(default: an embedded local Ray)",
+    )
+    sv.add_argument(
+        "--database-url",
+        help="sqlite:///PATH (default: STATE_DIR/radforge.db) or postgresql://USER@HOST:PORT/DB",
+    )
+    sv.add_argument("--set", action="append", metavar="KEY=VALUE", help="a setting, e.g. max_running_jobs=4")
+    sv.set_defaults(func=cmd_serve)
+
+    t = sub.add_parser("train", help="self-supervised pretraining on Ray Train (or one process)")
+    t.add_argument("--config", required=True, help="run YAML (see configs/tiny-cpu.yaml, docs/training.md)")
+    t.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. steps=100")
+    t.add_argument("--no-ray", action="store_true", help="train in this process (one CPU or GPU, no Ray)")
+    t.add_argument("--json", action="store_true", help="print the summary as one JSON line")
+    t.set_defaults(func=cmd_train)
+
+    x = sub.add_parser("export", help="a checkpoint's teacher backbone as safetensors + config.json")
+    x.add_argument("checkpoint", metavar="CHECKPOINT", help="run output, step folder or state.pt")
+    x.add_argument("out", metavar="OUT", help="folder for backbone.safetensors and config.json")
+    x.add_argument("--json", action="store_true", help="print the summary as one JSON line")
+    x.set_defaults(func=cmd_export)
+
+    e = sub.add_parser("eval", help="frozen-feature evaluation (2D/3D tracks, few-shot) with a report")
+    e.add_argument(
+        "--backbone",
+        action="append",
+        required=True,
+        metavar="[NAME=]PATH",
+        help="an export folder or a checkpoint (run output, step folder, state.pt); repeat to compare",
+    )
+    e.add_argument("--random-init", action="store_true", help="add a random-init backbone of the same shape")
+    e.add_argument("--tasks", required=True, metavar="SPEC", help="'builtin', task folder(s) or a suite file")
+    e.add_argument("--out", default="eval-report", help="report folder (report.md, report.html, plots/)")
+    e.add_argument("--cache", help="feature cache and built-in suite (default OUT/cache)")
+    e.add_argument("--probes", default="linear,knn", help="comma-separated: linear, knn")
+    e.add_argument("--seeds", type=int, default=3, help="seeds per few-shot size")
+    e.add_argument("--max-shots", type=int, help="largest k before the full training set (default: all)")
+    e.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
+    e.add_argument("--seed", type=int, default=0, help="seed of the random-init backbone")
+    e.add_argument("--json", action="store_true", help="print full-set metrics as one JSON line")
+    e.set_defaults(func=cmd_eval)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from radforge.config import ConfigError
+    from radforge.ingest.errors import SourceError
+    from radforge.sharder.catalog import DatasetError
+    from radforge.sharder.schema import SchemaVersionError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return int(args.func(args))
+    except ConfigError as e:
+        print(f"radforge: invalid configuration: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except (SourceError, DatasetError, SchemaVersionError) as e:
+        print(f"radforge: {e}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
