@@ -183,3 +183,40 @@ def test_dino_head_outputs_cosines_to_normalised_prototypes() -> None:
     logits = head(torch.randn(5, 16))
     assert logits.shape == (5, 32)
     assert logits.abs().max().item() <= 1.0 + 1e-6
+
+
+def _loss_cases() -> dict[str, tuple[torch.nn.Module, tuple, dict]]:
+    gen = torch.Generator().manual_seed(3)
+    b, k, d = 12, 64, 48
+    masks = torch.rand(b, 16, generator=gen) < 0.4
+    m = int(masks.sum())
+    teacher = torch.softmax(torch.randn(2, b, k, generator=gen), -1)
+    return {
+        "dino": (DINOLoss(), (torch.randn(6, b, k, generator=gen) * 3, teacher), {}),
+        "ibot": (
+            IBOTLoss(),
+            (torch.randn(m, k, generator=gen) * 3, torch.softmax(torch.randn(m, k, generator=gen), -1)),
+            {"masks": masks},
+        ),
+        "koleo": (KoLeoLoss(), (torch.randn(b, d, generator=gen),), {}),
+        "sigreg": (SigRegLoss(num_directions=32), (torch.randn(b, d, generator=gen),), {"step": 5}),
+        "sinkhorn": (Centering(k, method="sinkhorn"), (torch.randn(b, k, generator=gen),), {"temperature": 0.04}),
+        "ema_centre": (Centering(k, method="ema"), (torch.randn(b, k, generator=gen),), {"temperature": 0.04}),
+    }
+
+
+@pytest.mark.parametrize("name", list(_loss_cases()))
+def test_losses_and_teacher_centering_run_in_fp32_inside_a_bf16_autocast_region(name: str) -> None:
+    """Under bf16 autocast (the GPU recipe) every loss and the teacher's centering compute in fp32.
+
+    Autocast would otherwise run their einsums and matmuls in bf16 (DINO's cross-entropy over crop
+    pairs, KoLeo's neighbour search, SigReg's projections, Sinkhorn's scores): the same inputs must
+    give bit-identical results with and without the autocast region.
+    """
+    module, args, kwargs = _loss_cases()[name]
+    reference = module(*args, **kwargs)
+    module, args, kwargs = _loss_cases()[name]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = module(*args, **kwargs)
+    assert under_autocast.dtype == torch.float32
+    torch.testing.assert_close(under_autocast, reference, rtol=0, atol=0)
