@@ -191,6 +191,7 @@ def _loss_cases() -> dict[str, tuple[torch.nn.Module, tuple, dict]]:
     masks = torch.rand(b, 16, generator=gen) < 0.4
     m = int(masks.sum())
     teacher = torch.softmax(torch.randn(2, b, k, generator=gen), -1)
+    scores = torch.randn(b, k, generator=gen)
     return {
         "dino": (DINOLoss(), (torch.randn(6, b, k, generator=gen) * 3, teacher), {}),
         "ibot": (
@@ -200,8 +201,8 @@ def _loss_cases() -> dict[str, tuple[torch.nn.Module, tuple, dict]]:
         ),
         "koleo": (KoLeoLoss(), (torch.randn(b, d, generator=gen),), {}),
         "sigreg": (SigRegLoss(num_directions=32), (torch.randn(b, d, generator=gen),), {"step": 5}),
-        "sinkhorn": (Centering(k, method="sinkhorn"), (torch.randn(b, k, generator=gen),), {"temperature": 0.04}),
-        "ema_centre": (Centering(k, method="ema"), (torch.randn(b, k, generator=gen),), {"temperature": 0.04}),
+        "sinkhorn": (Centering(k, method="sinkhorn"), (scores,), {"temperature": 0.04}),
+        "ema_centre": (Centering(k, method="ema"), (scores,), {"temperature": 0.04}),
     }
 
 

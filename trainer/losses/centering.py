@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from radforge.trainer.collectives import all_reduce_
+from radforge.trainer.losses.precision import fp32_forward
 
 CenteringMethod = Literal["sinkhorn", "ema"]
 
@@ -76,6 +77,7 @@ class Centering(nn.Module):
         self.register_buffer("center", torch.zeros(1, num_prototypes))
 
     @torch.no_grad()
+    @fp32_forward
     def forward(self, scores: torch.Tensor, *, temperature: float) -> torch.Tensor:
         if self.method == "sinkhorn":
             return sinkhorn_knopp(scores, temperature=temperature, iterations=self.iterations)

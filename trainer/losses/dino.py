@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from radforge.trainer.losses.precision import fp32_forward
+
 
 def crop_pairs(*, n_global: int, n_local: int, device: torch.device | None = None) -> torch.Tensor:
     """Which (student crop, teacher crop) pairs the loss uses: (n_global + n_local, n_global) bool.
@@ -34,6 +36,7 @@ class DINOLoss(nn.Module):
         super().__init__()
         self.student_temp = student_temp
 
+    @fp32_forward
     def forward(
         self, student_logits: torch.Tensor, teacher_probs: torch.Tensor, *, pairs: torch.Tensor | None = None
     ) -> torch.Tensor:

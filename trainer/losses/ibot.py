@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from radforge.trainer.losses.precision import fp32_forward
+
 
 class IBOTLoss(nn.Module):
     """Cross-entropy between teacher and student prototype distributions of masked patches.
@@ -25,6 +27,7 @@ class IBOTLoss(nn.Module):
         super().__init__()
         self.student_temp = student_temp
 
+    @fp32_forward
     def forward(
         self, student_logits: torch.Tensor, teacher_probs: torch.Tensor, *, masks: torch.Tensor
     ) -> torch.Tensor:

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from radforge.trainer.losses.precision import fp32_forward
+
 
 class KoLeoLoss(nn.Module):
     """Push each embedding away from its nearest neighbour in the batch.
@@ -23,6 +25,7 @@ class KoLeoLoss(nn.Module):
         super().__init__()
         self.eps = eps
 
+    @fp32_forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] < 2:
             return x.sum() * 0.0  # keeps the graph (and FSDP's gradient hooks) intact

@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from radforge.trainer.losses.precision import fp32_forward
+
 
 class SigRegLoss(nn.Module):
     """Epps-Pulley test statistic of random 1-D projections of the embeddings against N(0, 1).
@@ -48,6 +50,7 @@ class SigRegLoss(nn.Module):
         a = torch.randn(dim, self.num_directions, generator=gen, device=device)
         return a / a.norm(dim=0, keepdim=True)
 
+    @fp32_forward
     def forward(self, z: torch.Tensor, *, step: int) -> torch.Tensor:
         z = z.float()
         x = z @ self.directions(z.shape[1], step=step, device=z.device)  # (N, M)
