@@ -1,4 +1,4 @@
-"""Decode speed: pydicom's pixel pipeline vs radforge.ingest.decode on the same uncompressed 512x512 CT
+"""Decode speed: pydicom's pixel pipeline vs radforge.ingest.dicom on the same uncompressed 512x512 CT
 series.
 
 Writes a synthetic CT series (int16, RescaleIntercept -1024, a scanner-like header of ~90 elements
@@ -6,7 +6,7 @@ with a nested sequence and private tags) to a temporary folder, warms the page c
 one core on the same files:
 
   (a) ``pydicom.dcmread(path)`` + ``ds.pixel_array`` + HU as float32 (slope/intercept),
-  (b) ``radforge.ingest.decode.decode_instance(path.read_bytes())`` (float32 HU as well).
+  (b) ``radforge.ingest.dicom.decode_instance(path.read_bytes())`` (float32 HU as well).
 
 Each is the best of ``--repeats`` passes over all files (passes of (a) and (b) alternate).
 Values are checked to be identical.
@@ -30,7 +30,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from radforge.ingest.decode import decode_instance
+from radforge.ingest.dicom import decode_instance
 
 SIZE = 512
 

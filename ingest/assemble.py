@@ -15,7 +15,7 @@ from collections.abc import Callable
 import numpy as np
 
 from radforge.ingest.config import GeometryConfig
-from radforge.ingest.decode import decode_instance
+from radforge.ingest.dicom import decode_instance
 from radforge.ingest.errors import IngestError, Reason
 from radforge.ingest.series import SeriesPlan
 from radforge.ingest.volume import (

@@ -18,6 +18,15 @@ from pydicom.errors import InvalidDicomError
 
 from radforge.ingest import deid
 from radforge.ingest.deid import silence_identifying_library_logs
+from radforge.ingest.dicom.tags import GeneralPath, scan_top_level
+from radforge.ingest.dicom.values import (
+    optional_int,
+    optional_text,
+    split_multi,
+    text,
+    to_floats,
+    unsigned_short,
+)
 from radforge.ingest.errors import IngestError, Reason, SourceError
 from radforge.storage import Location
 
@@ -110,21 +119,8 @@ def list_objects(root: Location) -> list[tuple[str, int]]:
 
 
 def _floats(value: Any, n: int) -> list[float] | None:
-    try:
-        out = [float(v) for v in value]
-    except (TypeError, ValueError):
-        return None
-    return out if len(out) == n else None
-
-
-def _str(value: Any) -> str | None:
-    if value is None or value == "":
-        return None
-    return str(value)
-
-
-def _int(value: Any) -> int | None:
-    return None if value is None else int(value)
+    parsed = to_floats(value, n)
+    return list(parsed) if parsed is not None else None
 
 
 def _first_frame_geometry(ds: Any) -> tuple[Any, Any, Any]:
@@ -165,23 +161,23 @@ def header_from_dataset(ds: pydicom.Dataset | _RawValues, *, path: str, size: in
         path=path,
         size=size,
         kind="dicom",
-        sop_class=_str(ds.get("SOPClassUID")),
-        sop_instance=_str(ds.get("SOPInstanceUID")),
-        study_uid=_str(ds.get("StudyInstanceUID")),
-        series_uid=_str(ds.get("SeriesInstanceUID")),
-        modality=_str(ds.get("Modality")),
+        sop_class=optional_text(ds.get("SOPClassUID")),
+        sop_instance=optional_text(ds.get("SOPInstanceUID")),
+        study_uid=optional_text(ds.get("StudyInstanceUID")),
+        series_uid=optional_text(ds.get("SeriesInstanceUID")),
+        modality=optional_text(ds.get("Modality")),
         image_type=[str(v).strip().upper() for v in image_type] if image_type else [],
-        rows=_int(ds.get("Rows")),
-        cols=_int(ds.get("Columns")),
+        rows=optional_int(ds.get("Rows")),
+        cols=optional_int(ds.get("Columns")),
         frames=max(frames, 1),
         iop=_floats(iop, 6) if iop is not None else None,
         ipp=_floats(ipp, 3) if ipp is not None else None,
         pixel_spacing=_floats(spacing, 2) if spacing is not None else None,
         slice_thickness=deid.positive_float(ds.get("SliceThickness")),
-        echo=_str(ds.get("EchoNumbers")),
-        temporal=_str(ds.get("TemporalPositionIdentifier")),
-        acquisition=_str(ds.get("AcquisitionNumber")),
-        transfer_syntax=_str(tsyntax),
+        echo=optional_text(ds.get("EchoNumbers")),
+        temporal=optional_text(ds.get("TemporalPositionIdentifier")),
+        acquisition=optional_text(ds.get("AcquisitionNumber")),
+        transfer_syntax=optional_text(tsyntax),
         burned_in=str(ds.get("BurnedInAnnotation", "")).strip().upper() == "YES",
         body_part=deid.body_part(ds.get("BodyPartExamined")),
         manufacturer=deid.manufacturer(ds.get("Manufacturer")),
@@ -241,33 +237,29 @@ class _RawValues(dict[str, Any]):
 
 def _fast_values(data: bytes) -> _RawValues | None:
     """Header values from the fast top-level scanner, or None when pydicom must parse the object."""
-    from radforge.ingest.decode import scan_top_level
-
-    scanned = scan_top_level(data, _HEADER_WANTED)
-    if scanned is None:
+    top = scan_top_level(data, _HEADER_WANTED)
+    if top is None:
         return None
-    uid, found, little = scanned
     values = _RawValues()
-    values.file_meta = {"TransferSyntaxUID": uid}
+    values.file_meta = {"TransferSyntaxUID": top.transfer_syntax}
     for keyword, tag in _HEADER_TAGS.items():
-        raw = found.get(tag)
+        raw = top.found.get(tag)
         if raw is None:
             continue
         if keyword in _SLOW_PATH_KEYWORDS:
             return None
         if keyword == "SpecificCharacterSet":
-            text = raw.decode("ascii", "replace").strip(" \x00")
-            if text and text.upper() not in ("ISO_IR 100", "ISO_IR 6", "ISO 2022 IR 6", "ISO_IR 192"):
+            charset = text(raw)
+            if charset and charset.upper() not in ("ISO_IR 100", "ISO_IR 6", "ISO 2022 IR 6", "ISO_IR 192"):
                 return None  # other character sets: let pydicom decode text values
             continue
         if keyword in _US_KEYWORDS:
-            if len(raw) != 2:
+            try:
+                values[keyword] = unsigned_short(raw, little=top.little)
+            except GeneralPath:
                 return None
-            values[keyword] = int.from_bytes(raw, "little" if little else "big")
         else:
-            text = raw.decode("latin-1").strip(" \x00")
-            parts = [p.strip(" \x00") for p in text.split("\\")]
-            values[keyword] = parts if len(parts) > 1 else parts[0]
+            values[keyword] = split_multi(text(raw))
     return values
 
 
