@@ -12,9 +12,9 @@ import os
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from radforge.config import ConfigError, format_validation_error, merge_mappings, read_yaml_mapping
+from radforge.config import ConfigError, load_model
 from radforge.windowing import CT_PRESETS
 
 Plane = Literal["axial", "coronal", "sagittal"]
@@ -169,14 +169,4 @@ def load_config(
     path: str | None = None, *, overrides: Mapping[str, Any] | None = None, model: type[_Model] = IngestConfig
 ) -> Any:
     """Layered config: defaults <- YAML file <- overrides; raises :class:`ConfigError` with one clear line."""
-    data: dict[str, Any] = {}
-    source = "defaults"
-    if path:
-        source = path
-        data = read_yaml_mapping(path)
-    if overrides:
-        data = merge_mappings(data, overrides)
-    try:
-        return model.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(format_validation_error(e, source=source)) from None
+    return load_model(model, path or None, overrides=overrides or {}, what="ingest config")

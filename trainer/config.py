@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from radforge.config import merge_mappings, parse_overrides, read_yaml_mapping
+from radforge.config import ConfigError, load_model
 from radforge.trainer.losses.centering import CenteringMethod
 from radforge.trainer.models.vit import VIT_SIZES
 from radforge.trainer.schedules import LrScaling
@@ -30,7 +30,7 @@ ModelSize = Literal["vit_tiny", "vit_small", "vit_base", "vit_large", "vit_giant
 Range = tuple[float, float]
 
 
-class RecipeConfigError(ValueError):
+class RecipeConfigError(ConfigError):
     """A recipe file or override is invalid; the message names the field and what is allowed."""
 
 
@@ -235,10 +235,4 @@ def load_recipe(path: str | Path | None = None, *, overrides: Sequence[str] = ()
     Override values are parsed as YAML (``loss.koleo_weight=0``, ``crops.global_scale=[0.4, 1]``).
     Raises :class:`RecipeConfigError` naming the offending field.
     """
-    tree = read_yaml_mapping(path, error=RecipeConfigError, what="recipe") if path is not None else {}
-    tree = merge_mappings(tree, parse_overrides(overrides, error=RecipeConfigError))
-    try:
-        return RecipeConfig.model_validate(tree)
-    except ValidationError as err:
-        where = f" in {path}" if path is not None else ""
-        raise RecipeConfigError(f"invalid recipe{where}:\n{err}") from err
+    return load_model(RecipeConfig, path, overrides=overrides, error=RecipeConfigError, what="recipe")

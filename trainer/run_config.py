@@ -15,14 +15,14 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from radforge.config import merge_mappings, parse_overrides, read_yaml_mapping
+from radforge.config import ConfigError, LayeredConfig, load_model, read_yaml_mapping
 from radforge.sharder.mixing import MixSpec
 from radforge.trainer.config import RecipeConfig
 
 
-class TrainConfigError(ValueError):
+class TrainConfigError(ConfigError):
     """A run file or override is invalid; the message names the field and what is allowed."""
 
 
@@ -194,19 +194,25 @@ def load_train_config(path: str | Path | None = None, *, overrides: Sequence[str
     Override values are parsed as YAML (``workers=[1,2]``, ``recipe.loss.koleo_weight=0``).
     Raises :class:`TrainConfigError` naming the offending field.
     """
-    tree = read_yaml_mapping(path, error=TrainConfigError, what="run config") if path is not None else {}
-    tree = merge_mappings(tree, parse_overrides(overrides, error=TrainConfigError))
-    if tree.get("recipe_file"):
-        recipe_path = Path(tree["recipe_file"])
+
+    def lay_recipe_file(layers: LayeredConfig) -> None:
+        named = layers.tree.get("recipe_file")
+        if not named:
+            return
+        recipe_path = Path(named)
         if not recipe_path.is_absolute() and path is not None:
             recipe_path = Path(path).resolve().parent / recipe_path
         if not recipe_path.is_file():
             raise TrainConfigError(f"recipe_file {str(recipe_path)!r} does not exist")
         recipe = read_yaml_mapping(recipe_path, error=TrainConfigError, what="recipe")
-        tree["recipe"] = merge_mappings(recipe, tree.get("recipe") or {})
-        tree["recipe_file"] = str(recipe_path)
-    try:
-        return TrainConfig.model_validate(tree)
-    except ValidationError as err:
-        where = f" in {path}" if path is not None else ""
-        raise TrainConfigError(f"invalid run config{where}:\n{err}") from err
+        layers.lay_under({"recipe": recipe}, str(recipe_path))
+        layers.tree["recipe_file"] = str(recipe_path)
+
+    return load_model(
+        TrainConfig,
+        path,
+        overrides=overrides,
+        error=TrainConfigError,
+        what="run config",
+        resolve=lay_recipe_file,
+    )

@@ -9,15 +9,14 @@ service refuses to start otherwise.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from radforge.config import ConfigError, format_validation_error, merge_mappings, read_yaml_mapping
+from radforge.config import ConfigError, load_model
 from radforge.services.app.security import TOKEN_MIN_LENGTH, generated_token, is_loopback
 
 ANY_LOCAL_PATH = "file:///"
@@ -189,20 +188,13 @@ def load_settings(
 
     Raises :class:`SettingsError` with one line per problem (field, message, value).
     """
-    data: dict[str, Any] = {}
-    source = "settings"
-    if path:
-        source = path
-        data = read_yaml_mapping(path, error=SettingsError, what="settings")
-    env = os.environ if environ is None else environ
-    data = merge_mappings(data, {field: env[var] for var, field in ENV_FIELDS.items() if env.get(var)})
-    data = merge_mappings(data, {k: v for k, v in (overrides or {}).items() if v is not None})
-    try:
-        return ServiceSettings.model_validate(data)
-    except ValidationError as e:
-        message = format_validation_error(e, source=source).replace("Value error, ", "")
-        # never echo a secret back (format_validation_error quotes the bad value)
-        for secret in (data.get("api_token"), data.get("database_url")):
-            if isinstance(secret, str) and secret:
-                message = message.replace(secret, "***")
-        raise SettingsError(message) from None
+    return load_model(
+        ServiceSettings,
+        path or None,
+        overrides={k: v for k, v in (overrides or {}).items() if v is not None},
+        env=ENV_FIELDS,
+        environ=environ,
+        error=SettingsError,
+        what="settings",
+        secrets=("api_token", "database_url"),  # never echoed back (a password in a URL is refused)
+    )
