@@ -39,11 +39,7 @@ import torch.distributed as dist
 from radforge.storage import resolve, write_bytes_atomic
 from radforge.trainer import checkpoint as ckpt
 from radforge.trainer.build import build_run_loader, build_train_state
-from radforge.trainer.data import (
-    release_resume_memory,
-    remove_stale_shared_memory,
-    set_single_process_env,
-)
+from radforge.trainer.data import set_single_process_env
 from radforge.trainer.flops import peak_flops, step_flops
 from radforge.trainer.heads import Network
 from radforge.trainer.models.pos_embed import resize_table
@@ -55,6 +51,7 @@ from radforge.trainer.parallel import (
     shard_network,
 )
 from radforge.trainer.run_config import TrainConfig
+from radforge.trainer.shm import release_resume_memory, remove_stale_shared_memory
 from radforge.trainer.step import TrainState, train_step
 
 if TYPE_CHECKING:

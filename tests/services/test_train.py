@@ -13,7 +13,7 @@ import pytest
 
 from radforge.services.jobs.process_identity import is_running
 from radforge.trainer.checkpoint import latest
-from radforge.trainer.data import remove_stale_shared_memory
+from radforge.trainer.shm import remove_stale_shared_memory
 from tests.services.support import (
     LiveServer,
     metric_value,

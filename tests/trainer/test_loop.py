@@ -22,7 +22,6 @@ from radforge.cli import main as cli_main
 from radforge.sharder.schema import SchemaVersionError
 from radforge.trainer import checkpoint as ckpt
 from radforge.trainer.build import build_schedules, build_train_state
-from radforge.trainer.data import mapped_shared_memory, stale_shared_memory
 from radforge.trainer.eval.backbone import load_backbone
 from radforge.trainer.eval.builtin import build_builtin_suite
 from radforge.trainer.eval.periodic import PeriodicKnn
@@ -31,6 +30,7 @@ from radforge.trainer.loop import init_from_stage, read_metrics, run_training
 from radforge.trainer.models.pos_embed import resize_table
 from radforge.trainer.parallel import fsdp_state_dicts, load_fsdp_state_dicts, shard_network
 from radforge.trainer.run_config import load_train_config
+from radforge.trainer.shm import mapped_shared_memory, stale_shared_memory
 from tests.trainer.support import TINY, ingest_tiny, tiny_run
 
 TINY_64 = TINY.parent / "tiny-cpu-64.yaml"

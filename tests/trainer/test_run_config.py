@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from radforge.trainer.data import micro_batch_indices, remove_stale_shared_memory, stale_shared_memory
+from radforge.trainer.data import micro_batch_indices
 from radforge.trainer.run_config import BatchSizeError, TrainConfigError, load_train_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -61,21 +61,6 @@ def test_batch_plan_accumulates_to_the_same_global_batch() -> None:
             CONFIGS / "tiny-cpu.yaml",
             overrides=["batch.global_size=16", "batch.micro_size=2", "workers=[2, 4]"],
         )
-
-
-def test_stale_segment_names_are_removed_live_ones_kept(tmp_path: Path) -> None:
-    for name in (
-        "000007_barrier",
-        "000007_shard_states",
-        "000009_resume",
-        "not_streaming",
-        "000007_barrier.lock",
-    ):
-        (tmp_path / name).write_bytes(b"x")
-    stale = ["000007_barrier", "000007_shard_states", "000009_resume"]
-    assert [p.name for p in stale_shared_memory(tmp_path)] == stale
-    assert remove_stale_shared_memory(tmp_path) == stale
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["000007_barrier.lock", "not_streaming"]
 
 
 @pytest.mark.parametrize(("micro", "k"), [(2, 8), (3, 4), (1, 6)])
