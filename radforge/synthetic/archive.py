@@ -20,7 +20,9 @@ Conventions of the spec (``ExpectedSeries``):
 - ``shape`` gives the canonical (z, y, x) volume an ingested series must produce (for real DICOM
   from the dominant axes of its orientation), ``spacing`` its (z, y, x) mm where known, and
   ``phantom`` the exact synthetic volume (HU or MR intensities) when there is one;
-- ``status``/``reason`` are values of ``radforge.ingest.errors.Status`` / ``radforge.ingest.errors.Reason``.
+- ``reason`` is the reason value (a plain string, e.g. ``"localizer"``) the ingest must record, None
+  when the series must be ingested. The generator is a core package below the ingest, so it does not
+  import the ingest's ``Reason``/``Status``: tests map reasons to statuses (skipped or quarantined).
 """
 
 from __future__ import annotations
@@ -49,7 +51,6 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from radforge.ingest.errors import Reason, Status, status_for
 from radforge.synthetic.dicom import (
     SeriesInfo,
     check_transfer_syntax,
@@ -89,8 +90,7 @@ class ExpectedSeries:
     folder: str  # relative POSIX folder in the archive
     modality: str | None
     n_slices: int
-    status: str  # radforge.ingest.errors.Status value
-    reason: str | None  # radforge.ingest.errors.Reason value when not ingested
+    reason: str | None  # the manifest's reason value when not ingested (None: ingested)
     transfer_syntax: str | None
     study_uid: str | None
     series_uid: str | None
@@ -100,6 +100,11 @@ class ExpectedSeries:
     spacing: tuple[float, float, float] | None = None  # (z, y, x) mm when ingested
     source: str = "synthetic"  # synthetic | pydicom | pydicom-data | nibabel | nilearn
     phantom: Phantom | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def ingested(self) -> bool:
+        """Whether the ingest must ingest this series (no reason to skip or quarantine it)."""
+        return self.reason is None
 
     @property
     def n_files(self) -> int:
@@ -126,9 +131,9 @@ class ArchiveSpec:
                 return entry
         raise KeyError(f"no case {name!r}; cases: {sorted(e.case for e in self.series)}")
 
-    def with_status(self, status: str) -> list[ExpectedSeries]:
-        """Entries expected to end with ``status``."""
-        return [e for e in self.series if e.status == status]
+    def ingested(self) -> list[ExpectedSeries]:
+        """Entries the ingest must ingest."""
+        return [e for e in self.series if e.ingested]
 
     def files(self) -> list[str]:
         """Every object written, as relative POSIX paths."""
@@ -141,7 +146,7 @@ def _expected(
     case: str,
     folder: str,
     files: list[str],
-    reason: Reason | None = None,
+    reason: str | None = None,
     n_slices: int | None = None,
     phantom: Phantom | None = None,
     modality: str | None = None,
@@ -152,8 +157,7 @@ def _expected(
         folder=folder,
         modality=modality if modality is not None else (info.modality if info else None),
         n_slices=n_slices if n_slices is not None else (info.n_slices if info else 0),
-        status=Status.INGESTED.value if reason is None else status_for(reason).value,
-        reason=None if reason is None else reason.value,
+        reason=reason,
         transfer_syntax=info.transfer_syntax if info else None,
         study_uid=info.study_uid if info else None,
         series_uid=info.series_uid if info else None,
@@ -209,7 +213,7 @@ class ArchiveWriter:
         phi: PlantedPHI | None,
         orientation: str = "axial",
         transfer_syntax: str | None = None,
-        reason: Reason | None = None,
+        reason: str | None = None,
         study_uid: str | None = None,
         series_uid: str | None = None,
         **kwargs: Any,
@@ -252,7 +256,7 @@ class ArchiveWriter:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(content)
         entry = _expected(
-            None, case=case, folder=self.rel(path.parent), files=[self.rel(path)], reason=Reason.UNREADABLE
+            None, case=case, folder=self.rel(path.parent), files=[self.rel(path)], reason="unreadable"
         )
         self.entries.append(entry)
 
@@ -422,7 +426,7 @@ def _add_localizer(b: ArchiveWriter, ct: Phantom, folder: Path, info: SeriesInfo
             case="ct_localizer",
             folder=b.rel(folder),
             files=[b.rel(p) for p in loc_info.paths],
-            reason=Reason.LOCALIZER,
+            reason="localizer",
         )
     )
 
@@ -466,8 +470,7 @@ def _add_non_image(b: ArchiveWriter, phi: PlantedPHI, ct: SeriesInfo, size: int)
             folder=b.rel(folder),
             modality="SR",
             n_slices=1,
-            status=Status.SKIPPED.value,
-            reason=Reason.NOT_IMAGE.value,
+            reason="not_image",
             transfer_syntax=ExplicitVRLittleEndian,
             study_uid=ct.study_uid,
             series_uid=sr_uid,
@@ -499,13 +502,13 @@ def _add_non_image(b: ArchiveWriter, phi: PlantedPHI, ct: SeriesInfo, size: int)
         transfer_syntax=ExplicitVRLittleEndian,
         image_type=("DERIVED", "SECONDARY"),
         extra=screenshot,
-        reason=Reason.SECONDARY_CAPTURE,
+        reason="secondary_capture",
         series_number=91,
     )
 
 
 def _add_bad(b: ArchiveWriter, small: tuple[int, int, int], size: int, ct_folder: Path | None) -> None:
-    """Add every bad input of the ingest issue, each with the reason radforge.ingest.errors assigns to it."""
+    """Add every bad input of the ingest issue, each with the reason value the ingest assigns to it."""
     seed = b.seed
     explicit = ExplicitVRLittleEndian
 
@@ -520,7 +523,7 @@ def _add_bad(b: ArchiveWriter, small: tuple[int, int, int], size: int, ct_folder
         _study_folder(b, phi, "CT_TRUNC"),
         phi=phi,
         transfer_syntax=explicit,
-        reason=Reason.DECODE_FAILED,
+        reason="decode_failed",
     )
     victim = Path(info.paths[1])
     data = victim.read_bytes()
@@ -543,7 +546,7 @@ def _add_bad(b: ArchiveWriter, small: tuple[int, int, int], size: int, ct_folder
         phi=phi,
         transfer_syntax=explicit,
         extra=drop_pixels,
-        reason=Reason.NO_PIXEL_DATA,
+        reason="no_pixel_data",
     )
 
     def private_syntax(ds: Dataset, k: int) -> None:
@@ -557,7 +560,7 @@ def _add_bad(b: ArchiveWriter, small: tuple[int, int, int], size: int, ct_folder
         phi=phi,
         transfer_syntax=explicit,
         extra=private_syntax,
-        reason=Reason.UNSUPPORTED_TRANSFER_SYNTAX,
+        reason="unsupported_transfer_syntax",
     )
     entry.transfer_syntax = PRIVATE_TRANSFER_SYNTAX
 
@@ -569,7 +572,7 @@ def _add_bad(b: ArchiveWriter, small: tuple[int, int, int], size: int, ct_folder
         _study_folder(b, phi, "CT_DUP"),
         phi=phi,
         transfer_syntax=explicit,
-        reason=Reason.DUPLICATE_POSITIONS,
+        reason="duplicate_positions",
     )
     twin = pydicom.dcmread(info.paths[1])
     twin.SOPInstanceUID = twin.file_meta.MediaStorageSOPInstanceUID = UID(b.uid("duplicate", "sop"))
@@ -594,7 +597,7 @@ def _add_bad(b: ArchiveWriter, small: tuple[int, int, int], size: int, ct_folder
         phi=phi,
         transfer_syntax=explicit,
         extra=absurd,
-        reason=Reason.ABSURD_DIMENSIONS,
+        reason="absurd_dimensions",
     )
 
     def burned_in(ds: Dataset, k: int) -> None:
@@ -608,7 +611,7 @@ def _add_bad(b: ArchiveWriter, small: tuple[int, int, int], size: int, ct_folder
         phi=phi,
         transfer_syntax=explicit,
         extra=burned_in,
-        reason=Reason.BURNED_IN_ANNOTATION,
+        reason="burned_in_annotation",
     )
 
     phi = b.patient()
@@ -623,7 +626,7 @@ def _add_bad(b: ArchiveWriter, small: tuple[int, int, int], size: int, ct_folder
             folder=b.rel(path.parent),
             files=[b.rel(path)],
             n_slices=small[0],
-            reason=Reason.NON_FINITE_VALUES,
+            reason="non_finite_values",
             modality="CT",
         )
     )

@@ -25,7 +25,6 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
-from radforge.ingest.errors import Reason, Status, status_for
 from radforge.synthetic.archive import ArchiveSpec, ArchiveWriter, ExpectedSeries, build_synthetic_archive
 
 __all__ = ["build_sample_archive"]
@@ -88,7 +87,7 @@ def _has_geometry(ds: Dataset) -> bool:
     )
 
 
-def _classify_dicom(path: Path) -> tuple[Reason | None, Dataset | None]:
+def _classify_dicom(path: Path) -> tuple[str | None, Dataset | None]:
     """Return the expected reason for a real DICOM object (None: ingested), by the module's rules."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -100,7 +99,7 @@ def _classify_dicom(path: Path) -> tuple[Reason | None, Dataset | None]:
             try:
                 ds = pydicom.dcmread(path, stop_before_pixels=True)
             except Exception:  # noqa: BLE001 - the header itself is broken: unreadable
-                return Reason.UNREADABLE, None
+                return "unreadable", None
         if not ds.get("SOPClassUID"):
             # pydicom can return an empty dataset for an object cut off in its pixel data.
             try:
@@ -111,27 +110,27 @@ def _classify_dicom(path: Path) -> tuple[Reason | None, Dataset | None]:
                 ds, pixels_parsed = header, False
         sop_class = str(ds.get("SOPClassUID", ""))
         if not sop_class or "SOPInstanceUID" not in ds:
-            return Reason.UNREADABLE, None
+            return "unreadable", None
         if sop_class.startswith(_SECONDARY_CAPTURE_PREFIX):
-            return Reason.SECONDARY_CAPTURE, ds
+            return "secondary_capture", ds
         if sop_class.startswith(_NON_IMAGE_SOP_PREFIXES):
-            return Reason.NOT_IMAGE, ds
+            return "not_image", ds
         if ds.get("Modality") not in ("CT", "MR"):
-            return Reason.UNSUPPORTED_MODALITY, ds
+            return "unsupported_modality", ds
         if {"LOCALIZER", "SCOUT"} & {str(v).upper() for v in ds.get("ImageType", [])}:
-            return Reason.LOCALIZER, ds
+            return "localizer", ds
         if str(ds.get("BurnedInAnnotation", "")).upper() == "YES":
-            return Reason.BURNED_IN_ANNOTATION, ds
+            return "burned_in_annotation", ds
         if not pixels_parsed:
-            return Reason.DECODE_FAILED, ds
+            return "decode_failed", ds
         if "PixelData" not in ds:
-            return Reason.NO_PIXEL_DATA, ds
+            return "no_pixel_data", ds
         try:
             ds.pixel_array  # noqa: B018 - decoding is the check
         except Exception:  # noqa: BLE001 - whatever the decoder raises, the pixels are unusable
-            return Reason.DECODE_FAILED, ds
+            return "decode_failed", ds
         if not _has_geometry(ds):
-            return Reason.INCONSISTENT_GEOMETRY, ds
+            return "inconsistent_geometry", ds
     return None, ds
 
 
@@ -148,7 +147,7 @@ def _real_dicom_entry(b: ArchiveWriter, case: str, files: list[Path], source: st
     """Return one entry for a real object or series (all files of one series, one outcome)."""
     outcomes = [_classify_dicom(f) for f in files]
     reasons = {r for r, _ in outcomes}
-    reason = next(iter(reasons)) if len(reasons) == 1 else Reason.DECODE_FAILED
+    reason = next(iter(reasons)) if len(reasons) == 1 else "decode_failed"
     ds = outcomes[0][1]
     n_slices = sum(_n_frames(d) for _, d in outcomes)
     ts = (
@@ -160,8 +159,7 @@ def _real_dicom_entry(b: ArchiveWriter, case: str, files: list[Path], source: st
         folder=b.rel(files[0].parent),
         modality=str(ds.Modality) if ds is not None and "Modality" in ds else None,
         n_slices=n_slices,
-        status=Status.INGESTED.value if reason is None else status_for(reason).value,
-        reason=None if reason is None else reason.value,
+        reason=reason,
         transfer_syntax=ts,
         study_uid=str(ds.StudyInstanceUID) if ds is not None and "StudyInstanceUID" in ds else None,
         series_uid=str(ds.SeriesInstanceUID) if ds is not None and "SeriesInstanceUID" in ds else None,
@@ -198,11 +196,11 @@ def _nifti_entry(b: ArchiveWriter, case: str, path: Path, source: str) -> Expect
     image = nib.load(str(path))
     assert isinstance(image, nib.Nifti1Image | nib.Nifti2Image)
     data = np.asanyarray(image.dataobj)
-    reason: Reason | None = None
+    reason: str | None = None
     if data.ndim > 3 and int(np.prod(data.shape[3:])) > 1:
-        reason = Reason.INCONSISTENT_GEOMETRY
+        reason = "inconsistent_geometry"
     elif not np.isfinite(data).all():
-        reason = Reason.NON_FINITE_VALUES
+        reason = "non_finite_values"
     canonical = nib.as_closest_canonical(image)  # RAS+: (x, y, z) sizes
     nx, ny, nz = (int(n) for n in canonical.shape[:3])
     zooms = canonical.header.get_zooms()[:3]
@@ -212,8 +210,7 @@ def _nifti_entry(b: ArchiveWriter, case: str, path: Path, source: str) -> Expect
         folder=b.rel(path.parent),
         modality=modality,
         n_slices=nz * extra,
-        status=Status.INGESTED.value if reason is None else status_for(reason).value,
-        reason=None if reason is None else reason.value,
+        reason=reason,
         transfer_syntax=None,
         study_uid=None,
         series_uid=None,
