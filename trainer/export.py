@@ -1,15 +1,19 @@
-"""``radforge export``: a training checkpoint's teacher backbone as a standalone safetensors file.
+"""``radforge export``: a training checkpoint's teacher backbone for radforge, transformers and timm.
 
-Output folder (local path or object-store URI)::
+Output folder (local path or object-store URI), one subfolder per format (``--format``, default all)::
 
-    OUT/backbone.safetensors   the teacher ViT's weights (names as radforge.trainer.models.VisionTransformer;
-                               the iBOT mask token and the heads are left out)
-    OUT/config.json            {"format": "radforge-backbone", "format_version": 1,
-                                "architecture": {...}, "preprocessing": {...},
-                                "weights": {"file", "sha256", "state_hash"}, "source": {...}}
+    OUT/README.md                  how to load each format
+    OUT/native/backbone.safetensors  the teacher ViT's weights (names as
+                                   radforge.trainer.models.VisionTransformer; no mask token, no heads)
+    OUT/native/config.json         {"format": "radforge-backbone", "format_version": 1,
+                                    "architecture": {...}, "preprocessing": {...},
+                                    "weights": {"file", "sha256", "state_hash"}, "source": {...}}
+    OUT/native/radforge_vit/       a verbatim copy of radforge.trainer.models: loads the folder with
+                                   torch, numpy and safetensors only (the one ViT, not a re-implementation)
+    OUT/hf/                        transformers Dinov2Model (or Dinov2WithRegistersModel) + image processor
+    OUT/timm/                      timm VisionTransformer: config.json (model_args, pretrained_cfg) + weights
 
-``config.json`` is written last: a folder without it is an export that did not finish.
-:mod:`radforge.trainer.eval.backbone` reads the pair with torch and safetensors only.
+Each format's ``config.json`` is written last: a folder without it is an export that did not finish.
 """
 
 from __future__ import annotations
@@ -17,31 +21,40 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 
+import radforge.trainer.models as models_package
 from radforge.storage import Location, exists, resolve, write_bytes_atomic
 from radforge.trainer import checkpoint as ckpt
 from radforge.trainer.build import build_backbone
 from radforge.trainer.config import RecipeConfig
-from radforge.trainer.eval.backbone import (
+from radforge.trainer.export_formats import ExportError, write_hf, write_timm
+from radforge.trainer.models.backbone import (
     CONFIG,
     FORMAT,
     FORMAT_VERSION,
+    TRAINING_ONLY,
     WEIGHTS,
     BackboneSpec,
     FrozenBackbone,
+    native_folder,
+    spec_of,
     state_hash,
+    vit_from_spec,
 )
-from radforge.trainer.models.mlp import SwiGLU
-from radforge.trainer.models.vit import VisionTransformer
 
 logger = logging.getLogger(__name__)
 
-_TRAINING_ONLY = ("mask_token",)  # iBOT's learned mask embedding: never used on unmasked inputs
+FORMATS = ("native", "hf", "timm")
+PACKAGE = "radforge_vit"  # the model package's name inside a native export
+# Model files the native export ships; image_processor.py needs transformers and goes to hf/ only.
+_SHIPPED_EXCLUDE = ("image_processor.py",)
 
 
 @dataclass(frozen=True)
@@ -49,67 +62,24 @@ class TeacherBackbone:
     """A checkpoint's teacher backbone, ready to export or evaluate."""
 
     spec: BackboneSpec
-    state: dict[str, torch.Tensor]  # weights, names as the standalone loader expects
+    state: dict[str, torch.Tensor]  # weights, names as radforge.trainer.models.VisionTransformer
     preprocessing: dict[str, Any]  # input mapping the run trained with
     source: dict[str, Any]  # checkpoint URI and step
 
     def frozen(self) -> FrozenBackbone:
-        """The standalone frozen module with these weights."""
+        """The frozen module with these weights."""
         model = FrozenBackbone(self.spec, preprocessing=self.preprocessing)
         return model.load_state(self.state, where=str(self.source["checkpoint"]))
 
 
 @dataclass(frozen=True)
 class ExportResult:
-    """Where an export went."""
+    """Where an export went: its root folder and one subfolder per written format."""
 
     folder: str
     step: int
-    sha256: str
-
-
-def spec_of(vit: VisionTransformer) -> BackboneSpec:
-    """The architecture of a built ViT, read off its modules."""
-    block: Any = vit.blocks[0]
-    mlp: Any = block.mlp
-    swiglu = isinstance(mlp, SwiGLU)
-    hidden = mlp.w3.in_features if swiglu else mlp.fc1.out_features
-    return BackboneSpec(
-        img_size=vit.pos_embed.grid[0] * vit.patch_size,
-        patch_size=vit.patch_size,
-        in_chans=vit.patch_embed.proj.in_channels,
-        embed_dim=vit.embed_dim,
-        depth=vit.depth,
-        num_heads=block.attn.num_heads,
-        ffn="swiglu" if swiglu else "mlp",
-        ffn_hidden=int(hidden),
-        qkv_bias=block.attn.qkv.bias is not None,
-        proj_bias=block.attn.proj.bias is not None,
-        ffn_bias=(mlp.w3.bias if swiglu else mlp.fc2.bias) is not None,
-        num_registers=vit.num_registers,
-        layerscale=not isinstance(block.ls1, torch.nn.Identity),
-    )
-
-
-def vit_from_spec(spec: BackboneSpec) -> VisionTransformer:
-    """A freshly initialised trainer ViT of ``spec``'s shape (DINOv2 init; seed torch first)."""
-    # SwiGLU stores 2/3 of the nominal width rounded up to 8: invert that rule for the nominal ratio
-    nominal = spec.ffn_hidden * 1.5 if spec.ffn == "swiglu" else spec.ffn_hidden
-    return VisionTransformer(
-        img_size=spec.img_size,
-        patch_size=spec.patch_size,
-        in_chans=spec.in_chans,
-        embed_dim=spec.embed_dim,
-        depth=spec.depth,
-        num_heads=spec.num_heads,
-        mlp_ratio=nominal / spec.embed_dim,
-        ffn_layer=spec.ffn,
-        qkv_bias=spec.qkv_bias,
-        proj_bias=spec.proj_bias,
-        ffn_bias=spec.ffn_bias,
-        num_registers=spec.num_registers,
-        layerscale_init=1e-5 if spec.layerscale else None,
-    )
+    sha256: str  # of the native weights file ("" when native was not written)
+    formats: dict[str, str]  # format -> its folder's URI
 
 
 def random_backbone(
@@ -118,7 +88,7 @@ def random_backbone(
     """A random-init backbone of ``spec``'s shape, initialised as training starts (the baseline)."""
     torch.manual_seed(seed)
     vit = vit_from_spec(spec)
-    state = {k: v for k, v in vit.state_dict().items() if k not in _TRAINING_ONLY}
+    state = {k: v for k, v in vit.state_dict().items() if k not in TRAINING_ONLY}
     model = FrozenBackbone(spec, preprocessing=preprocessing)
     return model.load_state(state, where=f"random init (seed {seed})")
 
@@ -156,7 +126,7 @@ def teacher_backbone(checkpoint: str) -> TeacherBackbone:
     spec = spec_of(vit)
     return TeacherBackbone(
         spec=spec,
-        state={k: v.contiguous() for k, v in state.items() if k not in _TRAINING_ONLY},
+        state={k: v.contiguous() for k, v in state.items() if k not in TRAINING_ONLY},
         preprocessing={"ct_air_hu": recipe.intensity.ct_air_hu, "image_size": recipe.crops.global_size},
         source={"checkpoint": ref.location.uri, "step": int(saved["step"]), "network": "teacher"},
     )
@@ -170,7 +140,7 @@ def save_backbone(
     preprocessing: dict[str, Any],
     source: dict[str, Any],
 ) -> str:
-    """Write weights then ``config.json`` (the commit point) under ``folder_uri``; returns the sha256."""
+    """Write native weights, then ``config.json`` (the commit point) in ``folder_uri``; returns the sha256."""
     from safetensors.torch import save as save_safetensors
 
     folder: Location = resolve(folder_uri)
@@ -189,19 +159,78 @@ def save_backbone(
     return digest
 
 
-def export_backbone(checkpoint: str, out: str) -> ExportResult:
-    """Write ``checkpoint``'s teacher backbone to ``out`` (weights first, ``config.json`` last)."""
+def model_sources(*, exclude: Sequence[str] = _SHIPPED_EXCLUDE) -> dict[str, bytes]:
+    """The model package's module files (name -> bytes), as this radforge runs them."""
+    root = Path(models_package.__file__).parent
+    return {p.name: p.read_bytes() for p in sorted(root.glob("*.py")) if p.name not in exclude}
+
+
+def write_native(folder: Location, b: TeacherBackbone) -> str:
+    """The native format: the model package copied to ``radforge_vit/``, then weights and config."""
+    for name, data in model_sources().items():
+        write_bytes_atomic(folder.join(PACKAGE, name), data)
+    return save_backbone(
+        folder.uri, spec=b.spec, state=b.state, preprocessing=b.preprocessing, source=b.source
+    )
+
+
+_README = """# radforge backbone export
+
+Teacher ViT of {checkpoint} (step {step}). Input: one-channel slices through radforge's preprocessing
+(raw CT clipped at {ct_air_hu} HU, per-image z-score, resize to {image_size} px).
+
+- native/: `import sys; sys.path.insert(0, "native"); from radforge_vit import load_backbone;
+  model = load_backbone("native")` (torch, numpy, safetensors), or `torch.hub.load("native", "radforge_vit",
+  source="local")`; with radforge installed `radforge.trainer.models.load_backbone("native")`.
+- hf/: `AutoModel.from_pretrained("hf")` and
+  `AutoImageProcessor.from_pretrained("hf", trust_remote_code=True)` (the processor is radforge's
+  preprocessing, shipped as image_processor.py + preprocessing.py).
+- timm/: `timm.create_model("local-dir:timm", pretrained=True)`.
+"""
+
+
+def write_export(b: TeacherBackbone, out: str, *, formats: Sequence[str] = FORMATS) -> ExportResult:
+    """Write backbone ``b`` under ``out`` in each of ``formats`` (a subfolder each) plus a README."""
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise ExportError(f"unknown export format(s) {unknown or formats}; valid: {', '.join(FORMATS)}")
+    root = resolve(out)
+    digest = ""
+    written: dict[str, str] = {}
+    for fmt in FORMATS:
+        if fmt not in formats:
+            continue
+        folder = root.join(fmt)
+        if fmt == "native":
+            digest = write_native(folder, b)
+        elif fmt == "hf":
+            sources = model_sources(exclude=())
+            write_hf(folder, spec=b.spec, state=b.state, preprocessing=b.preprocessing, sources=sources)
+        else:
+            write_timm(folder, spec=b.spec, state=b.state, preprocessing=b.preprocessing)
+        written[fmt] = folder.uri
+    readme = _README.format(
+        checkpoint=b.source.get("checkpoint"), step=b.source.get("step"), **b.preprocessing
+    )
+    write_bytes_atomic(root.join("README.md"), readme.encode())
+    return ExportResult(folder=root.uri, step=int(b.source.get("step", 0)), sha256=digest, formats=written)
+
+
+def export_backbone(checkpoint: str, out: str, *, formats: Sequence[str] = FORMATS) -> ExportResult:
+    """Write ``checkpoint``'s teacher backbone to ``out`` in ``formats`` (default: native, hf and timm)."""
     b = teacher_backbone(checkpoint)
-    digest = save_backbone(out, spec=b.spec, state=b.state, preprocessing=b.preprocessing, source=b.source)
-    logger.info("exported %s (step %d) -> %s", b.source["checkpoint"], b.source["step"], out)
-    return ExportResult(folder=resolve(out).uri, step=int(b.source["step"]), sha256=digest)
+    result = write_export(b, out, formats=formats)
+    logger.info("exported %s (step %d) -> %s (%s)", b.source["checkpoint"], result.step, out, formats)
+    return result
 
 
 def load_for_eval(path: str) -> FrozenBackbone:
     """A frozen backbone from an export folder or from a checkpoint (run output, step folder, state.pt)."""
-    from radforge.trainer.eval.backbone import load_backbone
+    from radforge.trainer.models.backbone import load_backbone
 
     loc = resolve(path)
-    if loc.is_local and exists(loc.join(CONFIG)) and not exists(loc.join(ckpt.STATE)):
-        return load_backbone(loc.path)
+    if loc.is_local and not exists(loc.join(ckpt.STATE)):
+        folder = native_folder(loc.path)
+        if (folder / CONFIG).is_file():
+            return load_backbone(folder)
     return teacher_backbone(path).frozen()

@@ -23,12 +23,12 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from radforge.trainer.models.attention import Attention
-from radforge.trainer.models.drop_path import DropPath
-from radforge.trainer.models.layer_scale import LayerScale
-from radforge.trainer.models.mlp import Mlp, SwiGLU
-from radforge.trainer.models.patch_embed import PatchEmbed
-from radforge.trainer.models.pos_embed import PosEmbed
+from .attention import Attention
+from .drop_path import DropPath
+from .layer_scale import LayerScale
+from .mlp import Mlp, SwiGLU
+from .patch_embed import PatchEmbed
+from .pos_embed import PosEmbed
 
 FFN_LAYERS: dict[str, type[nn.Module]] = {"mlp": Mlp, "swiglu": SwiGLU}
 

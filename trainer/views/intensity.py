@@ -24,12 +24,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from radforge.trainer.models.preprocessing import ZSCORE_EPS, clip_air, image_stats, zscore
 from radforge.windowing import CT_PRESETS
 
 # Presets a random window is drawn from: the body and head windows (not the extreme stroke/temporal ones).
 RANDOM_WINDOWS: tuple[str, ...] = ("soft_tissue", "abdomen", "liver", "mediastinum", "lung", "bone", "brain")
 BLUR_RADIUS = 4  # kernel 9, as DINOv2's GaussianBlur
-ZSCORE_EPS = 1e-6  # released Curia-2 processor
 
 
 def sample_random_window(
@@ -52,25 +52,19 @@ def prepare(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Stored slice (H, W) -> (float32 slice, its mean, its std), before the per-image z-score.
 
-    Raw CT is clipped below ``air_hu`` and, with ``random_window`` (level, width), mapped to [0, 1]
-    through that window; other inputs are only cast. Returning the statistics instead of the
-    z-scored slice lets the views apply the z-score after cropping (resizing is linear, so the
-    result is the same) on fewer pixels. Statistics in one pass each (sum, dot), combined in fp64,
-    returned as 0-d tensors on the slice's device (no host synchronisation on a GPU).
+    The parts of :func:`radforge.trainer.models.preprocessing.preprocess` (the one input mapping),
+    plus the random window. Raw CT is clipped below ``air_hu`` and, with ``random_window``
+    (level, width), mapped to [0, 1] through that window; other inputs are only cast. Returning the
+    statistics instead of the z-scored slice lets the views apply the z-score after cropping
+    (resizing is linear, so the result is the same) on fewer pixels. Statistics as
+    :func:`~radforge.trainer.models.preprocessing.image_stats` computes them.
     """
-    if modality == "CT" and window == "raw":
-        x = image.clamp_min(int(air_hu)) if not image.is_floating_point() else image.clamp_min(air_hu)
-        x = x.float()
-        if random_window is not None:
-            level, width = random_window
-            x = ((x - (level - width / 2.0)) / width).clamp_(0.0, 1.0)
-    else:
-        x = image.float()
-    flat = x.reshape(-1)
-    n = flat.numel()
-    mean = flat.sum().double() / n
-    var = (torch.dot(flat, flat).double() / n - mean * mean).clamp_min(0.0)
-    return x, mean.float(), var.sqrt().float()
+    x = clip_air(image, modality=modality, window=window, ct_air_hu=air_hu)
+    if random_window is not None and modality == "CT" and window == "raw":
+        level, width = random_window
+        x = ((x - (level - width / 2.0)) / width).clamp_(0.0, 1.0)
+    mean, std = image_stats(x)
+    return x, mean, std
 
 
 def to_input(
@@ -88,7 +82,7 @@ def to_input(
     x, mean, std = prepare(
         image, modality=modality, window=window, air_hu=air_hu, random_window=random_window
     )
-    return (x - mean) / (std + ZSCORE_EPS)
+    return zscore(x, mean, std)
 
 
 @dataclass(frozen=True)
