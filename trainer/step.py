@@ -8,7 +8,7 @@ under FSDP2. The phases follow DINOv2/DINOv3's train loop:
 3. student     per micro-batch: global crops (iBOT-masked) and local crops -> heads
 4. losses      DINO (crop pairs) + iBOT (masked patches) + KoLeo and SigReg (global CLS tokens);
                backward of loss / micro-batches, gradients combined across ranks on the last one
-5. update      NaN check across ranks, gradient clipping, AdamW step
+5. update      NaN check across ranks, gradient clipping per part, AdamW step
 6. EMA         teacher <- momentum-weighted average with the student
 
 Gradient accumulation: a step may get several micro-batches. Teacher targets (Sinkhorn-Knopp or
@@ -103,6 +103,25 @@ def _cls_std(cls: torch.Tensor) -> torch.Tensor:
     return z.std(dim=0).mean() * math.sqrt(z.shape[-1])
 
 
+def clip_gradients(net: Network, max_norm: float | None) -> dict[str, torch.Tensor]:
+    """Clip the backbone's, the DINO head's and the iBOT head's gradients each to ``max_norm``; their norms.
+
+    DINOv2 and DINOv3 clip each part on its own: under one global norm the heads' large early
+    gradients (KoLeo's above all) would shrink the backbone's update. A shared iBOT head is one
+    part with the DINO head. Norms (before clipping) are full tensors under FSDP2 too.
+    """
+    parts = {"backbone": net.backbone, "dino_head": net.dino_head}
+    if not net.shared_head:
+        parts["ibot_head"] = net.ibot_head
+    clip = max_norm if max_norm is not None else float("inf")
+    norms = {}
+    for name, module in parts.items():
+        params = [p for p in module.parameters() if p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(params, clip)
+        norms[name] = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+    return norms
+
+
 def micro_seed(seed: int, step: int, index: int) -> int:
     """Seed of the random draws (drop path) of micro-batch ``index`` of the global batch at ``step``."""
     return int(np.random.SeedSequence([seed, step, index]).generate_state(1)[0])
@@ -187,8 +206,9 @@ def train_step(
     ``state.seed`` and the step they seed each micro-batch's random draws. Every micro-batch must
     have the same size. Metrics are means over the global batch (all micro-batches, all ranks):
     ``loss`` and each unweighted term (``dino``, ``ibot``, ``koleo``, ``sigreg``), the schedule
-    values (``lr``, ``weight_decay``, ``momentum``, ``teacher_temp``), ``grad_norm`` (before
-    clipping), ``teacher_entropy`` (mean entropy of the teacher's DINO targets, nats),
+    values (``lr``, ``weight_decay``, ``momentum``, ``teacher_temp``), ``grad_norm`` (of all
+    parts, before clipping) and ``grad_norm_<part>`` per clipped part (:func:`clip_gradients`),
+    ``teacher_entropy`` (mean entropy of the teacher's DINO targets, nats),
     ``prototype_entropy`` (entropy of the batch-mean teacher softmax: how many prototypes are in
     use), ``cls_std`` (collapse detector, see :func:`_cls_std`), ``masked_ratio`` and, for this
     rank, ``images_per_s``. Raises :class:`NonFiniteLossError` without updating anything if the
@@ -252,9 +272,7 @@ def train_step(
             zip(["dino", "ibot", "koleo", "sigreg"], (sums[1:5] / len(micro)).tolist(), strict=True)
         )
         raise NonFiniteLossError(f"non-finite loss at step {state.step}: {values}")
-    params = [p for p in student.parameters() if p.grad is not None]
-    clip = state.clip_grad if state.clip_grad is not None else float("inf")
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
+    norms = clip_gradients(student, state.clip_grad)
     state.optimizer.step()
 
     # 6. EMA teacher
@@ -269,13 +287,14 @@ def train_step(
                 [
                     all_reduce_(targets.entropy.clone()) / world_size(),
                     _entropy(targets.usage),
-                    grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm,
+                    torch.linalg.vector_norm(torch.stack(list(norms.values()))),
+                    *norms.values(),
                 ]
             ),
         ]
     ).tolist()
     names = ["loss", "dino", "ibot", "koleo", "sigreg", "cls_std", "masked_ratio"]
-    names += ["teacher_entropy", "prototype_entropy", "grad_norm"]
+    names += ["teacher_entropy", "prototype_entropy", "grad_norm", *(f"grad_norm_{part}" for part in norms)]
     metrics = dict(zip(names, stats, strict=True))
     metrics.update(
         lr=sched.lr,

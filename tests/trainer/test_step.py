@@ -36,6 +36,7 @@ torch.set_num_threads(2)
 TINY = Path(__file__).resolve().parents[2] / "configs" / "recipe-tiny-cpu.yaml"
 METRICS = {"loss", "dino", "ibot", "koleo", "sigreg", "lr", "weight_decay", "momentum", "teacher_temp"}
 METRICS |= {"teacher_entropy", "prototype_entropy", "cls_std", "masked_ratio", "grad_norm", "images_per_s"}
+METRICS |= {"grad_norm_backbone", "grad_norm_dino_head"}
 
 
 def recipe(*overrides: str) -> RecipeConfig:
