@@ -7,6 +7,7 @@ and turns typed errors into one clear line and a non-zero exit status.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -204,18 +205,19 @@ def _train(cfg: Any, *, no_ray: bool, as_json: bool) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from radforge.trainer.checkpoint import CheckpointError
-    from radforge.trainer.export import export_backbone
+    from radforge.trainer.export import FORMATS, ExportError, export_backbone
 
+    formats = args.format or list(FORMATS)
     try:
-        result = export_backbone(args.checkpoint, args.out)
-    except CheckpointError as e:
+        result = export_backbone(args.checkpoint, args.out, formats=formats)
+    except (CheckpointError, ExportError) as e:
         print(f"radforge: {e}", file=sys.stderr)
         return EXIT_FAILED
     if args.json:
-        print(json.dumps({"folder": result.folder, "step": result.step, "sha256": result.sha256}))
+        print(json.dumps(dataclasses.asdict(result)))
     else:
         rows = [("folder", result.folder), ("step", result.step), ("sha256", result.sha256)]
-        _print_summary("radforge export", rows)
+        _print_summary("radforge export", rows + [(f"format {k}", v) for k, v in result.formats.items()])
     return EXIT_OK
 
 
@@ -315,9 +317,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--json", action="store_true", help="print the summary as one JSON line")
     t.set_defaults(func=cmd_train)
 
-    x = sub.add_parser("export", help="a checkpoint's teacher backbone as safetensors + config.json")
+    x = sub.add_parser(
+        "export", help="a checkpoint's teacher backbone for radforge, transformers and timm (docs/eval.md)"
+    )
     x.add_argument("checkpoint", metavar="CHECKPOINT", help="run output, step folder or state.pt")
-    x.add_argument("out", metavar="OUT", help="folder for backbone.safetensors and config.json")
+    x.add_argument("out", metavar="OUT", help="export folder: a subfolder per format (native/, hf/, timm/)")
+    x.add_argument(
+        "--format",
+        action="append",
+        choices=["native", "hf", "timm"],
+        help="a format to write; repeat for several (default: all three)",
+    )
     x.add_argument("--json", action="store_true", help="print the summary as one JSON line")
     x.set_defaults(func=cmd_export)
 
