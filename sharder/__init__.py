@@ -1,1 +1,70 @@
+"""Sharder: MDS shards written exactly once, and the dataset catalog that lists them.
 
+The public surface is below; names are imported on first use, so ``import radforge.sharder`` does
+not import Ray (the datasink) or streaming (the mixer).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from radforge.exports import lazy_exports
+
+if TYPE_CHECKING:
+    from radforge.sharder.catalog import Catalog, DatasetError, load_catalog
+    from radforge.sharder.datasink import MDSDatasink, commit_part
+    from radforge.sharder.lease import DatasetBusyError, DatasetLease
+    from radforge.sharder.mds import SampleEncoder, ShardFormatError, ShardWriter
+    from radforge.sharder.mixing import MixSpec, SourceSpec, build_streams
+    from radforge.sharder.schema import COLUMNS, SCHEMA_VERSION, SchemaVersionError
+    from radforge.sharder.stats import dataset_stats, format_stats
+    from radforge.sharder.verify import VerifyReport, verify_dataset
+
+__all__ = [
+    "COLUMNS",
+    "SCHEMA_VERSION",
+    "Catalog",
+    "DatasetBusyError",
+    "DatasetError",
+    "DatasetLease",
+    "MDSDatasink",
+    "MixSpec",
+    "SampleEncoder",
+    "SchemaVersionError",
+    "ShardFormatError",
+    "ShardWriter",
+    "SourceSpec",
+    "VerifyReport",
+    "build_streams",
+    "commit_part",
+    "dataset_stats",
+    "format_stats",
+    "load_catalog",
+    "verify_dataset",
+]
+
+__getattr__ = lazy_exports(
+    __name__,
+    {
+        "Catalog": "catalog",
+        "DatasetError": "catalog",
+        "load_catalog": "catalog",
+        "MDSDatasink": "datasink",
+        "commit_part": "datasink",
+        "DatasetBusyError": "lease",
+        "DatasetLease": "lease",
+        "SampleEncoder": "mds",
+        "ShardFormatError": "mds",
+        "ShardWriter": "mds",
+        "MixSpec": "mixing",
+        "SourceSpec": "mixing",
+        "build_streams": "mixing",
+        "COLUMNS": "schema",
+        "SCHEMA_VERSION": "schema",
+        "SchemaVersionError": "schema",
+        "dataset_stats": "stats",
+        "format_stats": "stats",
+        "VerifyReport": "verify",
+        "verify_dataset": "verify",
+    },
+)
