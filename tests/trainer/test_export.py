@@ -1,4 +1,4 @@
-"""``radforge export``: a real checkpoint's teacher -> safetensors + config.json -> standalone features."""
+"""``radforge export``: a real checkpoint's teacher -> native, hf and timm folders -> its features."""
 
 from __future__ import annotations
 
@@ -24,18 +24,19 @@ from radforge.trainer.models import VIT_SIZES
 from radforge.trainer.run_config import load_train_config
 from radforge.trainer.views import to_input
 from tests.trainer.support import ingest_tiny, tiny_run
+from tests.trainer.test_export_formats import real_batch, real_slices
 
-# Refuses every radforge package: the loader must work from a copied file with torch + safetensors.
+# Refuses radforge: the export's own copy of the model package must load it with torch + safetensors.
 _ISOLATED = """
 import sys, importlib.abc
 class Block(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
-        if name.split('.')[0] in {'trainer', 'ingest', 'sharder', 'services', 'bench', 'tests'}:
+        if name.split('.')[0] in {'radforge', 'trainer', 'ingest', 'sharder', 'services', 'bench', 'tests'}:
             raise ImportError('radforge code imported: ' + name)
 sys.meta_path.insert(0, Block())
 sys.path.insert(0, sys.argv[1])
 import torch
-from backbone import load_backbone
+from radforge_vit import load_backbone
 model = load_backbone(sys.argv[2])
 x = torch.load(sys.argv[3])
 f = model(x)
@@ -70,22 +71,22 @@ def _teacher_features(run: Path, x: torch.Tensor) -> tuple[torch.Tensor, torch.T
 def test_export_loads_standalone_and_matches_teacher(run: Path, tmp_path: Path) -> None:
     out = tmp_path / "export"
     assert cli_main(["export", str(run), str(out)]) == 0
-    config = json.loads((out / "config.json").read_text())
+    config = json.loads((out / "native" / "config.json").read_text())
     assert config["source"]["step"] == 3 and config["architecture"]["embed_dim"] == 96
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "hf", "native", "timm"]
 
     # 32x32 is the stored grid; 48x40 makes both loaders resample the position table
     for shape in [(3, 1, 32, 32), (2, 1, 48, 40)]:
         x = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
         cls, patches = _teacher_features(run, x)
         torch.save(x, tmp_path / "x.pt")
-        # the loader as a copied single file, in a process where radforge cannot be imported
-        shutil.copy(Path(__file__).resolve().parents[2] / "trainer" / "eval" / "backbone.py", tmp_path)
+        # the export's radforge_vit package, in a process where radforge cannot be imported
         subprocess.run(
             [
                 sys.executable,
                 "-c",
                 _ISOLATED,
-                str(tmp_path),
+                str(out / "native"),
                 str(out),
                 str(tmp_path / "x.pt"),
                 str(tmp_path / "f.pt"),
@@ -99,17 +100,42 @@ def test_export_loads_standalone_and_matches_teacher(run: Path, tmp_path: Path) 
         assert not torch.allclose(cls[0], cls[1])  # features depend on the input
 
 
+def test_hf_and_timm_exports_equal_the_trained_teacher_on_real_slices(run: Path, tmp_path: Path) -> None:
+    import timm
+    from transformers import AutoImageProcessor, AutoModel
+
+    out = tmp_path / "export"
+    result = export_backbone(str(run), str(out), formats=["hf", "timm"])
+    assert set(result.formats) == {"hf", "timm"} and result.sha256 == ""
+    slices = real_slices()
+    processor = AutoImageProcessor.from_pretrained(out / "hf", trust_remote_code=True)
+    x = processor([im for im, _ in slices], modality=[m for _, m in slices])["pixel_values"]
+    assert torch.equal(x, real_batch(32))  # the training crop size: the export's image_size
+    cls, patches = _teacher_features(run, x)
+    hf = AutoModel.from_pretrained(out / "hf").eval()
+    tm = timm.create_model(f"local-dir:{out / 'timm'}", pretrained=True).eval()
+    with torch.no_grad():
+        hf_out, timm_tokens = hf(pixel_values=x), tm.forward_features(x)
+    r = 1 + hf.config.to_dict().get("num_register_tokens", 0)
+    for name, got_cls, got_patches in [
+        ("hf", hf_out.pooler_output, hf_out.last_hidden_state[:, r:]),
+        ("timm", tm(x), timm_tokens[:, tm.num_prefix_tokens :]),
+    ]:
+        assert (got_cls - cls).abs().max() <= 1e-5, name
+        assert (got_patches - patches).abs().max() <= 1e-5, name
+
+
 def test_export_of_step_folder_equals_run_export(run: Path, tmp_path: Path) -> None:
     step = run / "checkpoints" / "step-00000003"
     a = export_backbone(str(run), str(tmp_path / "a"))
     b = export_backbone(str(step / "state.pt"), str(tmp_path / "b"))
     assert a.step == b.step == 3 and a.sha256 == b.sha256
-    model = load_backbone(tmp_path / "b" / "backbone.safetensors")
+    model = load_backbone(tmp_path / "b" / "native" / "backbone.safetensors")
     assert model.weights_hash == teacher_backbone(str(step)).frozen().weights_hash
 
 
 def test_preprocess_matches_training_input_mapping(run: Path, tmp_path: Path) -> None:
-    export_backbone(str(run), str(tmp_path / "e"))
+    export_backbone(str(run), str(tmp_path / "e"), formats=["native"])
     model = load_backbone(tmp_path / "e")
     rng = np.random.default_rng(0)
     cases = [
@@ -144,7 +170,7 @@ def test_truncated_checkpoint_is_named(run: Path, tmp_path: Path, capsys: pytest
     state.write_bytes(state.read_bytes()[:2000])
     assert cli_main(["export", str(bad), str(tmp_path / "out")]) == 1
     assert f"{state} cannot be loaded" in capsys.readouterr().err
-    assert not (tmp_path / "out" / "config.json").exists()
+    assert not (tmp_path / "out").exists()
 
 
 def test_checkpoint_of_another_model_is_named(run: Path, tmp_path: Path) -> None:
@@ -163,8 +189,8 @@ def test_checkpoint_of_another_model_is_named(run: Path, tmp_path: Path) -> None
 
 def test_corrupt_export_is_named(run: Path, tmp_path: Path) -> None:
     out = tmp_path / "e"
-    export_backbone(str(run), str(out))
-    weights, config = out / "backbone.safetensors", out / "config.json"
+    export_backbone(str(run), str(out), formats=["native"])
+    weights, config = out / "native" / "backbone.safetensors", out / "native" / "config.json"
     good = weights.read_bytes()
     weights.write_bytes(good[:500])
     with pytest.raises(BackboneLoadError, match=rf"{weights} does not match the sha256"):
