@@ -19,8 +19,10 @@ class DINOHead(nn.Module):
     """(..., in_dim) -> prototype logits (..., num_prototypes), each in [-1, 1].
 
     logits = normalize(mlp(x)) @ normalize_rows(W)^T. Normalising the prototype rows in the
-    forward is weight normalisation with the gain fixed at 1 (DINOv2 freezes ``weight_g`` at 1),
-    written without a parametrisation so the weight shards and initialises like any other.
+    forward is weight normalisation with the gain fixed at 1: DINO v1's ``norm_last_layer=True``.
+    DINOv2 learns the gain (initialised at 1); radforge keeps logits as cosines so temperatures
+    mean the same at every step (docs/recipe.md, "Departures"). Written without a
+    parametrisation so the weight shards and initialises like any other.
     """
 
     def __init__(
