@@ -19,6 +19,7 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(PY) -m radforge.services.demo
 
+# ruff, mypy and import-linter
 lint: $(STAMP)
 	$(VENV)/bin/ruff check radforge ingest sharder trainer services tests bench
 	@# mypy does not follow setuptools' package-dir mapping: type-check a tree of links laid out as
@@ -27,6 +28,9 @@ lint: $(STAMP)
 	for p in radforge/*; do ln -s ../../../$$p build/typecheck/radforge/; done
 	for s in ingest sharder trainer services; do ln -s ../../../$$s build/typecheck/radforge/$$s; done
 	cd build/typecheck && ../../$(VENV)/bin/mypy --config-file ../../pyproject.toml -p radforge
+	@# the import layers (pyproject's [tool.importlinter]) over the same tree; private names across
+	@# stages are checked by tests/test_layers.py
+	cd build/typecheck && PYTHONPATH=. ../../$(VENV)/bin/lint-imports --config ../../pyproject.toml --no-logo
 
 # Debian packages the metrics and dashboard tests use for real: Prometheus (promtool, a scraping
 # server) and headless Chromium; shellcheck for the deploy scripts. Installed when missing (CI runs
