@@ -296,3 +296,22 @@ def test_gradients_are_clipped_per_part(batch: ViewBatch, separate_ibot_head: bo
         torch.testing.assert_close(clipped[name], g * (clip / (norms[part] + 1e-6)), rtol=1e-4, atol=1e-9)
     assert metrics["grad_norm_backbone"] == pytest.approx(norms["backbone."], rel=1e-4)
     assert metrics["grad_norm_dino_head"] == pytest.approx(norms["dino_head."], rel=1e-4)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_fsdp2_reduce_scatters_once_per_step_under_accumulation(
+    batch: ViewBatch, cpu_mesh: DeviceMesh
+) -> None:
+    """Accumulated micro-batches cross the network once: FSDP2 defers its reduce-scatter to the last one.
+
+    Counted from FSDP2's own profiler ranges (one ``post_backward_reduce`` per unit and reduction);
+    without the deferral every micro-batch's backward reduce-scatters every unit.
+    """
+    shard = functools.partial(shard_network, mesh=cpu_mesh, param_dtype=None, reduce_dtype=None)
+    state = build_train_state(recipe(), global_batch_size=6, seed=0, shard=shard)
+    state.step = 150
+    units = sum(1 for m in state.student.modules() if type(m).__name__.startswith("FSDP"))
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        train_step(state, micro_batches(batch, (2, 2, 2)))
+    reductions = sum(1 for e in prof.events() if "FSDP::post_backward_reduce" in e.name)
+    assert units > 1 and reductions == units
