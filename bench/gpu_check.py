@@ -60,7 +60,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PHASES = ("precision", "recipes", "data_wait", "learning", "resume", "compile")
 # seconds each phase may take on a GPU (the dry run is far below); the global --budget-s caps the sum
 PHASE_LIMIT_S = {
-    "precision": 60, "recipes": 120, "data_wait": 90, "learning": 90, "resume": 60, "compile": 150,
+    "precision": 60, "recipes": 120, "data_wait": 90, "learning": 90, "resume": 75, "compile": 150,
 }  # fmt: skip
 # tiny stand-ins for the dry run: the shipped recipe files, shrunk to a CPU-sized ViT and heads
 TINY_MODEL = (
@@ -86,6 +86,8 @@ class Check:
     start: float = field(default_factory=time.perf_counter)
     result: dict[str, Any] = field(default_factory=dict)
     dataset: str | None = None
+    # what the running phase has measured so far: kept in the results if the phase fails later
+    partial: dict[str, Any] = field(default_factory=dict)
 
     @property
     def cuda(self) -> bool:
@@ -256,11 +258,15 @@ def _precision_variant(check: Check, cfg: RecipeConfig, kind: str, batch: int) -
 
 def phase_precision(check: Check) -> dict[str, Any]:
     """fp32 vs bf16 autocast vs FSDP2 bf16 from the same weights and batch (ViT-B recipe)."""
-    batch = 4 if check.dry else 16
+    batch = 2 if check.dry else 16
     cfg = check.recipe("recipe-vit-b.yaml")
-    variants = {k: _precision_variant(check, cfg, k, batch) for k in ("fp32", "bf16_autocast", "fsdp2_bf16")}
+    result = check.partial
+    result.update(recipe="recipe-vit-b.yaml", batch=batch)
+    variants = {}
+    for kind in ("fp32", "bf16_autocast", "fsdp2_bf16"):
+        variants[kind] = _precision_variant(check, cfg, kind, batch)
+        result[kind] = variants[kind]["out"]
     ref = variants["fp32"]
-    result: dict[str, Any] = {"recipe": "recipe-vit-b.yaml", "batch": batch}
     for name, v in variants.items():
         entry = dict(v["out"])
         entry["same_initial_weights_as_fp32"] = _max_diff(ref["before"], v["before"]) == 0.0
@@ -320,19 +326,20 @@ def _recipe_run(
 def phase_recipes(check: Check) -> dict[str, Any]:
     """ViT-B/16 and ViT-L/16 at 224 in bf16 (replicated), ViT-g memory fit with FSDP2 on one device."""
     peak, source, measured = peak_flops_of(check.device, dry=check.dry)
-    result: dict[str, Any] = {
-        "peak_tflops": round(peak / 1e12, 1) if peak else None,
-        "peak_source": source,
-        "measured_matmul_tflops": round(measured / 1e12, 2),
-    }
-    steps = 2 if check.dry else 8
+    result = check.partial
+    result.update(
+        peak_tflops=round(peak / 1e12, 1) if peak else None,
+        peak_source=source,
+        measured_matmul_tflops=round(measured / 1e12, 2),
+    )
+    steps = 1 if check.dry else 8
     runs = [
-        ("vit_b", "recipe-vit-b.yaml", 8 if check.dry else 128, False),
-        ("vit_l", "recipe-vit-l.yaml", 8 if check.dry else 64, False),
-        ("vit_g_fsdp2", "recipe-vit-g.yaml", 4 if check.dry else 16, True),
+        ("vit_b", "recipe-vit-b.yaml", 2 if check.dry else 128, False),
+        ("vit_l", "recipe-vit-l.yaml", 2 if check.dry else 64, False),
+        ("vit_g_fsdp2", "recipe-vit-g.yaml", 2 if check.dry else 16, True),
     ]
     for key, name, batch, shard in runs:
-        timed = 2 if shard else steps
+        timed = 1 if check.dry or shard else steps
         result[key] = _recipe_run(check, name, batch=batch, steps=timed, shard=shard, peak=peak)
         _free(check)
     result["ok"] = all(
@@ -430,7 +437,7 @@ def phase_data_wait(check: Check) -> dict[str, Any]:
     _dataset(check)
     workers = 1 if check.dry else max(2, min(12, (os.cpu_count() or 4) - 2))
     batch, steps = (4, 4) if check.dry else (64, 24)
-    result: dict[str, Any] = {}
+    result = check.partial
     for attempt, n in enumerate([workers, 0]):
         output = check.tmp / f"run-data-wait-{attempt}"
         cfg = train_config(
@@ -449,6 +456,7 @@ def phase_data_wait(check: Check) -> dict[str, Any]:
             _free(check)
         warm = 1 if check.dry else 4
         measured = steady(summary.metrics, warmup=warm)
+        mfus = [r["mfu"] for r in summary.metrics[warm:] if r["mfu"] is not None]
         step_only = [r["step_time_s"] * (1 - r["data_wait_fraction"]) for r in summary.metrics[warm:]]
         result.update(
             recipe="vit-b.yaml (recipe-vit-b.yaml)",
@@ -458,7 +466,7 @@ def phase_data_wait(check: Check) -> dict[str, Any]:
             data_wait_fraction=round(measured["data_wait_fraction"], 4),
             images_per_s=round(measured["images_per_s"], 1),
             step_only_images_per_s=round(batch * len(step_only) / sum(step_only), 1),
-            mfu=statistics.median([r["mfu"] for r in summary.metrics[warm:]]) if check.cuda else None,
+            mfu=round(statistics.median(mfus), 4) if mfus else None,
             ok=True,
         )
         return result
@@ -580,12 +588,13 @@ def phase_resume(check: Check) -> dict[str, Any]:
 
 def phase_compile(check: Check) -> dict[str, Any]:
     """ViT-B step time with ``torch.compile`` per block vs eager (same weights, same batch)."""
-    batch, steps = (4, 2) if check.dry else (128, 8)
+    batch, steps = (2, 1) if check.dry else (128, 8)
     cfg = check.recipe("recipe-vit-b.yaml")
     views = synthetic_views(cfg, batch, device=check.device)
     # the dry run compiles with the eager backend: the same dynamo graph capture, no code generation
     kwargs = {"backend": "eager"} if check.dry else {}
-    result: dict[str, Any] = {"batch": batch, "backend": kwargs.get("backend", "inductor")}
+    result = check.partial
+    result.update(batch=batch, backend=kwargs.get("backend", "inductor"))
     for mode in ("eager", "compiled"):
         state = build_train_state(cfg, global_batch_size=batch, device=check.device, seed=0)
         state.step = state.schedules.total_steps // 2
@@ -723,6 +732,7 @@ def run_phase(check: Check, name: str) -> None:
         phases[name] = {"status": "skipped", "reason": f"budget spent ({check.left_s():.0f} s left)"}
         return
     t0 = time.perf_counter()
+    check.partial = {}
     print(f"gpu_check: {name} (limit {limit:.0f} s)", file=sys.stderr, flush=True)
     try:
         with time_limit(limit):
@@ -737,6 +747,7 @@ def run_phase(check: Check, name: str) -> None:
             "status": "timeout" if isinstance(err, PhaseTimeout) else "error",
             "error": f"{type(err).__name__}: {err}"[:2000],
             "traceback": traceback.format_exc()[-4000:],
+            "partial": _finite(dict(check.partial)),  # what the phase measured before it failed
         }
     finally:
         phases[name]["seconds"] = round(time.perf_counter() - t0, 1)
