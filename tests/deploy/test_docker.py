@@ -118,8 +118,8 @@ def test_dockerfile_follows_our_rules() -> None:
         ("ARG RADFORGE_UID=1000", "ARG RADFORGE_UID=1000\nENV AWS_SECRET_ACCESS_KEY=abc", "secret"),
         ("runtime-ubuntu24.04", "runtime-ubuntu24.04-latest", "CUDA runtime"),
         (
-            "/opt/venv/bin/pip install -c constraints.txt .",
-            "/opt/venv/bin/pip install torch .",
+            "/opt/venv/bin/pip install -c constraints.txt --no-deps .",
+            "/opt/venv/bin/pip install --no-deps torch .",
             "constraints",
         ),
         ("FROM ${CUDA_IMAGE} AS runtime", "", "multi-stage"),
