@@ -60,7 +60,7 @@ class RadforgeImageProcessor(BaseImageProcessor):
         if kwargs:
             raise ValueError(f"unknown arguments {sorted(kwargs)}; valid: modality, window, return_tensors")
         single = getattr(images, "ndim", None) == 2
-        slices = [images] if single else list(images)  # type: ignore[arg-type]
+        slices: list[Any] = [images] if single else list(images)  # type: ignore[arg-type]
         modalities = _per_slice(modality or self.modality, len(slices), "modality")
         windows = _per_slice(window or self.window, len(slices), "window")
         pixels = torch.stack(
