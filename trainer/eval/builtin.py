@@ -218,23 +218,22 @@ def build_builtin_suite(
             vol3d["volumes"].append(v.name)
             vol3d["ml"].append(v.lesion_ml)
             vol3d["has"].append(int(v.lesion_ml > 0))
+    def task(spec: TaskSpec, rows: dict[str, list], labels: str = "labels") -> Path:
+        """One task folder from the rows collected above (3D rows carry their volume names)."""
+        return write_parquet_task(
+            root / spec.name,
+            spec,
+            images=rows["images"],
+            modality=rows["modality"],
+            labels=rows[labels],
+            splits=rows["splits"],
+            volumes=rows.get("volumes"),
+        )
+
+    organ_desc = "organ an axial phantom slice cuts (kidney > liver > lung > none)"
     tasks = [
-        write_parquet_task(
-            root / "organ_2d",
-            TaskSpec(
-                "organ_2d",
-                "2d",
-                "classification",
-                ORGANS,
-                description="organ an axial phantom slice cuts (kidney > liver > lung > none)",
-            ),
-            images=organ["images"],
-            modality=organ["modality"],
-            labels=organ["labels"],
-            splits=organ["splits"],
-        ),
-        write_parquet_task(
-            root / "lesion_2d",
+        task(TaskSpec("organ_2d", "2d", "classification", ORGANS, description=organ_desc), organ),
+        task(
             TaskSpec(
                 "lesion_2d",
                 "2d",
@@ -242,13 +241,9 @@ def build_builtin_suite(
                 ("absent", "present"),
                 description="axial phantom slice through the liver region shows a lesion",
             ),
-            images=lesion["images"],
-            modality=lesion["modality"],
-            labels=lesion["labels"],
-            splits=lesion["splits"],
+            lesion,
         ),
-        write_parquet_task(
-            root / "modality_2d",
+        task(
             TaskSpec(
                 "modality_2d",
                 "2d",
@@ -256,14 +251,10 @@ def build_builtin_suite(
                 ("CT", "MR"),
                 description="CT or MR axial phantom slice",
             ),
-            images=modality["images"],
-            modality=modality["modality"],
-            labels=modality["labels"],
-            splits=modality["splits"],
+            modality,
         ),
         _planes_task(root, volumes),
-        write_parquet_task(
-            root / "lesion_3d",
+        task(
             TaskSpec(
                 "lesion_3d",
                 "3d",
@@ -271,25 +262,18 @@ def build_builtin_suite(
                 ("absent", "present"),
                 description="the phantom volume has a lesion (slice features averaged)",
             ),
-            images=vol3d["images"],
-            modality=vol3d["modality"],
-            labels=vol3d["has"],
-            splits=vol3d["splits"],
-            volumes=vol3d["volumes"],
+            vol3d,
+            labels="has",
         ),
-        write_parquet_task(
-            root / "lesion_volume_3d",
+        task(
             TaskSpec(
                 "lesion_volume_3d",
                 "3d",
                 "regression",
                 description="lesion volume in ml, 0 without a lesion (slice features averaged)",
             ),
-            images=vol3d["images"],
-            modality=vol3d["modality"],
-            labels=vol3d["ml"],
-            splits=vol3d["splits"],
-            volumes=vol3d["volumes"],
+            vol3d,
+            labels="ml",
         ),
     ]
     if real and (real_task := _real_planes_task(root)) is not None:
