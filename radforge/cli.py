@@ -1,7 +1,7 @@
 """The ``radforge`` command line: one entry point, one subcommand per job.
 
 Library code never prints; this module owns the terminal (progress from Ray Data, rich summaries)
-and turns typed errors into one clear line and a non-zero exit status.
+and turns every failure into one clear line and a non-zero exit status (``--debug``: the traceback).
 """
 
 from __future__ import annotations
@@ -19,6 +19,14 @@ log = logging.getLogger("radforge")
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it
+# Errors of libraries below us that have a better one-line explanation than their own message.
+EXPLAINED = {
+    "NoCredentialsError": "no object-storage credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+    "(or AWS_PROFILE, or run with an instance role)",
+    "PartialCredentialsError": "incomplete object-storage credentials: set both AWS_ACCESS_KEY_ID and "
+    "AWS_SECRET_ACCESS_KEY",
+}
 
 
 def _print_summary(title: str, rows: list[tuple[str, Any]]) -> None:
@@ -270,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Turn hospital CT/MRI archives into radiology foundation models.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of a failure")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("ingest", help="ingest a DICOM/NIfTI archive into an MDS dataset (Ray Data job)")
@@ -365,13 +374,52 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
     try:
-        return int(args.func(args))
+        status = int(args.func(args))
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        return status
+    except BrokenPipeError:
+        return _reader_gone()
     except ConfigError as e:
-        print(f"radforge: invalid configuration: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        return _fail(f"invalid configuration: {e}", EXIT_USAGE, debug=args.debug)
     except (SourceError, DatasetError, SchemaVersionError) as e:
-        print(f"radforge: {e}", file=sys.stderr)
-        return EXIT_FAILED
+        return _fail(str(e), EXIT_FAILED, debug=args.debug)
+    except KeyboardInterrupt:
+        return _fail("interrupted", EXIT_INTERRUPTED, debug=args.debug)
+    except Exception as e:  # anything else: one line, not a traceback (--debug shows it)
+        return _fail(describe_failure(e), EXIT_FAILED, debug=args.debug)
+
+
+def describe_failure(error: BaseException) -> str:
+    """One line for an unexpected failure: a known cause's explanation, else its type and first line.
+
+    Credentials and query strings in the message are redacted.
+    """
+    from radforge.services.app.security import redact
+
+    cause: BaseException | None = error
+    while cause is not None:
+        if type(cause).__name__ in EXPLAINED:
+            return EXPLAINED[type(cause).__name__]
+        cause = cause.__cause__ or cause.__context__
+    first = (str(error).strip().splitlines() or [""])[0]
+    return redact(f"{type(error).__name__}: {first}" if first else type(error).__name__)
+
+
+def _fail(message: str, status: int, *, debug: bool) -> int:
+    if debug:
+        raise  # noqa: PLE0704  # re-raise the exception being handled: the traceback, as asked
+    print(f"radforge: {message}", file=sys.stderr)
+    return status
+
+
+def _reader_gone() -> int:
+    """Stdout's reader has gone (``radforge ... | head``): stop quietly, as ``cat`` would."""
+    import os
+
+    # later writes (the interpreter's final flush) go nowhere instead of raising again
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return EXIT_FAILED
 
 
 if __name__ == "__main__":

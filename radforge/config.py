@@ -18,6 +18,9 @@ from pydantic import BaseModel, ValidationError
 M = TypeVar("M", bound=BaseModel)
 
 
+MAX_CONFIG_BYTES = 1 << 20  # configs, settings and recipes are a few KiB; more is refused unread
+
+
 class ConfigError(ValueError):
     """An invalid configuration: the message names the field, the bad value and what is valid."""
 
@@ -30,11 +33,14 @@ def read_yaml_mapping(
     This and :func:`parse_overrides` / :func:`merge_mappings` are the layered-configuration plumbing
     every config shares (ingest, service settings, training runs and recipes).
     """
+    from radforge.files import FileRefused, read_bounded_text
+
     try:
-        with open(path) as f:
-            loaded = yaml.safe_load(f) or {}
+        loaded = yaml.safe_load(read_bounded_text(path, limit=MAX_CONFIG_BYTES)) or {}
     except OSError as e:
         raise error(f"{path}: cannot read {what} file ({e.strerror})") from None
+    except FileRefused as e:  # a device, a FIFO, a huge file: refused before reading (radforge.files)
+        raise error(f"{path}: {what} file refused: {e}") from None
     except yaml.YAMLError as e:
         raise error(f"{path}: not valid YAML ({e.__class__.__name__})") from None
     if not isinstance(loaded, dict):
@@ -57,7 +63,10 @@ def parse_overrides(items: Sequence[str], *, error: type[Exception] = ConfigErro
             if not isinstance(child, dict):
                 raise error(f"override {key!r}: {part!r} is a value, not a section")
             node = child
-        node[parts[-1]] = yaml.safe_load(raw)
+        try:
+            node[parts[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError as e:  # safe_load refuses !!python tags too (ConstructorError)
+            raise error(f"override {key!r}: the value is not valid YAML ({type(e).__name__})") from None
     return tree
 
 

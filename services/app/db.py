@@ -21,6 +21,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
 
+from radforge.files import touch_private
 from radforge.services.app.models import JobRecord, JobState, SourceRecord
 
 SCHEMA_VERSION = 2
@@ -140,6 +141,8 @@ class _Sqlite:
         self.path = path
         self.where = str(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        # 0600 before SQLite opens it (its -wal and -shm files take the database's mode)
+        touch_private(path)
 
     def connect(self) -> sqlite3.Connection:
         try:

@@ -7,6 +7,7 @@ FastAPI app; ``serve(settings)`` runs it under uvicorn.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -16,7 +17,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from radforge.services.app.api.routes import dashboard, health, jobs, overview, sources
+from radforge.services.app.body_limit import BodyLimit
 from radforge.services.app.models import PLANNED_KINDS
+from radforge.services.app.security import redact
 from radforge.services.app.service import build_service
 from radforge.services.app.settings import ServiceSettings
 from radforge.services.jobs.kinds import KINDS
@@ -58,10 +61,10 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.info(
-            "radforge control plane: database %s, Ray %s, API token %s",
-            service.store.where,
-            service.ray.describe(),
-            service.secrets.token_source,
+            redact(
+                f"radforge control plane: database {service.store.where}, Ray {service.ray.describe()}, "
+                f"API token {service.secrets.token_source}"
+            )
         )
         service.runner.start()
         service.scheduler.start()
@@ -87,13 +90,19 @@ def create_app(settings: ServiceSettings) -> FastAPI:
 
     for module in (health, jobs, sources, overview, dashboard):
         app.include_router(module.router)
+    app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
     return app
 
 
 def serve(settings: ServiceSettings) -> None:
-    """Run the app under uvicorn until SIGINT/SIGTERM (jobs keep running; a restart re-attaches)."""
+    """Run the app under uvicorn until SIGINT/SIGTERM (jobs keep running; a restart re-attaches).
+
+    Files the service and its job processes create are its user's alone (umask 077): the database,
+    job specs, progress, results and logs name archives and datasets.
+    """
     import uvicorn
 
+    os.umask(0o077)
     app = create_app(settings)
     uvicorn.run(
         app,

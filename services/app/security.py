@@ -1,6 +1,8 @@
-"""Security decisions: the API token, URI allowlists, and redaction of paths below an archive root.
+"""Security decisions: the API token, URI allowlists, and redaction of credentials and identifying paths.
 
-Pure functions and small helpers; the API layer turns their answers into 401/403/422.
+Pure functions and small helpers; the API layer turns their answers into 401/403/422. Every message
+that can hold a URI or a submitted value (API errors, logs, job records, ``/healthz``) goes
+through :func:`redact`, which hides credentials (``user:password@``) and query strings.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import secrets
 from collections.abc import Iterable
 from pathlib import Path
 
-from radforge.storage import resolve
+from radforge.storage import canonical_uri, resolve
 
 TOKEN_MIN_LENGTH = 16
 LOOPBACK_NAMES = frozenset({"localhost", "ip6-localhost"})
@@ -46,12 +48,48 @@ def generated_token(path: Path) -> str:
     return token
 
 
+# scheme://userinfo@ (the userinfo goes), then a bare user:password@host (a GCS address), then ?query
+_USERINFO = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://)[^/\s@'\"]+@")
+_BARE_CREDENTIALS = re.compile(r"(^|[\s'\"(=])[^\s/@:'\"]+:[^\s/@'\"]+@")
+_QUERY = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://[^\s?#'\"]*)[?#][^\s'\"]*")
+REDACTED = "***"
+
+
+def redact(text: str) -> str:
+    """``text`` with the credentials and query strings of any URI or address in it replaced by ``***``.
+
+    ``s3://k:s@bucket/x?X-Amz-Signature=...`` -> ``s3://***@bucket/x?***``; ``user:pw@head:6379`` ->
+    ``***@head:6379``. Paths and hosts stay: they say where, and are what an operator needs.
+    """
+    text = _USERINFO.sub(rf"\1{REDACTED}@", text)
+    text = _BARE_CREDENTIALS.sub(rf"\1{REDACTED}@", text)
+    return _QUERY.sub(rf"\1?{REDACTED}", text)
+
+
+def credentials_in_address(address: str) -> bool:
+    """True if ``address`` (``[scheme://]user:password@host...``) carries a password in its userinfo."""
+    host_part = address.partition("://")[2] if "://" in address else address
+    userinfo, at, _ = host_part.split("/", 1)[0].rpartition("@")
+    return bool(at) and ":" in userinfo
+
+
+def has_control_characters(text: str) -> bool:
+    """True if ``text`` holds NUL, a line break, an escape or any other C0/C1 control character."""
+    return any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in text)
+
+
 class UriError(ValueError):
     """A URI the service does not accept; the message says why (it never echoes credentials)."""
 
 
 def check_uri(uri: str) -> str:
-    """The canonical form of ``uri`` (``resolve(uri).uri``); refuses credentials and ``..`` segments."""
+    """The canonical form of ``uri`` (``resolve(uri).uri``); refuses credentials, control characters, ``..``.
+
+    Control characters (NUL, line breaks, escapes) would cut a path short, forge log lines or
+    rewrite a terminal that shows the URI.
+    """
+    if has_control_characters(uri):
+        raise UriError("control characters (NUL, line breaks, escapes) are not accepted in URIs")
     scheme, sep, rest = uri.partition("://")
     if sep and "@" in rest.split("/", 1)[0]:
         raise UriError("credentials in URIs are not accepted; the service takes them from its environment")
@@ -63,17 +101,23 @@ def check_uri(uri: str) -> str:
     return resolve(uri).uri
 
 
+def uri_below(uri: str, root: str) -> bool:
+    """True if ``uri`` is ``root`` or below it (same scheme, whole path segments), both as given."""
+    loc, base_loc = resolve(uri), resolve(root)
+    if base_loc.protocol != loc.protocol:
+        return False
+    base = base_loc.path.rstrip("/")
+    return loc.path == base or loc.path.startswith(base + "/")
+
+
 def uri_allowed(uri: str, allowlist: Iterable[str]) -> bool:
-    """True if ``uri`` is one of the allowlisted prefixes or below one (same scheme, whole path segments)."""
-    loc = resolve(uri)
-    for prefix in allowlist:
-        p = resolve(prefix)
-        if p.protocol != loc.protocol:
-            continue
-        base = p.path.rstrip("/")
-        if loc.path == base or loc.path.startswith(base + "/"):
-            return True
-    return False
+    """True if ``uri`` is one of the allowlisted prefixes or below one (same scheme, whole path segments).
+
+    Both sides are canonical first (local paths with every symlink resolved): a symlink inside an
+    allowed folder that points outside it is outside.
+    """
+    real = canonical_uri(uri)
+    return any(uri_below(real, canonical_uri(prefix)) for prefix in allowlist)
 
 
 def redact_below(text: str, roots: Iterable[str]) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from radforge.files import make_private_dir
 from radforge.services.app.db import Store
 from radforge.services.app.metrics import Metrics
 from radforge.services.app.settings import Secrets, ServiceSettings, SettingsError, resolve_secrets
@@ -27,20 +28,33 @@ class Service:
     scheduler: Scheduler
 
 
+SALT_MIN_CHARACTERS = 8
+
+
 def check_salt() -> None:
-    """Ingest jobs need the de-identification salt from the service's environment: refuse to start without."""
+    """Ingest jobs need the de-identification salt from the service's environment: refuse to start without.
+
+    A salt of whitespace, or of a few characters, can be guessed, and with it every pseudonymous key
+    of every dataset: at least :data:`SALT_MIN_CHARACTERS` characters that are not whitespace.
+    """
     from radforge.config import ConfigError
     from radforge.ingest.config import DeidConfig
 
     try:
-        DeidConfig().resolved_salt()
+        salt = DeidConfig().resolved_salt()
     except ConfigError as e:
         raise SettingsError(str(e)) from None
+    if len(b"".join(salt.split())) < SALT_MIN_CHARACTERS:
+        raise SettingsError(
+            f"RADFORGE_SALT: the de-identification salt needs at least {SALT_MIN_CHARACTERS} characters "
+            "that are not whitespace (e.g. `openssl rand -hex 32`)"
+        )
 
 
 def build_service(settings: ServiceSettings) -> Service:
     """Open the database, resolve secrets, choose where jobs run; nothing is started yet."""
     check_salt()
+    make_private_dir(settings.state_dir)  # database, job records, the API and Ray tokens
     secrets = resolve_secrets(settings)
     store = Store(settings.database)
     metrics = Metrics(job_counts=store.count_by_kind_state, kinds=lambda: sorted(KINDS))

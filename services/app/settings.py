@@ -17,9 +17,16 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from radforge.config import ConfigError, load_model
-from radforge.services.app.security import TOKEN_MIN_LENGTH, generated_token, is_loopback
+from radforge.files import FileRefused, read_bounded_text
+from radforge.services.app.security import (
+    TOKEN_MIN_LENGTH,
+    credentials_in_address,
+    generated_token,
+    is_loopback,
+)
 
 ANY_LOCAL_PATH = "file:///"
+TOKEN_FILE_MAX_BYTES = 4096
 DATABASE_SCHEMES = ("sqlite:///", "postgresql://", "postgres://")
 # Environment variables read by load_settings (secrets belong here or in a file, not in YAML).
 ENV_FIELDS = {
@@ -87,6 +94,9 @@ class ServiceSettings(BaseModel):
         "an ingest commits exactly once, a training run continues from its last checkpoint",
     )
     access_log: bool = Field(False, description="uvicorn access log")
+    max_request_bytes: int = Field(
+        1 << 20, ge=1024, le=1 << 30, description="largest request body (413 beyond; counted as it arrives)"
+    )
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> ServiceSettings:
@@ -100,6 +110,12 @@ class ServiceSettings(BaseModel):
             raise ValueError(
                 "database_url: a password in the URL is not accepted (it would end up in process "
                 "listings and logs); give it in $PGPASSWORD or a passfile ($PGPASSFILE)"
+            )
+        if self.ray_address is not None and credentials_in_address(self.ray_address):
+            raise ValueError(
+                "ray_address: a password in the address is not accepted (it would end up in logs and "
+                "/healthz); protect the cluster on the network (deploy/: NetworkPolicy radforge-ray) or "
+                "give HTTP headers in $RAY_JOB_HEADERS"
             )
         if self.api_token is not None and len(self.api_token.get_secret_value()) < TOKEN_MIN_LENGTH:
             raise ValueError(f"api_token: at least {TOKEN_MIN_LENGTH} characters are required")
@@ -166,11 +182,13 @@ def resolve_secrets(settings: ServiceSettings) -> Secrets:
         return Secrets(settings.api_token.get_secret_value(), "environment")
     if settings.api_token_file is not None:
         try:
-            token = settings.api_token_file.read_text().strip()
+            token = read_bounded_text(settings.api_token_file, limit=TOKEN_FILE_MAX_BYTES).strip()
         except OSError as e:
             raise SettingsError(
                 f"api_token_file: cannot read {settings.api_token_file} ({e.strerror})"
             ) from None
+        except FileRefused as e:
+            raise SettingsError(f"api_token_file: {settings.api_token_file} is refused: {e}") from None
         if len(token) < TOKEN_MIN_LENGTH:
             raise SettingsError(f"api_token_file: the token must have at least {TOKEN_MIN_LENGTH} characters")
         return Secrets(token, f"file {settings.api_token_file}")
@@ -196,5 +214,5 @@ def load_settings(
         environ=environ,
         error=SettingsError,
         what="settings",
-        secrets=("api_token", "database_url"),  # never echoed back (a password in a URL is refused)
+        secrets=("api_token", "database_url", "ray_address"),  # never echoed (a password in a URL is refused)
     )

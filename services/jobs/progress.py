@@ -27,6 +27,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from radforge.files import PRIVATE_FILE
+
 PROGRESS = "progress.json"
 RESULT = "result.json"
 ERROR = "error.json"
@@ -95,7 +97,10 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
         return
     local = Path(str(path).removeprefix("file://"))
     tmp = local.with_name(f".{local.name}.{os.getpid()}.tmp")
-    tmp.write_text(data)
+    # 0600 from the start: job records name archives and datasets (no window with wider modes)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
+    with os.fdopen(fd, "w") as f:
+        f.write(data)
     os.replace(tmp, local)
 
 

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from radforge.services.app.security import redact
 from radforge.services.jobs.raycluster import RayUnavailable
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ class RayJobs:
         return {}
 
     def describe(self) -> str:
-        return f"Job Submission API at {self.dashboard}"
+        return redact(f"Job Submission API at {self.dashboard}")
 
     def close(self, *, jobs_running: bool) -> None:
         return None
@@ -84,8 +85,9 @@ class RayJobs:
             try:
                 self._client = JobSubmissionClient(self.dashboard)
             except (ConnectionError, RuntimeError, OSError) as e:
+                where = redact(self.dashboard)
                 raise RayUnavailable(
-                    f"the Ray Job Submission API at {self.dashboard} is not reachable ({type(e).__name__})"
+                    f"the Ray Job Submission API at {where} is not reachable ({type(e).__name__})"
                 ) from None
         return self._client
 
@@ -112,7 +114,8 @@ class RayJobs:
                     retried = True
                     time.sleep(1.0)  # the head's job agent is registering, or a connection dropped
                     continue
-                raise RayUnavailable(f"the Ray cluster refused the job ({type(e).__name__}: {e})") from None
+                refused = redact(f"the Ray cluster refused the job ({type(e).__name__}: {e})")
+                raise RayUnavailable(refused) from None
 
     def state(self, sid: str) -> RayJobState:
         """The job's status; :class:`RayJobMissing` if the cluster does not know it.

@@ -1,10 +1,14 @@
 """Where jobs run: a Ray cluster given by address, or an embedded local Ray that outlives restarts.
 
 The embedded Ray is a head process of its own (``python -m radforge.services.jobs.raycluster``, its own
-session,
-listening on 127.0.0.1 only), not part of the service process: jobs keep running while the service
-restarts, and the restarted service finds the head again through ``STATE_DIR/ray.json``. The
+session, listening on 127.0.0.1 only), not part of the service process: jobs keep running while the
+service restarts, and the restarted service finds the head again through ``STATE_DIR/ray.json``. The
 service stops it on shutdown only when no job is running.
+
+Loopback is not a boundary between local users: the head runs with Ray's token authentication
+(``RAY_AUTH_MODE=token``, Ray >= 2.52), its token a 0600 file in the state folder
+(``STATE_DIR/ray-auth-token``) given only to the job processes. Another local process cannot join the
+cluster, run work on it, or read the job processes' environment (the salt) through it.
 
 Measured here (2 cores): the head is up in 4-9 s; a job process connects in < 0.1 s.
 """
@@ -14,6 +18,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -22,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
+from radforge.files import PRIVATE_FILE, make_private_dir, touch_private
 from radforge.services.jobs.process_identity import is_running, process_start_ticks, signal_group
 from radforge.services.jobs.progress import read_json, write_json_atomic
 
@@ -29,6 +35,7 @@ log = logging.getLogger(__name__)
 
 INFO_FILE = "ray.json"
 HEAD_LOG = "ray-head.log"
+TOKEN_FILE = "ray-auth-token"
 START_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 20.0
 # Every Ray process of a loopback cluster (head and job drivers) needs these (see ENVIRONMENT.md):
@@ -93,16 +100,44 @@ def ray_reachable(address: str, *, timeout: float = 5.0) -> bool:
     return _port_open(address, timeout=timeout)
 
 
+def token_env(token_file: Path) -> dict[str, str]:
+    """The environment of a Ray process of a token-authenticated loopback cluster (head or driver)."""
+    return {**LOOPBACK_ENV, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_file)}
+
+
+def ensure_token(path: Path) -> None:
+    """A 256-bit cluster token in ``path`` (0600), created the first time and kept across restarts."""
+    if path.exists():
+        os.chmod(path, PRIVATE_FILE)
+        return
+    touch_private(path)
+    path.write_text(secrets.token_hex(32))
+
+
 class EmbeddedRay:
-    """A local Ray head on 127.0.0.1, started on first use and shared across service restarts."""
+    """A local Ray head on 127.0.0.1, started on first use and shared across service restarts.
+
+    ``token_auth=False`` starts a head any local process may join, as a remote cluster without Ray's
+    token looks from here (tests of the Job Submission API use it so); the service never does.
+    """
 
     def __init__(
-        self, state_dir: Path, *, num_cpus: int | None = None, dashboard_port: int | None = None
+        self,
+        state_dir: Path,
+        *,
+        num_cpus: int | None = None,
+        dashboard_port: int | None = None,
+        token_auth: bool = True,
     ) -> None:
         self.state_dir = state_dir
         self.num_cpus = num_cpus
         self.dashboard_port = dashboard_port  # serve Ray's dashboard (Job Submission API) on 127.0.0.1
+        self.token_auth = token_auth
         self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def token_path(self) -> Path:
+        return self.state_dir / TOKEN_FILE
 
     @property
     def info_path(self) -> Path:
@@ -127,13 +162,17 @@ class EmbeddedRay:
         return self._start()
 
     def _start(self) -> str:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.state_dir)
         self.info_path.unlink(missing_ok=True)
         argv = [sys.executable, "-m", "radforge.services.jobs.raycluster", "--info", str(self.info_path)]
+        if self.token_auth:
+            ensure_token(self.token_path)
+            argv += ["--token-file", str(self.token_path)]
         if self.num_cpus:
             argv += ["--num-cpus", str(self.num_cpus)]
         if self.dashboard_port is not None:
             argv += ["--dashboard-port", str(self.dashboard_port)]
+        touch_private(self.state_dir / HEAD_LOG)
         with open(self.state_dir / HEAD_LOG, "ab") as out:
             self._proc = subprocess.Popen(
                 argv,
@@ -141,7 +180,7 @@ class EmbeddedRay:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # survives the service; one group to stop
-                env={**os.environ, **LOOPBACK_ENV},
+                env={**os.environ, **self.job_env()},
             )
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
@@ -158,7 +197,8 @@ class EmbeddedRay:
         raise RayUnavailable(f"the embedded Ray head did not start within {START_TIMEOUT_S:.0f} s")
 
     def job_env(self) -> dict[str, str]:
-        return dict(LOOPBACK_ENV)
+        """What a process needs to join this head: loopback settings and, with token auth, the token."""
+        return token_env(self.token_path) if self.token_auth else dict(LOOPBACK_ENV)
 
     def dashboard_url(self) -> str | None:
         """The head's dashboard (``http://127.0.0.1:PORT``) when it serves one and is alive."""
@@ -227,8 +267,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--dashboard-port", type=int, default=None, help="serve Ray's dashboard (Job Submission API) here"
     )
+    parser.add_argument("--token-file", type=Path, default=None, help="Ray token authentication, this token")
     args = parser.parse_args(argv)
-    for key, value in LOOPBACK_ENV.items():
+    env = LOOPBACK_ENV if args.token_file is None else token_env(args.token_file)
+    for key, value in env.items():
         os.environ[key] = value
     import ray
 

@@ -33,6 +33,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+from radforge.files import make_private_dir, touch_private
 from radforge.services.app.db import Store
 from radforge.services.app.metrics import Metrics
 from radforge.services.app.models import JobRecord, JobState
@@ -170,7 +171,7 @@ class JobRunner:
     def start(self) -> None:
         """Re-attach to jobs left running by an earlier service, then follow jobs in the background."""
         if "://" not in self.jobs_dir:
-            Path(self.jobs_dir).mkdir(parents=True, exist_ok=True)
+            make_private_dir(self.jobs_dir)
         running = self.store.jobs_in_states(JobState.RUNNING)
         for job in running:
             self._counted[job.id] = JobProgress.model_validate(job.progress) if job.progress else None
@@ -449,7 +450,7 @@ class JobRunner:
             return
         job_dir = job_file(self.jobs_dir, job.id)
         if "://" not in job_dir:
-            Path(job_dir).mkdir(parents=True, exist_ok=True)
+            make_private_dir(job_dir)
         try:
             address = self.ray.address()
             write_json_atomic(job_file(job_dir, SPEC), job.spec)
@@ -466,6 +467,7 @@ class JobRunner:
             return
         argv = [sys.executable, "-m", "radforge.services.jobs.supervisor", "--job-dir", job_dir, "--"]
         argv += [sys.executable, *args]
+        touch_private(Path(job_dir) / LOG)
         with open(Path(job_dir) / LOG, "ab") as out:
             try:
                 proc = subprocess.Popen(

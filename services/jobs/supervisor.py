@@ -11,15 +11,13 @@ still learns how the job ended.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from radforge.services.jobs.progress import EXIT, LOG
+from radforge.services.jobs.progress import EXIT, LOG, write_json_atomic
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,9 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, forward)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the service's terminal going away is not a cancel
     code = child.wait()
-    tmp = job_dir / f".{EXIT}.tmp"
-    tmp.write_text(json.dumps({"exit_code": code, "finished_at": time.time()}))
-    os.replace(tmp, job_dir / EXIT)
+    write_json_atomic(job_dir / EXIT, {"exit_code": code, "finished_at": time.time()})
     return 0
 
 

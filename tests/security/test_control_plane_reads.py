@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.security.control_plane import control_plane, train_job
+from tests.security.control_plane import control_plane, train_job, valid_train_job
 from tests.services.support import LiveServer
 
 QUICK_S = 5.0  # far more than a refusal takes; a hung read never answers
@@ -25,6 +25,8 @@ QUICK_S = 5.0  # far more than a refusal takes; a hung read never answers
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     with control_plane(tmp_path_factory.mktemp("state")) as live:
+        with live.client() as client:  # warm: the first train job imports the trainer (seconds)
+            assert client.post("/api/v1/jobs", json=valid_train_job(), timeout=120).status_code == 201
         yield live
 
 

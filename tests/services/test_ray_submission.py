@@ -33,7 +33,10 @@ def ray_dashboard(ray_local: None, tmp_path_factory: pytest.TempPathFactory) -> 
     The session's local Ray runs beside it on purpose: its dashboard agent holds Ray's default agent
     port, as another Ray on a real host would, and this head must still get a working job agent.
     """
-    head = EmbeddedRay(tmp_path_factory.mktemp("ray-head"), num_cpus=2, dashboard_port=free_port())
+    # a remote cluster as the service meets it: no Ray token (the network protects it, deploy/)
+    head = EmbeddedRay(
+        tmp_path_factory.mktemp("ray-head"), num_cpus=2, dashboard_port=free_port(), token_auth=False
+    )
     try:
         head.address()
         url = head.dashboard_url()

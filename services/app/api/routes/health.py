@@ -10,6 +10,7 @@ from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from radforge.services.app.api.deps import ServiceDep
+from radforge.services.app.security import redact
 
 router = APIRouter(tags=["health"])
 
@@ -17,7 +18,7 @@ router = APIRouter(tags=["health"])
 @router.get("/healthz")
 async def healthz(service: ServiceDep) -> dict[str, str]:
     """Liveness and readiness: the database answers; where jobs run."""
-    return {"status": "ok" if service.store.ping() else "degraded", "ray": service.ray.describe()}
+    return {"status": "ok" if service.store.ping() else "degraded", "ray": redact(service.ray.describe())}
 
 
 @router.get("/metrics", response_class=Response)
