@@ -31,6 +31,7 @@ class RunError(ConfigError):
     pass
 
 
+RUN_FILE = "data: {mix: {sources: [{uri: /data/a}]}}\noutput: /tmp/out\n"  # the least a run file needs
 NOT_AN_INT = "Input should be a valid integer, unable to parse string as an integer"
 ENV = {"RUN_STEPS": "steps", "RUN_LR": "optim.lr", "RUN_TOKEN": "token"}
 
@@ -118,7 +119,7 @@ def test_every_config_of_the_project_formats_errors_the_same_way(tmp_path: Path)
         load_config(overrides={"shards": {"size_limit": "abc"}})
     with pytest.raises(RecipeConfigError, match=r"^override optim.base_lr=abc: optim.base_lr: Input should"):
         load_recipe(overrides=["optim.base_lr=abc"])
-    run = write(tmp_path, "data: {mix: {sources: [{uri: /data/a}]}}\noutput: /tmp/out\nsteps: abc\n")
+    run = write(tmp_path, RUN_FILE + "steps: abc\n")
     with pytest.raises(TrainConfigError, match=rf"^{run}: steps: {NOT_AN_INT} \(got 'abc'\)$"):
         load_train_config(run)
     with pytest.raises(SettingsError, match=r"^override port=http: port: Input should be a valid integer"):
@@ -130,7 +131,7 @@ def test_every_config_of_the_project_formats_errors_the_same_way(tmp_path: Path)
 
 def test_a_run_recipe_file_is_laid_under_the_run_and_named(tmp_path: Path) -> None:
     (tmp_path / "recipe.yaml").write_text("optim: {base_lr: slow}\nloss: {koleo_weight: 0.5}\n")
-    run = write(tmp_path, "data: {mix: {sources: [{uri: /data/a}]}}\noutput: /tmp/out\nrecipe_file: recipe.yaml\n")
+    run = write(tmp_path, RUN_FILE + "recipe_file: recipe.yaml\n")
     run.write_text(run.read_text() + "recipe: {loss: {koleo_weight: 0}}\n")
     with pytest.raises(TrainConfigError) as e:
         load_train_config(run)
@@ -138,3 +139,12 @@ def test_a_run_recipe_file_is_laid_under_the_run_and_named(tmp_path: Path) -> No
     cfg = load_train_config(run, overrides=["recipe.optim.base_lr=0.01"])
     assert cfg.recipe.loss.koleo_weight == 0 and cfg.recipe.optim.base_lr == 0.01
     assert cfg.recipe_file == str(tmp_path / "recipe.yaml")
+
+
+def test_the_command_line_prints_the_override_as_typed(capsys: pytest.CaptureFixture[str]) -> None:
+    from radforge.cli import EXIT_USAGE, main
+
+    tiny = Path(__file__).resolve().parents[2] / "configs" / "tiny-cpu.yaml"
+    assert main(["train", "--config", str(tiny), "--no-ray", "steps=abc"]) == EXIT_USAGE
+    err = capsys.readouterr().err.strip()
+    assert err == f"radforge: invalid configuration: override steps=abc: steps: {NOT_AN_INT}"
