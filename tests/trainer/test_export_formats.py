@@ -226,3 +226,19 @@ def test_what_a_format_cannot_express_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ExportError, match=r"unknown export format\(s\) \['onnx'\]"):
         export(random_vit("mlp"), tmp_path, formats=("onnx",))
     assert not any(tmp_path.iterdir())
+
+
+def test_readme_snippet_runs_on_an_export(tmp_path: Path) -> None:
+    """README's "use the model in your own code" lines, as written, on an export and a real CT slice."""
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("### Use the model in your own code") :]
+    start = section.index("```python") + len("```python")
+    code = section[start : section.index("```\n", start)]
+    vit = random_vit("mlp")
+    export(vit, tmp_path, formats=("hf",))
+    hu = real_slices()[-1][0]
+    scope: dict[str, object] = {"slice_hu": hu}
+    exec(code.replace('"OUT/', f'"{tmp_path}/'), scope)
+    with torch.no_grad():
+        want = vit(preprocess(hu, modality="CT", size=SIZE)[None])
+    assert_close("README cls", scope["cls"], want)  # type: ignore[arg-type]
