@@ -15,8 +15,9 @@ from collections.abc import Callable
 import numpy as np
 
 from radforge.ingest.config import GeometryConfig
-from radforge.ingest.dicom import decode_instance
+from radforge.ingest.dicom import Frames, decode_instance
 from radforge.ingest.errors import IngestError, Reason
+from radforge.ingest.mosaic import MosaicLayout, demosaic, slice_positions
 from radforge.ingest.series import SeriesPlan
 from radforge.ingest.volume import (
     Volume,
@@ -50,6 +51,33 @@ def _check_size(rows: int | None, cols: int | None, n_slices: int, geometry: Geo
         )
 
 
+def _demosaic(
+    pixels: np.ndarray, ipp: list[float] | None, iop: list[float] | None, frames: Frames, plan: SeriesPlan
+) -> tuple[np.ndarray, np.ndarray]:
+    """The slices of one MOSAIC image and their positions (see :mod:`radforge.ingest.mosaic`)."""
+    layout = MosaicLayout.from_dict(plan.mosaic or {})
+    if pixels.shape[0] != 1:
+        raise IngestError(Reason.MOSAIC_UNDECODABLE, f"mosaic instance with {pixels.shape[0]} frames")
+    position = ipp if ipp is not None else (frames.positions[0] if frames.positions is not None else None)
+    orientation = iop if iop is not None else frames.orientation
+    spacing = plan.pixel_spacing or (list(frames.pixel_spacing) if frames.pixel_spacing else None)
+    if position is None or orientation is None or spacing is None:
+        raise IngestError(
+            Reason.MOSAIC_UNDECODABLE,
+            "mosaic without ImagePositionPatient/ImageOrientationPatient/PixelSpacing: no slice positions",
+        )
+    tiles = demosaic(pixels[0], layout)
+    tile_positions = slice_positions(
+        ipp=position,
+        iop=orientation,
+        pixel_spacing=spacing,
+        mosaic_shape=(pixels.shape[1], pixels.shape[2]),
+        layout=layout,
+        n_slices=len(tiles),
+    )
+    return tiles, tile_positions
+
+
 def load_dicom_volume(plan: SeriesPlan, read: Reader, *, geometry: GeometryConfig) -> Volume:
     """Decode, order, check and reorient the instances of ``plan`` into a canonical volume."""
     n_frames = sum(max(i.frames, 1) for i in plan.instances)
@@ -69,7 +97,12 @@ def load_dicom_volume(plan: SeriesPlan, read: Reader, *, geometry: GeometryConfi
         )
         pix = frames.pixels
         _check_size(None, None, len(images) + pix.shape[0], geometry)
-        if pix.shape[0] == 1:
+        if plan.mosaic is not None:  # one image tiling a whole volume: cut it into its slices
+            tiles, tile_positions = _demosaic(pix, inst.ipp, inst.iop, frames, plan)
+            images.extend(tiles)
+            positions.extend(p.tolist() for p in tile_positions)
+            orientations.extend([tuple(inst.iop) if inst.iop else frames.orientation] * len(tiles))
+        elif pix.shape[0] == 1:
             images.append(pix[0])
             first = (
                 inst.ipp

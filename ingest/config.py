@@ -10,12 +10,15 @@ import hashlib
 import json
 import os
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from radforge.config import ConfigError, load_model
 from radforge.windowing import CT_PRESETS
+
+if TYPE_CHECKING:
+    from radforge.ingest.series import PlanRules
 
 Plane = Literal["axial", "coronal", "sagittal"]
 SALT_ENV = "RADFORGE_SALT"
@@ -68,6 +71,28 @@ class GeometryConfig(_Model):
         8192 * 8192, gt=0, description="refuse larger headers before allocating"
     )
     max_slices: int = Field(5000, gt=0, description="refuse series with more slices than this")
+
+
+class VolumeConfig(_Model):
+    """4D series (fMRI time points, diffusion directions, echoes, cardiac phases): volumes kept per series."""
+
+    max_per_series: int = Field(
+        4,
+        ge=1,
+        description="volumes ingested per series, chosen evenly and always the first: a 300-time-point "
+        "fMRI would otherwise flood the dataset with near-duplicates",
+    )
+
+
+class ImageTypeConfig(_Model):
+    """Which image kinds (ImageType values 3 on) are skipped by rule."""
+
+    skip: list[Literal["magnitude", "phase", "real", "imaginary"]] = Field(
+        default_factory=lambda: list[Literal["magnitude", "phase", "real", "imaginary"]](
+            ["phase", "real", "imaginary"]
+        ),
+        description="kinds skipped as non_magnitude_image (phase maps are not anatomy)",
+    )
 
 
 class DeidConfig(_Model):
@@ -155,9 +180,17 @@ class IngestConfig(_Model):
     windows: WindowConfig = WindowConfig()
     content: ContentConfig = ContentConfig()
     geometry: GeometryConfig = GeometryConfig()
+    volumes: VolumeConfig = VolumeConfig()
+    image_types: ImageTypeConfig = ImageTypeConfig()
     deid: DeidConfig = DeidConfig()
     shards: ShardConfig = ShardConfig()
     ray: RayConfig = RayConfig()
+
+    def plan_rules(self) -> PlanRules:
+        """The planning rules of this config, as :func:`radforge.ingest.series.plan_group` takes them."""
+        from radforge.ingest.series import PlanRules
+
+        return PlanRules(max_volumes=self.volumes.max_per_series, skip_kinds=frozenset(self.image_types.skip))
 
     def content_hash(self) -> str:
         """Hash of what determines the output (excludes Ray settings and the salt)."""

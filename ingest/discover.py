@@ -18,14 +18,16 @@ from pydicom.errors import InvalidDicomError
 
 from radforge.ingest import deid
 from radforge.ingest.deid import silence_identifying_library_logs
+from radforge.ingest.dicom.csa import CSA_CREATOR, CSAFormatError, mosaic_count, parse_csa2, slice_normal
 from radforge.ingest.dicom.tags import GeneralPath, scan_top_level
 from radforge.ingest.dicom.values import (
+    binary_numbers,
+    is_multi,
     optional_int,
     optional_text,
     split_multi,
     text,
     to_floats,
-    unsigned_short,
 )
 from radforge.ingest.errors import IngestError, Reason, SourceError
 from radforge.storage import Location
@@ -64,6 +66,13 @@ class Header:
     echo: str | None = None
     temporal: str | None = None
     acquisition: str | None = None
+    trigger: str | None = None  # TriggerTime (cardiac phases)
+    b_value: str | None = None  # DiffusionBValue
+    gradient: str | None = None  # DiffusionGradientOrientation, 3 numbers joined by ","
+    mosaic_count: int | None = None  # Siemens CSA NumberOfImagesInMosaic
+    csa_normal: list[float] | None = None  # Siemens CSA SliceNormalVector
+    acquisition_matrix: list[int] | None = None
+    spacing_between: float | None = None  # SpacingBetweenSlices
     transfer_syntax: str | None = None
     burned_in: bool = False
     body_part: str | None = None
@@ -81,7 +90,7 @@ class Header:
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Header:
         data = {k: row[k] for k in _header_fields() if k in row}
-        for k in ("image_type", "iop", "ipp", "pixel_spacing"):
+        for k in ("image_type", "iop", "ipp", "pixel_spacing", "csa_normal", "acquisition_matrix"):
             v = data.get(k)
             if v is not None and not isinstance(v, list):
                 data[k] = list(v)
@@ -140,6 +149,40 @@ def _first_frame_geometry(ds: Any) -> tuple[Any, Any, Any]:
     return iop, ipp, spacing
 
 
+def _number_label(value: Any, count: int) -> str | None:
+    """``count`` numbers as one stable text label (grouping key), None when absent or malformed."""
+    numbers = to_floats(value, count)
+    return ",".join(f"{v:.4g}" for v in numbers) if numbers is not None else None
+
+
+def _siemens_csa(ds: pydicom.Dataset | _RawValues) -> tuple[int | None, tuple[float, float, float] | None]:
+    """NumberOfImagesInMosaic and SliceNormalVector from a Siemens CSA Image Header, if there is one."""
+    for block in range(0x10, 0x14):  # the private creator may reserve any block; Siemens uses the first
+        creator = _private_value(ds, 0x00290000 | block)
+        if creator is None:
+            continue
+        if isinstance(creator, bytes):
+            creator = text(creator)
+        if str(creator).strip() != CSA_CREATOR:
+            continue
+        raw = _private_value(ds, 0x00290010 | (block << 8))
+        if not isinstance(raw, bytes):
+            return None, None
+        try:
+            tags = parse_csa2(raw)
+        except CSAFormatError:
+            return None, None
+        return mosaic_count(tags), slice_normal(tags)
+    return None, None
+
+
+def _private_value(ds: pydicom.Dataset | _RawValues, tag: int) -> Any:
+    if isinstance(ds, _RawValues):
+        return ds.private.get(tag)
+    element = ds.get(tag)
+    return None if element is None else element.value
+
+
 def header_from_dataset(ds: pydicom.Dataset | _RawValues, *, path: str, size: int) -> Header:
     """Build a :class:`Header` from a parsed dataset, keeping only allow-listed, sanitised values."""
     iop = ds.get("ImageOrientationPatient")
@@ -157,6 +200,11 @@ def header_from_dataset(ds: pydicom.Dataset | _RawValues, *, path: str, size: in
     if "ContrastBolusAgent" in ds or "ContrastBolusAgentSequence" in ds:
         contrast = bool(ds.get("ContrastBolusAgent") or ds.get("ContrastBolusAgentSequence"))
     image_type = ds.get("ImageType")
+    mosaic_count, csa_normal = _siemens_csa(ds)
+    raw_matrix = ds.get("AcquisitionMatrix")
+    matrix = None
+    if raw_matrix is not None and is_multi(raw_matrix) and len(raw_matrix) == 4:
+        matrix = [int(v) for v in raw_matrix]
     return Header(
         path=path,
         size=size,
@@ -177,6 +225,13 @@ def header_from_dataset(ds: pydicom.Dataset | _RawValues, *, path: str, size: in
         echo=optional_text(ds.get("EchoNumbers")),
         temporal=optional_text(ds.get("TemporalPositionIdentifier")),
         acquisition=optional_text(ds.get("AcquisitionNumber")),
+        trigger=optional_text(ds.get("TriggerTime")),
+        b_value=_number_label(ds.get("DiffusionBValue"), 1),
+        gradient=_number_label(ds.get("DiffusionGradientOrientation"), 3),
+        mosaic_count=mosaic_count,
+        csa_normal=list(csa_normal) if csa_normal else None,
+        acquisition_matrix=matrix,
+        spacing_between=deid.positive_float(ds.get("SpacingBetweenSlices")),
         transfer_syntax=optional_text(tsyntax),
         burned_in=str(ds.get("BurnedInAnnotation", "")).strip().upper() == "YES",
         body_part=deid.body_part(ds.get("BodyPartExamined")),
@@ -218,9 +273,19 @@ _HEADER_TAGS: dict[str, int] = {
     "SharedFunctionalGroupsSequence": 0x52009229,
     "PerFrameFunctionalGroupsSequence": 0x52009230,
     "SpecificCharacterSet": 0x00080005,
+    "TriggerTime": 0x00181060,
+    "DiffusionBValue": 0x00189087,
+    "DiffusionGradientOrientation": 0x00189089,
+    "AcquisitionMatrix": 0x00181310,
+    "SpacingBetweenSlices": 0x00180088,
 }
-_HEADER_WANTED = frozenset(_HEADER_TAGS.values())
-_US_KEYWORDS = frozenset({"Rows", "Columns"})
+# Siemens CSA: private creators (0029,0010-0013) and the Image Header Info of each block (0029,xx10)
+_PRIVATE_TAGS = frozenset(
+    {0x00290000 | b for b in range(0x10, 0x14)} | {0x00290010 | (b << 8) for b in range(0x10, 0x14)}
+)
+_HEADER_WANTED = frozenset(_HEADER_TAGS.values()) | _PRIVATE_TAGS
+_US_KEYWORDS = frozenset({"Rows", "Columns", "AcquisitionMatrix"})
+_FD_KEYWORDS = frozenset({"DiffusionBValue", "DiffusionGradientOrientation"})
 # Sequences whose content matters: their presence sends the object to pydicom's parser.
 _SLOW_PATH_KEYWORDS = (
     "SharedFunctionalGroupsSequence",
@@ -233,6 +298,7 @@ class _RawValues(dict[str, Any]):
     """Raw scanned values with ``Dataset.get`` semantics, for :func:`header_from_dataset`."""
 
     file_meta: dict[str, Any]
+    private: dict[int, bytes]  # raw private values (the Siemens CSA header)
 
 
 def _fast_values(data: bytes) -> _RawValues | None:
@@ -242,6 +308,7 @@ def _fast_values(data: bytes) -> _RawValues | None:
         return None
     values = _RawValues()
     values.file_meta = {"TransferSyntaxUID": top.transfer_syntax}
+    values.private = {tag: raw for tag, raw in top.found.items() if tag in _PRIVATE_TAGS}
     for keyword, tag in _HEADER_TAGS.items():
         raw = top.found.get(tag)
         if raw is None:
@@ -253,11 +320,12 @@ def _fast_values(data: bytes) -> _RawValues | None:
             if charset and charset.upper() not in ("ISO_IR 100", "ISO_IR 6", "ISO 2022 IR 6", "ISO_IR 192"):
                 return None  # other character sets: let pydicom decode text values
             continue
-        if keyword in _US_KEYWORDS:
+        if keyword in _US_KEYWORDS or keyword in _FD_KEYWORDS:
             try:
-                values[keyword] = unsigned_short(raw, little=top.little)
+                numbers = binary_numbers(raw, "H" if keyword in _US_KEYWORDS else "d", little=top.little)
             except GeneralPath:
                 return None
+            values[keyword] = numbers[0] if len(numbers) == 1 else numbers
         else:
             values[keyword] = split_multi(text(raw))
     return values

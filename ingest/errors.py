@@ -29,6 +29,9 @@ class Reason(StrEnum):
     UNSUPPORTED_MODALITY = "unsupported_modality"  # not CT or MR (CR, US, NM, ...)
     ALREADY_INGESTED = "already_ingested"  # same salted series key already committed
     EXCLUDED_BY_CONFIG = "excluded_by_config"  # e.g. a modality this dataset does not take
+    MOSAIC_UNDECODABLE = "mosaic_undecodable"  # Siemens MOSAIC whose slice count cannot be established
+    VOLUME_NOT_KEPT = "volume_not_kept"  # 4D: volumes beyond volumes.max_per_series (chosen evenly)
+    NON_MAGNITUDE = "non_magnitude_image"  # ImageType phase / real / imaginary (image_types.skip)
     # quarantined: bad input
     UNREADABLE = "unreadable"  # zero-byte, truncated header, not DICOM/NIfTI, I/O error
     NO_PIXEL_DATA = "no_pixel_data"
@@ -51,6 +54,9 @@ SKIP_REASONS = frozenset(
         Reason.UNSUPPORTED_MODALITY,
         Reason.ALREADY_INGESTED,
         Reason.EXCLUDED_BY_CONFIG,
+        Reason.MOSAIC_UNDECODABLE,
+        Reason.VOLUME_NOT_KEPT,
+        Reason.NON_MAGNITUDE,
         Reason.NO_CONTENT,
     }
 )

@@ -31,7 +31,7 @@ from radforge.ingest.partition import (
     header_files_per_task,
     series_cost,
 )
-from radforge.ingest.series import SeriesPlan, group_key, plan_group
+from radforge.ingest.series import PlanRules, SeriesPlan, group_key, plan_group
 from radforge.ingest.slicer import SliceCounts, volume_samples
 from radforge.runtime import cluster_cpus, ensure_ray, tune_data_executor, tune_worker_allocator
 from radforge.sharder.catalog import MANIFESTS, load_catalog
@@ -74,9 +74,9 @@ def _read_headers(batch: pd.DataFrame, *, root: Location) -> pd.DataFrame:
     )
 
 
-def _plan(batch: pd.DataFrame, *, salt: bytes, already: frozenset[str]) -> pd.DataFrame:
+def _plan(batch: pd.DataFrame, *, salt: bytes, already: frozenset[str], rules: PlanRules) -> pd.DataFrame:
     headers = [Header.from_row(json.loads(t)) for t in batch["header"]]
-    plans = plan_group(headers, salt=salt, already_ingested=already)
+    plans = plan_group(headers, salt=salt, already_ingested=already, rules=rules)
     nbytes = sum(h.size for h in headers)  # stands in for the pixels of a NIfTI volume (one object)
     return pd.DataFrame(
         {
@@ -112,6 +112,9 @@ def _series_row(plan: SeriesPlan, counts: SliceCounts, archive_id: str) -> dict[
         "slices_kept": counts.kept_slices,
         "slices_dropped": counts.dropped_slices,
         "transfer_syntax": plan.transfer_syntax,
+        "volumes_found": plan.volumes_found,
+        "volumes_kept": plan.volumes_kept,
+        "mosaic": plan.mosaic is not None,
     }
     return {"record": "series", "key": "", "sample": b"", "count": "", "series": json.dumps(record)}
 
@@ -254,7 +257,14 @@ def part_id_for(archive_id: str, config_hash: str, pending: list[str]) -> str:
 
 
 def _plan_series(
-    headers: Any, *, salt: bytes, already: frozenset[str], distributed: bool, cpus: int, task_cost: int
+    headers: Any,
+    *,
+    salt: bytes,
+    already: frozenset[str],
+    rules: PlanRules,
+    distributed: bool,
+    cpus: int,
+    task_cost: int,
 ) -> tuple[pd.DataFrame, Any]:
     """Group headers into series plans: ``(series_key and pending of each, a dataset of task blocks)``.
 
@@ -270,7 +280,9 @@ def _plan_series(
     if distributed:
         plans = (
             headers.groupby("group")
-            .map_groups(_plan, fn_kwargs={"salt": salt, "already": already}, batch_format="pandas")
+            .map_groups(
+                _plan, fn_kwargs={"salt": salt, "already": already, "rules": rules}, batch_format="pandas"
+            )
             .materialize()
         )
         keys = plans.select_columns(["series_key", "pending", "cost"]).to_pandas()
@@ -281,7 +293,7 @@ def _plan_series(
         for group, text in zip(batch["group"], batch["header"], strict=True):
             groups.setdefault(group, []).append(text)
     frames = [
-        _plan(pd.DataFrame({"header": texts}), salt=salt, already=already)
+        _plan(pd.DataFrame({"header": texts}), salt=salt, already=already, rules=rules)
         for _, texts in sorted(groups.items())
     ]
     table = (
@@ -340,6 +352,7 @@ def run_ingest(
         headers,
         salt=salt,
         already=already,
+        rules=cfg.plan_rules(),
         distributed=len(objects) >= cfg.ray.distributed_grouping_min_objects,
         cpus=cpus,
         task_cost=cfg.ray.slices_per_task * SLICE_PIXELS,

@@ -10,6 +10,7 @@ become their own quarantined entries, so every object of an archive is accounted
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -17,7 +18,8 @@ from typing import Any
 
 from radforge.ingest.deid import salted_key
 from radforge.ingest.discover import Header
-from radforge.ingest.errors import Reason, Status, status_for
+from radforge.ingest.errors import IngestError, Reason, Status, status_for
+from radforge.ingest.mosaic import is_mosaic, mosaic_layout
 
 # SOP classes that hold cross-sectional CT/MR pixel data (PS3.4 B.5).
 IMAGE_SOP_CLASSES = frozenset(
@@ -45,6 +47,14 @@ OTHER_IMAGE_PREFIXES = (
 VOLUME_MODALITIES = frozenset({"CT", "MR"})
 LOCALIZER_TYPES = frozenset({"LOCALIZER", "SCOUT", "SCANOGRAM"})
 _IOP_DECIMALS = 3
+
+
+@dataclass(frozen=True)
+class PlanRules:
+    """Planning rules from the config (``volumes.max_per_series``, ``image_types.skip``)."""
+
+    max_volumes: int = 4
+    skip_kinds: frozenset[str] = frozenset({"phase", "real", "imaginary"})
 
 
 @dataclass
@@ -76,6 +86,9 @@ class SeriesPlan:
     slice_thickness: float | None = None
     transfer_syntax: str | None = None
     attrs: dict[str, Any] = field(default_factory=dict)  # de-identified, allow-listed
+    mosaic: dict[str, Any] | None = None  # MosaicLayout.to_dict() of a Siemens MOSAIC series
+    volumes_found: int = 1  # volumes the series' UID holds (4D: time points, directions, echoes, ...)
+    volumes_kept: int = 1  # of which ingested (volumes.max_per_series, chosen evenly)
 
     def to_json(self) -> str:
         # Shallow: every field is a scalar, a list/dict of scalars or the instances (flat records);
@@ -131,9 +144,15 @@ def _orientation_label(iop: list[float] | None) -> str:
     return ",".join(f"{round(v, _IOP_DECIMALS) + 0.0:.{_IOP_DECIMALS}f}" for v in iop)
 
 
-def _sub_series(headers: list[Header]) -> dict[str, list[Header]]:
-    """Split one series UID into volumes: by skip reason, orientation, size, echo and temporal position."""
+def _sub_series(headers: list[Header]) -> dict[str, tuple[str, list[Header]]]:
+    """Split one series UID into volumes: disc -> (family, members).
+
+    Split by skip reason, orientation, size, image kind, echo and temporal position, then by
+    :func:`_split_volumes`. A family (skip reason, orientation, size, image kind) holds the volumes
+    of one acquisition: the volume cap counts within it.
+    """
     groups: dict[str, list[Header]] = defaultdict(list)
+    family_of: dict[str, str] = {}
     for h in headers:
         reason = skip_reason(h)
         disc = "|".join(
@@ -145,20 +164,105 @@ def _sub_series(headers: list[Header]) -> dict[str, list[Header]]:
                 f"t{h.temporal or ''}",
             ]
         )
+        kind = image_kind(h.image_type)
+        if kind != MAGNITUDE:  # magnitude keeps the keys it had before image kinds were told apart
+            disc += f"|k{kind}"
         groups[disc].append(h)
-    # Several acquisitions that revisit the same positions are separate volumes.
-    out: dict[str, list[Header]] = {}
+        family_of[disc] = "|".join(disc.split("|")[:3] + [kind])
+    out: dict[str, tuple[str, list[Header]]] = {}
     for disc, members in groups.items():
-        positions = [tuple(round(v, 2) for v in h.ipp) for h in members if h.ipp]
-        acquisitions = {h.acquisition for h in members}
-        if len(positions) != len(set(positions)) and len(acquisitions) > 1:
-            by_acq: dict[str, list[Header]] = defaultdict(list)
-            for h in members:
-                by_acq[f"{disc}|a{h.acquisition or ''}"].append(h)
-            out.update(by_acq)
-        else:
-            out[disc] = members
+        for volume, volume_members in _split_volumes(disc, members).items():
+            out[volume] = (family_of[disc], volume_members)
     return out
+
+
+def _split_volumes(disc: str, members: list[Header]) -> dict[str, list[Header]]:
+    """Split a group whose instances revisit the same positions into 3D volumes.
+
+    A MOSAIC instance is a whole volume by itself. Otherwise the first attribute (diffusion b-value
+    and gradient, trigger time, acquisition number) whose values leave no position duplicated
+    within a volume splits the group; echo and temporal position already did (see
+    :func:`_sub_series`). Nothing splits a group whose duplicates no attribute explains: it stays
+    one group and assembly quarantines it as ``duplicate_positions``.
+    """
+    if len(members) > 1 and is_mosaic(members[0].image_type):
+        return {f"{disc}|i{h.sop_instance or h.path}": [h] for h in members}
+    if not _duplicated(members):
+        return {disc: members}
+    for prefix, value in _VOLUME_ATTRIBUTES:
+        by_value: dict[str, list[Header]] = defaultdict(list)
+        for h in members:
+            by_value[f"{disc}|{prefix}{value(h) or ''}"].append(h)
+        if len(by_value) > 1 and not any(_duplicated(group) for group in by_value.values()):
+            return dict(by_value)
+    if len({h.acquisition for h in members}) > 1:  # as before: acquisitions are separate volumes
+        by_acq: dict[str, list[Header]] = defaultdict(list)
+        for h in members:
+            by_acq[f"{disc}|a{h.acquisition or ''}"].append(h)
+        return dict(by_acq)
+    return {disc: members}
+
+
+def _duplicated(members: list[Header]) -> bool:
+    positions = [tuple(round(v, 2) for v in h.ipp) for h in members if h.ipp]
+    return len(positions) != len(set(positions))
+
+
+# Attributes that tell the volumes of a 4D series apart, tried in this order (prefix, value).
+_VOLUME_ATTRIBUTES: tuple[tuple[str, Any], ...] = (
+    ("b", lambda h: f"{h.b_value}/{h.gradient}" if h.b_value or h.gradient else None),
+    ("g", lambda h: h.trigger),
+    ("a", lambda h: h.acquisition),
+)
+
+
+def image_kind(image_type: list[str]) -> str:
+    """What an image's pixels are, from ImageType values 3 on: magnitude, phase, real or imaginary.
+
+    Vendors write the kind as a letter (Siemens ``P``), a word (``PHASE``) or a prefix (Philips
+    ``P_FFE``, ``R_SE``); anything else is a magnitude image (including derived maps).
+    """
+    for value in image_type[2:]:
+        head = value.split("_", 1)[0]
+        for kind, names in _IMAGE_KINDS.items():
+            if value in names or head in names:
+                return kind
+    return MAGNITUDE
+
+
+MAGNITUDE = "magnitude"
+_IMAGE_KINDS = {"phase": {"P", "PHASE"}, "real": {"R", "REAL"}, "imaginary": {"I", "IMAGINARY"}}
+IMAGE_KINDS = (MAGNITUDE, *_IMAGE_KINDS)
+
+
+def keep_evenly(n: int, cap: int) -> list[int]:
+    """Indices of the ``cap`` volumes of ``n`` to keep: evenly spread, always the first (and the last)."""
+    if n <= cap:
+        return list(range(n))
+    if cap == 1:
+        return [0]
+    return sorted({round(i * (n - 1) / (cap - 1)) for i in range(cap)})
+
+
+def _number(value: str | None) -> float:
+    try:
+        return float(value) if value is not None else -math.inf
+    except ValueError:
+        return -math.inf
+
+
+def _volume_order(members: list[Header]) -> tuple[Any, ...]:
+    """Acquisition order of a volume: temporal position, acquisition, b-value, trigger, echo."""
+    h = min(members, key=lambda m: m.path)
+    return (
+        _number(h.temporal),
+        _number(h.acquisition),
+        _number(h.b_value),
+        h.gradient or "",
+        _number(h.trigger),
+        _number(h.echo),
+        h.path,
+    )
 
 
 def _dedupe(headers: Iterable[Header]) -> list[Header]:
@@ -174,8 +278,21 @@ def _dedupe(headers: Iterable[Header]) -> list[Header]:
     return kept
 
 
-def plan_group(headers: list[Header], *, salt: bytes, already_ingested: frozenset[str]) -> list[SeriesPlan]:
-    """Turn one group of objects (see :func:`group_key`) into series plans, pure and deterministic."""
+def plan_group(
+    headers: list[Header],
+    *,
+    salt: bytes,
+    already_ingested: frozenset[str],
+    rules: PlanRules = PlanRules(),
+) -> list[SeriesPlan]:
+    """Turn one group of objects (see :func:`group_key`) into series plans, pure and deterministic.
+
+    A series UID whose images form several 3D volumes (4D: time points, diffusion directions,
+    echoes, ...; see :func:`_split_volumes`) gives one plan per volume, at most ``rules.max_volumes``
+    of them chosen evenly (always the first); the rest are recorded together as ``volume_not_kept``.
+    Images of a kind in ``rules.skip_kinds`` (see :func:`image_kind`) are skipped as
+    ``non_magnitude_image``.
+    """
     first = headers[0]
     if first.kind == "unreadable":
         return [
@@ -212,45 +329,89 @@ def plan_group(headers: list[Header], *, salt: bytes, already_ingested: frozense
         return [plan.stop(Reason.INCONSISTENT_GEOMETRY, "no StudyInstanceUID/SeriesInstanceUID")]
 
     unique = _dedupe(headers)
-    plans = []
-    study_key = salted_key(salt, "study", first.study_uid)
-    for disc, members in sorted(_sub_series(unique).items()):
+    families: dict[str, list[tuple[str, list[Header]]]] = defaultdict(list)
+    for disc, (family, members) in _sub_series(unique).items():
         members.sort(key=lambda h: h.path)
-        head = members[0]
-        member_sops = {m.sop_instance for m in members if m.sop_instance}
-        copies = sum(1 for h in headers if h.sop_instance in member_sops)
-        n_objects = copies + sum(1 for m in members if not m.sop_instance)
-        plan = SeriesPlan(
-            series_key=salted_key(salt, "series", first.study_uid, first.series_uid, disc),
-            study_key=study_key,
-            kind="dicom",
-            status="pending",
-            modality=(head.modality or "").upper() or None,
-            n_objects=n_objects,
-            instances=[Instance(path=h.path, ipp=h.ipp, iop=h.iop, frames=h.frames) for h in members],
-            rows=head.rows,
-            cols=head.cols,
-            pixel_spacing=head.pixel_spacing,
-            slice_thickness=head.slice_thickness,
-            transfer_syntax=head.transfer_syntax,
-            attrs={
-                "body_part": head.body_part,
-                "manufacturer": head.manufacturer,
-                "kvp": head.kvp,
-                "contrast": head.contrast,
-                "sex": head.sex,
-                "age_bucket": head.age_bucket,
-            },
-        )
-        reason = skip_reason(head)
-        if reason is not None:
-            plan.stop(reason, _skip_detail(reason, head))
-        elif any(h.burned_in for h in members):
-            plan.stop(Reason.BURNED_IN_ANNOTATION, "BurnedInAnnotation is YES")
-        elif plan.series_key in already_ingested:
-            plan.stop(Reason.ALREADY_INGESTED, "series key already in the dataset")
-        plans.append(plan)
+        families[family].append((disc, members))
+    plans = []
+    for family, volumes in sorted(families.items()):
+        volumes.sort(key=lambda v: _volume_order(v[1]))
+        keep = keep_evenly(len(volumes), rules.max_volumes)
+        for disc, members in sorted(volumes[i] for i in keep):
+            plan = _dicom_plan(headers, disc, members, salt=salt)
+            plan.volumes_found, plan.volumes_kept = len(volumes), len(keep)
+            _check(plan, members, skip_kinds=rules.skip_kinds, already_ingested=already_ingested)
+            plans.append(plan)
+        left = [h for i, (_, members) in enumerate(volumes) if i not in keep for h in members]
+        if left:
+            plan = _dicom_plan(headers, f"{family}|not-kept", sorted(left, key=lambda h: h.path), salt=salt)
+            plan.volumes_found, plan.volumes_kept = len(volumes), 0
+            n_left = len(volumes) - len(keep)
+            plans.append(
+                plan.stop(
+                    Reason.VOLUME_NOT_KEPT,
+                    f"{n_left} of {len(volumes)} volumes beyond volumes.max_per_series ({rules.max_volumes})",
+                )
+            )
     return plans
+
+
+def _dicom_plan(headers: list[Header], disc: str, members: list[Header], *, salt: bytes) -> SeriesPlan:
+    """A pending plan for the ``members`` of one volume (``headers``: the whole group, copies included)."""
+    head, first = members[0], headers[0]
+    member_sops = {m.sop_instance for m in members if m.sop_instance}
+    copies = sum(1 for h in headers if h.sop_instance in member_sops)
+    return SeriesPlan(
+        series_key=salted_key(salt, "series", first.study_uid or "", first.series_uid or "", disc),
+        study_key=salted_key(salt, "study", first.study_uid or ""),
+        kind="dicom",
+        status="pending",
+        modality=(head.modality or "").upper() or None,
+        n_objects=copies + sum(1 for m in members if not m.sop_instance),
+        instances=[Instance(path=h.path, ipp=h.ipp, iop=h.iop, frames=h.frames) for h in members],
+        rows=head.rows,
+        cols=head.cols,
+        pixel_spacing=head.pixel_spacing,
+        slice_thickness=head.slice_thickness,
+        transfer_syntax=head.transfer_syntax,
+        attrs={
+            "body_part": head.body_part,
+            "manufacturer": head.manufacturer,
+            "kvp": head.kvp,
+            "contrast": head.contrast,
+            "sex": head.sex,
+            "age_bucket": head.age_bucket,
+        },
+    )
+
+
+def _check(
+    plan: SeriesPlan, members: list[Header], *, skip_kinds: frozenset[str], already_ingested: frozenset[str]
+) -> None:
+    """Stop ``plan`` by rule when its images are not to be ingested; lay out a mosaic otherwise."""
+    head = members[0]
+    reason = skip_reason(head)
+    kind = image_kind(head.image_type)
+    if reason is not None:
+        plan.stop(reason, _skip_detail(reason, head))
+    elif any(h.burned_in for h in members):
+        plan.stop(Reason.BURNED_IN_ANNOTATION, "BurnedInAnnotation is YES")
+    elif kind in skip_kinds:
+        plan.stop(Reason.NON_MAGNITUDE, f"ImageType marks {kind} images (image_types.skip)")
+    elif plan.series_key in already_ingested:
+        plan.stop(Reason.ALREADY_INGESTED, "series key already in the dataset")
+    elif is_mosaic(head.image_type):
+        try:
+            plan.mosaic = mosaic_layout(
+                rows=head.rows,
+                cols=head.cols,
+                csa_count=head.mosaic_count,
+                acquisition_matrix=head.acquisition_matrix,
+                spacing=head.spacing_between or head.slice_thickness,
+                normal=head.csa_normal,
+            ).to_dict()
+        except IngestError as e:
+            plan.stop(e.reason, e.detail)
 
 
 def _skip_detail(reason: Reason, h: Header) -> str:

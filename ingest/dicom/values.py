@@ -8,6 +8,7 @@ value (header values may identify a patient).
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,14 @@ def unsigned_short(raw: bytes, *, little: bool) -> int:
     if len(raw) != 2:
         raise GeneralPath("US element whose length is not 2")
     return int(STRUCTS[little][1].unpack(raw)[0])
+
+
+def binary_numbers(raw: bytes, code: str, *, little: bool) -> list[Any]:
+    """A raw binary value (``code`` a struct code: "H" for US, "d" for FD) as its list of numbers."""
+    size = struct.calcsize(code)
+    if not raw or len(raw) % size:
+        raise GeneralPath(f"binary element of {len(raw)} bytes is not a whole number of values")
+    return list(struct.unpack(f"{'<' if little else '>'}{len(raw) // size}{code}", raw))
 
 
 def raw_value(raw: bytes, vr: str, *, little: bool) -> int | str:

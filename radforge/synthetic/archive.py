@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,7 @@ from radforge.synthetic.dicom import (
     transfer_syntax_available,
     write_dicom_series,
 )
+from radforge.synthetic.mosaic import write_mosaic_series
 from radforge.synthetic.phantom import Phantom, ct_phantom, mr_phantom
 from radforge.synthetic.phi import PlantedPHI
 
@@ -277,6 +278,7 @@ def build_synthetic_archive(
     transfer_syntaxes: Sequence[str] = DEFAULT_TRANSFER_SYNTAXES,
     include_bad: bool = True,
     include_non_image: bool = True,
+    include_vendor: bool = True,
 ) -> ArchiveSpec:
     """Write a synthetic hospital export into the local folder ``dest``; return what the job must report.
 
@@ -288,7 +290,10 @@ def build_synthetic_archive(
     secondary capture; ``include_bad`` adds a truncated series, a zero-byte file, a text file named
     .dcm, missing PixelData, an unknown private transfer syntax, duplicate positions, a 60000x60000
     header, BurnedInAnnotation YES, a NIfTI with NaN, and valid series with odd names (spaces and
-    unicode, 200-character names, 12 nested folders). Deterministic for a given ``seed``.
+    unicode, 200-character names, 12 nested folders). ``include_vendor`` adds what real scanners
+    deliver beyond plain 3D series: Siemens MOSAIC series with and without a CSA header (two volumes
+    each, one entry per volume) and a mosaic whose slice count cannot be established. Deterministic
+    for a given ``seed``.
     """
     if n_slices < 3 or size < 8:
         raise ValueError(f"n_slices must be >= 3 and size >= 8, got n_slices={n_slices}, size={size}")
@@ -303,6 +308,7 @@ def build_synthetic_archive(
         n_slices=n_slices,
         include_bad=include_bad,
         include_non_image=include_non_image,
+        include_vendor=include_vendor,
     )
     return ArchiveSpec(root=str(root), series=builder.entries, phi=builder.phi)
 
@@ -316,6 +322,7 @@ def _write_synthetic(
     n_slices: int,
     include_bad: bool,
     include_non_image: bool,
+    include_vendor: bool = False,
 ) -> None:
     shape = (n_slices, size, size)
     small = (min(n_slices, _SMALL_SERIES), size, size)
@@ -392,8 +399,54 @@ def _write_synthetic(
     if include_non_image and first_ct is not None and p0 is not None:
         _add_non_image(b, p0, first_ct, size)
 
+    if include_vendor:
+        _add_mosaics(b, mr_phantom(shape=shape, seed=seed + 500))
+
     if include_bad:
         _add_bad(b, small, size, ct_folder)
+
+
+def _add_mosaics(b: ArchiveWriter, phantom: Phantom) -> None:
+    """Siemens MOSAIC series (two volumes each) with and without a CSA header, and an undecodable one."""
+    base = phantom.array.astype(np.uint16)
+    origin = (-phantom.shape[2] * phantom.spacing[2] / 2, -phantom.shape[1] * phantom.spacing[1] / 2, -40.0)
+    for i, (case, csa, n_volumes, matrix) in enumerate(
+        (
+            ("mr_mosaic_csa", True, 2, None),
+            ("mr_mosaic_no_csa", False, 2, None),
+            ("mosaic_undecodable", False, 1, (0, 0, 0, 0)),  # no CSA, no usable acquisition matrix
+        )
+    ):
+        volumes = [base + 5 * t + 50 * i for t in range(n_volumes)]  # every volume its own pixels
+        phi = b.patient()
+        folder = _study_folder(b, phi, f"MOSAIC_{case}")
+        written = write_mosaic_series(
+            volumes,
+            folder,
+            spacing=phantom.spacing,
+            origin=origin,
+            csa=csa,
+            seed=b.seed * 1000 + len(b.entries),
+            acquisition_matrix=matrix,
+            phi=phi,
+        )
+        for t, path in enumerate(written.paths):
+            b.entries.append(
+                ExpectedSeries(
+                    folder=b.rel(folder),
+                    modality="MR",
+                    n_slices=phantom.shape[0],
+                    reason="mosaic_undecodable" if matrix is not None else None,
+                    transfer_syntax=ExplicitVRLittleEndian,
+                    study_uid=written.study_uid,
+                    series_uid=written.series_uid,
+                    case=case if n_volumes == 1 else f"{case}_v{t}",
+                    files=[b.rel(path)],
+                    shape=phantom.shape,
+                    spacing=phantom.spacing,
+                    phantom=replace(phantom, array=volumes[t].astype(np.float32)),
+                )
+            )
 
 
 def _add_localizer(b: ArchiveWriter, ct: Phantom, folder: Path, info: SeriesInfo, phi: PlantedPHI) -> None:

@@ -361,6 +361,8 @@ def test_synthetic_archive_spec_lists_every_object(synthetic: ArchiveSpec) -> No
         "sr_report", "secondary_capture", "truncated", "zero_byte", "not_dicom", "no_pixel_data",
         "unknown_transfer_syntax", "duplicate_positions", "absurd_dimensions", "burned_in_annotation",
         "nifti_nan", "odd_unicode", "odd_long_names", "odd_nested_deep",
+        "mr_mosaic_csa_v0", "mr_mosaic_csa_v1", "mr_mosaic_no_csa_v0", "mr_mosaic_no_csa_v1",
+        "mosaic_undecodable",
     }  # fmt: skip
     for entry in synthetic.series:
         if entry.ingested:
@@ -426,6 +428,13 @@ def test_synthetic_archive_objects_match_their_entries(synthetic: ArchiveSpec) -
         ds.file_meta.TransferSyntaxUID == PRIVATE_TRANSFER_SYNTAX for ds in headers("unknown_transfer_syntax")
     )
     assert all(ds.BurnedInAnnotation == "YES" for ds in headers("burned_in_annotation"))
+    # mosaics: one image per volume, tiles of the volume's slices, a CSA header only where stated
+    for case in ("mr_mosaic_csa_v0", "mr_mosaic_no_csa_v1", "mosaic_undecodable"):
+        (ds,) = headers(case)
+        entry = synthetic.case(case)
+        has_csa = ds.get((0x0029, 0x0010)) is not None
+        assert "MOSAIC" in ds.ImageType and has_csa == case.startswith("mr_mosaic_csa")
+        assert ds.Rows > entry.shape[1] and ds.Columns > entry.shape[2]
     assert all(
         ds.SOPClassUID == pydicom.uid.SecondaryCaptureImageStorage for ds in headers("secondary_capture")
     )
@@ -483,7 +492,14 @@ def test_synthetic_archive_is_deterministic(tmp_path: Path, synthetic: ArchiveSp
 
 def test_good_only_archive(tmp_path: Path) -> None:
     spec = build_synthetic_archive(
-        str(tmp_path), n_ct=3, n_mr=2, size=16, n_slices=4, include_bad=False, include_non_image=False
+        str(tmp_path),
+        n_ct=3,
+        n_mr=2,
+        size=16,
+        n_slices=4,
+        include_bad=False,
+        include_non_image=False,
+        include_vendor=False,
     )
     assert [(e.case, e.reason) for e in spec.series if not e.ingested] == [("ct_localizer", "localizer")]
     assert len([e for e in spec.series if e.modality == "MR"]) == 2 + 1  # two MR plus the sagittal

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+import pydicom
 import pytest
 import zstandard
 
@@ -73,6 +74,35 @@ def test_ingested_ct_slices_equal_the_phantom_hu(ingested: tuple) -> None:
             assert sample["meta"]["series_length"] == entry.phantom.array.shape[0]
             checked += 1
     assert checked >= 10
+
+
+def test_mosaic_volumes_come_out_slice_by_slice_and_never_as_mosaics(ingested: tuple) -> None:
+    spec, ds, _ = ingested
+    samples = read_all(ds)
+    by_bytes = {s["image"].tobytes(): s for s in samples.values() if s["meta"]["modality"] == "MR"}
+    mosaic_shapes = set()
+    volume_keys = []
+    for entry in spec.series:
+        if not entry.case.startswith("mr_mosaic") or entry.phantom is None:
+            continue
+        image = pydicom.dcmread(Path(spec.root) / entry.files[0], stop_before_pixels=True)
+        mosaic_shapes.add((int(image.Rows), int(image.Columns)))
+        keys, checked = set(), 0
+        for k in range(entry.phantom.array.shape[0]):
+            sample = by_bytes.get(entry.phantom.array[k].astype(np.uint16).tobytes())
+            if sample is None:
+                continue  # an air slice the filter drops
+            meta = sample["meta"]
+            assert (meta["slice_index"], meta["series_length"]) == (k, len(entry.phantom.array))
+            keys.add(sample["meta"]["series_key"])
+            checked += 1
+        assert checked >= entry.phantom.array.shape[0] // 2, entry.case
+        assert len(keys) == 1, entry.case  # one volume, one key
+        volume_keys.extend(keys)
+    assert len(volume_keys) == len(set(volume_keys)) == 4  # two series of two volumes each
+    assert mosaic_shapes and all(s["image"].shape not in mosaic_shapes for s in samples.values())
+    rows = {(m["status"], m["reason"], m["mosaic"], m["volumes_found"]) for m in _manifest(ds) if m["mosaic"]}
+    assert rows == {("ingested", None, True, 2)}
 
 
 def test_empty_slices_are_dropped_and_counted(ingested: tuple) -> None:
