@@ -19,6 +19,7 @@ from pydantic import BaseModel
 
 from radforge.services.app.models import EVAL_BUILTIN_TASKS, EvalJobCreate, IngestJobCreate, TrainJobSpec
 from radforge.services.jobs.specs import Allowlists, prepare_eval, prepare_ingest, prepare_train
+from radforge.storage import canonical_uri
 
 
 @dataclass(frozen=True)
@@ -40,14 +41,22 @@ class JobKind:
         return self.spec_model.model_validate(spec)
 
 
+def archive_lock(uri: str) -> str:
+    """The lock of an archive an ingest job reads.
+
+    Locks name canonical URIs (symlinks resolved): an alias of a folder takes the same lock.
+    """
+    return f"archive:{canonical_uri(uri)}"
+
+
 def ingest_locks(spec: IngestJobCreate) -> frozenset[str]:
     """An ingest job holds its archive and its dataset (the catalog commit is read-modify-write)."""
-    return frozenset({f"archive:{spec.source_uri}", f"dataset:{spec.dataset_uri}"})
+    return frozenset({archive_lock(spec.source_uri), f"dataset:{canonical_uri(spec.dataset_uri)}"})
 
 
 def output_lock(uri: str) -> str:
     """The lock of a folder one job writes (a run's output, an eval report); shared by the kinds."""
-    return f"output:{uri}"
+    return f"output:{canonical_uri(uri)}"
 
 
 def train_locks(spec: TrainJobSpec) -> frozenset[str]:

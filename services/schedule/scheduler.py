@@ -28,6 +28,7 @@ from radforge.services.app.models import (
     SourceRecord,
 )
 from radforge.services.app.security import check_uri, redact_below
+from radforge.services.jobs.kinds import archive_lock
 from radforge.services.jobs.runner import JobRunner
 from radforge.services.schedule.decisions import ArchiveObservation, next_poll, plan_submissions
 from radforge.sharder.catalog import load_catalog
@@ -178,7 +179,7 @@ class Scheduler:
                 ArchiveObservation(
                     name=name,
                     in_catalog=name in in_catalog,
-                    active=f"archive:{uri}" in active,
+                    active=archive_lock(uri) in active,
                     last_state=last_state,
                     failed_attempts=failed,
                     fingerprint=now_fp.get(name),
