@@ -13,7 +13,6 @@ from radforge.exports import lazy_exports
 if TYPE_CHECKING:
     from radforge.sharder.catalog import Catalog, DatasetError, load_catalog
     from radforge.sharder.datasink import MDSDatasink, commit_part
-    from radforge.sharder.lease import DatasetBusyError, DatasetLease
     from radforge.sharder.mds import SampleEncoder, ShardFormatError, ShardWriter
     from radforge.sharder.mixing import MixSpec, SourceSpec, build_streams
     from radforge.sharder.schema import COLUMNS, SCHEMA_VERSION, SchemaVersionError
@@ -24,9 +23,7 @@ __all__ = [
     "COLUMNS",
     "SCHEMA_VERSION",
     "Catalog",
-    "DatasetBusyError",
     "DatasetError",
-    "DatasetLease",
     "MDSDatasink",
     "MixSpec",
     "SampleEncoder",
@@ -51,8 +48,6 @@ __getattr__ = lazy_exports(
         "load_catalog": "catalog",
         "MDSDatasink": "datasink",
         "commit_part": "datasink",
-        "DatasetBusyError": "lease",
-        "DatasetLease": "lease",
         "SampleEncoder": "mds",
         "ShardFormatError": "mds",
         "ShardWriter": "mds",
