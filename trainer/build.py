@@ -18,7 +18,7 @@ from radforge.trainer.heads import DINOHead, Network
 from radforge.trainer.losses import Centering, DINOLoss, IBOTLoss, KoLeoLoss, SigRegLoss
 from radforge.trainer.models.vit import VIT_SIZES, VisionTransformer
 from radforge.trainer.optim import param_groups
-from radforge.trainer.parallel import compile_blocks, scatter_full_state
+from radforge.trainer.parallel import compile_blocks, fsdp_gradient_sync, scatter_full_state
 from radforge.trainer.schedules import Schedules, scaled_lr
 from radforge.trainer.step import LossWeights, Objective, TrainState
 from radforge.trainer.views.multicrop import MaskSampler, MultiCrop
@@ -218,4 +218,6 @@ def build_train_state(
         autocast_dtype=torch.bfloat16
         if cfg.compute.precision == "bf16" and on_gpu and shard is None
         else None,
+        # sharded: reduce-scatter once per step, on the last micro-batch's backward
+        grad_sync=fsdp_gradient_sync(student) if shard is not None else None,
     )

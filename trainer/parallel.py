@@ -1,7 +1,8 @@
 """Data parallelism around a :class:`~radforge.trainer.heads.Network`: replicated, FSDP2, per-block compile.
 
 Replicated (small models): every rank holds the whole model; :func:`replicate_gradients` averages
-each gradient across ranks as the last micro-batch's backward produces it.
+each gradient across ranks as the last micro-batch's backward produces it. Sharded ones defer
+their reduce-scatter to the last micro-batch the same way (:func:`fsdp_gradient_sync`).
 
 FSDP2 (large and giant), DINOv3's layout (RECIPE.md, "FSDP"): ``fully_shard`` on every
 transformer block, then on the backbone and heads, with bf16 parameters for compute and fp32
@@ -45,6 +46,24 @@ def replicate_gradients(module: torch.nn.Module, *, world_size: int) -> Callable
 
     def switch(on: bool) -> None:
         enabled[0] = on
+
+    return switch
+
+
+def fsdp_gradient_sync(network: torch.nn.Module) -> Callable[[bool], None]:
+    """The on/off switch of an FSDP2-sharded network's gradient reduce-scatter (the step's ``grad_sync``).
+
+    Off for every micro-batch's backward but the last: gradients accumulate unsharded on each rank
+    and cross the network once per step (FSDP1's ``no_sync``), at the cost of holding one unsharded
+    gradient per parameter until then.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    units = [m for m in network.modules() if isinstance(m, FSDPModule)]
+
+    def switch(on: bool) -> None:
+        for unit in units:
+            unit.set_requires_gradient_sync(on, recurse=False)
 
     return switch
 

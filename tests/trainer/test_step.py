@@ -299,19 +299,24 @@ def test_gradients_are_clipped_per_part(batch: ViewBatch, separate_ibot_head: bo
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
-def test_fsdp2_reduce_scatters_once_per_step_under_accumulation(
-    batch: ViewBatch, cpu_mesh: DeviceMesh
-) -> None:
+def test_fsdp2_reduce_scatters_do_not_grow_with_accumulation(batch: ViewBatch, cpu_mesh: DeviceMesh) -> None:
     """Accumulated micro-batches cross the network once: FSDP2 defers its reduce-scatter to the last one.
 
-    Counted from FSDP2's own profiler ranges (one ``post_backward_reduce`` per unit and reduction);
-    without the deferral every micro-batch's backward reduce-scatters every unit.
+    Counted from FSDP2's own profiler ranges (``post_backward_reduce``, one per unit and reduction):
+    the count is the same for 3 and for 6 micro-batches, where without the deferral every
+    micro-batch's backward reduce-scatters every unit. (On the last micro-batch each block reduces
+    twice, once per forward call: global and local crops; see docs/training.md.)
     """
     shard = functools.partial(shard_network, mesh=cpu_mesh, param_dtype=None, reduce_dtype=None)
+
+    def reductions(sizes: tuple[int, ...]) -> int:
+        state = build_train_state(recipe(), global_batch_size=6, seed=0, shard=shard)
+        state.step = 150
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            train_step(state, micro_batches(batch, sizes))
+        return sum(1 for e in prof.events() if "FSDP::post_backward_reduce" in e.name)
+
     state = build_train_state(recipe(), global_batch_size=6, seed=0, shard=shard)
-    state.step = 150
     units = sum(1 for m in state.student.modules() if type(m).__name__.startswith("FSDP"))
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        train_step(state, micro_batches(batch, (2, 2, 2)))
-    reductions = sum(1 for e in prof.events() if "FSDP::post_backward_reduce" in e.name)
-    assert units > 1 and reductions == units
+    three, six = reductions((2, 2, 2)), reductions((1,) * 6)
+    assert three == six < 3 * units
