@@ -36,6 +36,8 @@ from radforge.ingest.slicer import SliceCounts, volume_samples
 from radforge.runtime import cluster_cpus, ensure_ray, tune_data_executor, tune_worker_allocator
 from radforge.sharder.catalog import MANIFESTS, load_catalog
 from radforge.sharder.datasink import MDSDatasink, count_key, rows_block
+from radforge.sharder.lease import DatasetLease
+from radforge.sharder.marker import check_destination, mark_dataset
 from radforge.sharder.mds import SampleEncoder
 from radforge.sharder.schema import COLUMNS
 from radforge.storage import Location, resolve
@@ -318,7 +320,28 @@ def run_ingest(
 
     ``sink_cls`` lets callers (tests injecting faults, alternative sinks) subclass the datasink;
     ``on_plan(series)`` is told how many series were planned, before any is decoded (progress).
+    The destination must be new, empty or a radforge dataset (else ``NotADatasetError``), and the
+    run holds the dataset's write lease from before it reads the catalog until after its commit
+    (``DatasetBusyError`` if another writer holds it; see :mod:`radforge.sharder.lease`).
     """
+    cfg.deid.resolved_salt()  # a run that cannot start must not create a dataset
+    dst = resolve(dataset_uri)
+    check_destination(dst)  # someone else's data: refused before anything is written there
+    with DatasetLease(dst) as lease:
+        mark_dataset(dst)
+        return _run_ingest_leased(source_uri, dst.uri, cfg, sink_cls=sink_cls, on_plan=on_plan, lease=lease)
+
+
+def _run_ingest_leased(
+    source_uri: str,
+    dataset_uri: str,
+    cfg: IngestConfig,
+    *,
+    sink_cls: type[MDSDatasink],
+    on_plan: Callable[[int], None] | None,
+    lease: DatasetLease,
+) -> IngestSummary:
+    """The ingest run itself, holding the dataset's write lease (the sink renews it before committing)."""
     import ray
 
     t0 = time.perf_counter()
@@ -374,6 +397,7 @@ def run_ingest(
         size_limit=cfg.shards.size_limit,
         samples_per_task=cfg.shards.samples_per_task,
         known_records=known,
+        lease=lease,
     )
     # One block (hence one decoding + writing task) per task group: blocks are what spread work
     # over the cluster; batch_size=1 has each call decode one series, and the fused write consumes

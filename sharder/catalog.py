@@ -9,13 +9,15 @@ Layout of a dataset at ``DATASET_URI``::
 The root ``index.json`` is the single commit point: it is replaced atomically, and lists shards
 with their path relative to the root, so a stock reader finds every part. Its ``radforge``
 section is the catalog (schema version, and per part: archive, time, counts, config hash,
-manifest). Anything under ``parts/`` that the index does not reference is an orphan of a run
-that died before commit; it is never read and is removed by the next run.
+manifest). A part folder under ``parts/`` that the index does not reference is an orphan of a
+run that died before commit; it is never read and is removed by the next run. Only folders named
+like a part (:data:`PART_ID_RE`) are radforge's: anything else under ``parts/`` is left alone.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +27,13 @@ from radforge.storage import Location, exists, read_bytes, write_bytes_atomic
 INDEX = "index.json"
 PARTS = "parts"
 MANIFESTS = "manifests"
+# The name of a part folder (``radforge.ingest.pipeline.part_id_for``): "p-" and 16 hex digits.
+PART_ID_RE = re.compile(r"p-[0-9a-f]{16}")
+
+
+def is_part_id(name: str) -> bool:
+    """Whether ``name`` is a part id radforge makes (so a folder of that name is radforge's)."""
+    return PART_ID_RE.fullmatch(name) is not None
 
 
 class DatasetError(RuntimeError):

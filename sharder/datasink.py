@@ -2,14 +2,16 @@
 
 Lifecycle (Ray Data calls these hooks):
 
-- ``on_write_start`` (driver): removes orphans of runs that died before their commit;
+- ``on_write_start`` (driver): removes orphans of runs that died before their commit (radforge's
+  part folders only, in a marked dataset: see :mod:`radforge.sharder.marker`);
 - ``write`` (one Ray task per group of blocks): writes that task's (already MDS-encoded) samples
   with :class:`radforge.sharder.mds.ShardWriter` into a staging folder, then publishes them under a
   folder named after a hash of the task's sample keys, so a retried task overwrites its own
   output rather than adding a copy;
   returns its shard entries and the series records it carried;
 - ``on_write_complete`` (driver, only after every task succeeded): writes the part's series
-  manifest and commits the part by atomically replacing the root index (see :mod:`radforge.sharder.catalog`).
+  manifest and commits the part by atomically replacing the root index (see :mod:`radforge.sharder.catalog`),
+  after renewing the dataset's write lease (:mod:`radforge.sharder.lease`) when it was given one.
 
 A job that dies before ``on_write_complete`` leaves the committed dataset untouched: its shards
 are unreferenced and the next run removes them.
@@ -35,7 +37,18 @@ from ray.data import Datasink
 from ray.data.block import Block, BlockAccessor
 from ray.data.datasource.datasink import WriteResult
 
-from radforge.sharder.catalog import INDEX, MANIFESTS, PARTS, Catalog, commit, load_catalog, shard_files
+from radforge.sharder.catalog import (
+    INDEX,
+    MANIFESTS,
+    PARTS,
+    Catalog,
+    commit,
+    is_part_id,
+    load_catalog,
+    shard_files,
+)
+from radforge.sharder.lease import DatasetLease
+from radforge.sharder.marker import is_marked
 from radforge.sharder.mds import SampleEncoder, ShardWriter
 from radforge.sharder.schema import COLUMNS, SCHEMA_VERSION
 from radforge.storage import Location, ensure_dir, resolve, write_bytes_atomic
@@ -160,6 +173,7 @@ class MDSDatasink(Datasink[dict[str, Any]]):
         samples_per_task: int | None = None,
         known_records: frozenset[tuple[str, str, str | None]] = frozenset(),
         on_commit: Callable[[dict[str, Any]], None] | None = None,
+        lease: DatasetLease | None = None,
     ) -> None:
         self.dataset_uri = dataset_uri
         self.part_id = part_id
@@ -170,7 +184,13 @@ class MDSDatasink(Datasink[dict[str, Any]]):
         self.samples_per_task = samples_per_task
         self.known_records = known_records
         self.on_commit = on_commit
+        self.lease = lease  # the dataset's write lease, held by the driver: renewed before the commit
         self.result: dict[str, Any] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["lease"] = None  # write tasks get a copy of the sink; the lease stays on the driver
+        return state
 
     # ---- driver: before any task -------------------------------------------------------------
     def on_write_start(self, schema: Any = None) -> None:
@@ -251,6 +271,8 @@ class MDSDatasink(Datasink[dict[str, Any]]):
     # ---- driver: after every task succeeded ----------------------------------------------------
     def on_write_complete(self, write_result: WriteResult[dict[str, Any]]) -> None:
         returns = [r for r in write_result.write_returns if r is not None]
+        if self.lease is not None:
+            self.lease.fence()  # refuses if another writer took the dataset over
         self.result = commit_part(
             resolve(self.dataset_uri),
             part_id=self.part_id,
@@ -357,15 +379,19 @@ def _remove_unreferenced(root: Location, part_id: str, catalog: Catalog) -> None
 
 
 def remove_orphans(root: Location, catalog: Catalog, *, keep: set[str]) -> list[str]:
-    """Remove part folders that no commit references (left by runs that died). Returns their ids."""
+    """Remove part folders that no commit references (left by runs that died). Returns their ids.
+
+    Only in a marked dataset, and only folders named like a radforge part (:func:`is_part_id`):
+    anything else under ``parts/`` is someone else's and stays.
+    """
     parts = root.join(PARTS)
     fs = parts.fs
-    if not fs.exists(parts.path):
+    if not is_marked(root) or not fs.exists(parts.path):
         return []
     removed = []
     for path in fs.ls(parts.path, detail=False):
         name = path.rstrip("/").rsplit("/", 1)[-1]
-        if name in catalog.part_ids or name in keep:
+        if not is_part_id(name) or name in catalog.part_ids or name in keep:
             continue
         fs.rm(path, recursive=True)
         removed.append(name)

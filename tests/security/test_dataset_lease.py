@@ -1,0 +1,175 @@
+"""The dataset's write lease on real storage (local disk and a moto S3 server): races, takeover, loss.
+
+Writers race from real threads released together by a barrier; "stale" is a lease whose expiry
+has passed (a writer with ``ttl_s=0`` is stale at once) or whose holder, a real process on this
+node, was killed, so nothing here waits on a clock.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from radforge.sharder.lease import (
+    LEASE,
+    DatasetBusyError,
+    DatasetLease,
+    LeaseLostError,
+    LeaseRecord,
+    read_lease,
+)
+from radforge.storage import Location, create_exclusive, exists, resolve
+
+REPO = Path(__file__).parents[2]
+RACERS = 6
+ROUNDS = 4
+
+
+@pytest.fixture(params=["local", "s3"])
+def root(request: pytest.FixtureRequest, tmp_path: Path) -> Location:
+    if request.param == "s3":
+        return resolve(f"s3://{request.getfixturevalue('s3_bucket')}/datasets/ct")
+    (tmp_path / "ds").mkdir()
+    return resolve(str(tmp_path / "ds"))
+
+
+def _race(take: Callable[[], DatasetLease]) -> tuple[list[DatasetLease], list[str]]:
+    """Run ``take`` on RACERS threads released at once: (winners, refusal messages)."""
+    barrier = threading.Barrier(RACERS)
+    winners: list[DatasetLease] = []
+    refused: list[str] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        barrier.wait()
+        try:
+            winners.append(take())
+        except DatasetBusyError as e:
+            refused.append(str(e))
+        except BaseException as e:  # surfaced below: a racer must win or be refused, nothing else
+            errors.append(e)
+
+    threads = [threading.Thread(target=run) for _ in range(RACERS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors, errors
+    return winners, refused
+
+
+def test_exactly_one_of_racing_writers_takes_a_free_lease(root: Location) -> None:
+    for _ in range(ROUNDS):
+        winners, refused = _race(lambda: DatasetLease(root).acquire())
+        assert len(winners) == 1 and len(refused) == RACERS - 1
+        held = read_lease(root)
+        assert held is not None and held.owner == winners[0].owner
+        assert all("is busy" in m and f"pid {held.pid}" in m and "\n" not in m for m in refused)
+        winners[0].release()
+        assert not exists(root.join(LEASE))
+
+
+def test_a_stale_lease_is_taken_over_by_exactly_one_of_racing_writers(root: Location) -> None:
+    for _ in range(ROUNDS):
+        dead = DatasetLease(root, job_id="job-dead", ttl_s=0).acquire()  # expired as soon as written
+        winners, refused = _race(lambda: DatasetLease(root, job_id="job-new").acquire())
+        assert len(winners) == 1 and len(refused) == RACERS - 1
+        held = read_lease(root)
+        assert held is not None and held.owner == winners[0].owner and held.job_id == "job-new"
+        # The writer that stalled past its expiry finds out at its next renewal and never commits.
+        with pytest.raises(LeaseLostError, match="taken over"):
+            dead.fence()
+        dead.release()  # does not delete the new holder's lease
+        assert read_lease(root) == held
+        winners[0].release()
+
+
+def test_a_live_lease_is_never_taken_over(root: Location) -> None:
+    holder = DatasetLease(root, job_id="job-1").acquire()
+    before = read_lease(root)
+    with pytest.raises(DatasetBusyError, match="job job-1"):
+        DatasetLease(root).acquire()
+    assert read_lease(root) == before
+    holder.fence()  # still ours
+    holder.release()
+    DatasetLease(root).acquire().release()  # free again
+
+
+def test_the_heartbeat_keeps_the_lease_alive(root: Location) -> None:
+    with DatasetLease(root, ttl_s=2.0) as lease:
+        first = read_lease(root)
+        assert first is not None
+        deadline = time.monotonic() + 30
+        while (now := read_lease(root)) is not None and now.heartbeat_at == first.heartbeat_at:
+            assert time.monotonic() < deadline, "the heartbeat never renewed the lease"
+            time.sleep(0.05)
+        assert now is not None and now.expires_at > first.expires_at and now.owner == lease.owner
+        assert now.acquired_at == first.acquired_at
+    assert read_lease(root) is None  # released on exit
+
+
+HOLD_AND_WAIT = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from radforge.sharder.lease import DatasetLease
+    from radforge.storage import resolve
+
+    DatasetLease(resolve(sys.argv[1])).acquire()
+    Path(sys.argv[2]).touch()
+    time.sleep(600)  # killed by the test long before
+    """
+)
+
+
+def test_the_lease_of_a_killed_writer_on_this_node_is_taken_over_at_once(
+    root: Location, tmp_path: Path
+) -> None:
+    held = tmp_path / "held"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD_AND_WAIT, root.uri, str(held)],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 60
+    while not held.exists():
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
+        assert time.monotonic() < deadline, "the writer never took the lease"
+        time.sleep(0.05)
+    dead = read_lease(root)
+    assert dead is not None and dead.pid == proc.pid and dead.expires_at > time.time()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+
+    lease = DatasetLease(root).acquire()  # not expired, but its holder is provably gone
+    assert read_lease(root) == lease.record
+    lease.release()
+
+
+def test_a_lease_from_another_node_waits_for_its_expiry(root: Location) -> None:
+    # Its pid means nothing here (another machine or pid namespace): only the expiry counts.
+    now = time.time()
+    foreign = LeaseRecord(
+        owner="elsewhere",
+        host="node-7",
+        node="other-boot/1",
+        pid=2**22 + 1,  # above pid_max: no such process here
+        job_id=None,
+        acquired_at=now,
+        heartbeat_at=now,
+        expires_at=now + 600,
+    )
+    create_exclusive(root.join(LEASE), foreign.to_bytes())
+    with pytest.raises(DatasetBusyError, match="held by node-7 pid"):
+        DatasetLease(root).acquire()
+    assert read_lease(root) == foreign
