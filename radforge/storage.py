@@ -318,7 +318,7 @@ def _s3_call(loc: Location, method: str, **kwargs: Any) -> str:
     except (OSError, ValueError) as e:
         cause = e.__cause__
         code = getattr(cause, "response", {}).get("Error", {}).get("Code") if cause is not None else None
-        if isinstance(e, FileNotFoundError | FileExistsError) or code in _S3_CONDITION_CODES:
+        if isinstance(e, FileExistsError) or code in _S3_CONDITION_CODES:  # not NoSuchBucket
             reason = code or type(e).__name__
             raise ConditionFailed(f"{loc.uri}: the condition of {method} was not met ({reason})") from None
         raise

@@ -161,7 +161,7 @@ class DatasetLease:
                 return self
             except FileExistsError:
                 pass
-            except OSError as e:
+            except Exception as e:  # OSError, or the storage client's own (no credentials, endpoint down)
                 raise DatasetError(
                     f"destination {self.root.uri} is not writable: cannot create its write lease "
                     f"({type(e).__name__})"

@@ -43,10 +43,13 @@ class DestinationState(StrEnum):
 
 
 def destination_state(root: Location) -> DestinationState:
-    """Classify ``root`` by reading only (never writes)."""
-    if exists(root.join(MARKER)):
-        return DestinationState.DATASET
-    names = _child_names(root)
+    """Classify ``root`` by reading only (never writes); :class:`DatasetError` if it cannot be read."""
+    try:
+        if exists(root.join(MARKER)):
+            return DestinationState.DATASET
+        names = _child_names(root)
+    except Exception as e:  # OSError, or the storage client's own (no credentials, endpoint down)
+        raise DatasetError(f"destination {root.uri} cannot be read ({type(e).__name__})") from None
     if not [n for n in names if not n.startswith(RESERVED_PREFIX)]:
         return DestinationState.EMPTY
     if INDEX in names and _is_radforge_index(root.join(INDEX)):

@@ -148,3 +148,13 @@ def test_a_run_whose_lease_was_taken_over_does_not_commit(ray_local: None, tmp_p
     assert len(load_catalog(resolve(str(ds))).parts) == 1
     held = read_lease(resolve(str(ds)))
     assert held is not None and held.owner == "another-writer"  # the loser left the winner's lease
+
+
+def test_a_destination_in_a_missing_bucket_is_one_clear_error(moto_server: str) -> None:
+    from radforge.sharder.catalog import DatasetError
+    from radforge.sharder.lease import DatasetLease
+
+    root = resolve("s3://rf-no-such-bucket/datasets/ct")
+    assert check_destination(root) is DestinationState.EMPTY
+    with pytest.raises(DatasetError, match=r"^destination s3://rf-no-such-bucket/\S+ is not writable"):
+        DatasetLease(root).acquire()
