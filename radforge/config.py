@@ -7,7 +7,6 @@ override as typed, the environment variable or the file) and the field, never a 
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, TypeVar
@@ -102,8 +101,14 @@ def _strings(value: Any) -> list[str]:
 
 
 def _shown(value: Any) -> str:
-    """An override value as it would be typed on the command line."""
-    return value if isinstance(value, str) else json.dumps(value, default=str)
+    """An override value as it would be typed on the command line (YAML flow style: ``[axial, oblique]``)."""
+    if isinstance(value, str):
+        return value
+    try:
+        text = yaml.safe_dump(value, default_flow_style=True, width=1 << 20).strip()
+    except yaml.YAMLError:  # not a YAML value (a Path, a SecretStr passed programmatically)
+        return str(value)
+    return text.removesuffix("...").strip()
 
 
 class LayeredConfig:

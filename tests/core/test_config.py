@@ -117,6 +117,8 @@ def test_a_layer_laid_under_is_overridden_and_named(tmp_path: Path) -> None:
 def test_every_config_of_the_project_formats_errors_the_same_way(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"^override shards.size_limit=abc: shards.size_limit: Input"):
         load_config(overrides={"shards": {"size_limit": "abc"}})
+    with pytest.raises(ConfigError, match=r"^override planes=\[axial, oblique\]: planes.1: Input should be"):
+        load_config(overrides={"planes": ["axial", "oblique"]})  # `--set` arrives parsed: shown as YAML
     with pytest.raises(RecipeConfigError, match=r"^override optim.base_lr=abc: optim.base_lr: Input should"):
         load_recipe(overrides=["optim.base_lr=abc"])
     run = write(tmp_path, RUN_FILE + "steps: abc\n")
