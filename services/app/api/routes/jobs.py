@@ -24,6 +24,7 @@ from radforge.services.jobs.specs import Allowlists, SpecForbidden, SpecInvalid
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"], dependencies=[Authorized])
 MAX_LOG_LINES = 1000
+MAX_OFFSET = (1 << 31) - 1  # beyond any job count; larger ints overflow the databases' integers (a 500)
 
 
 def _found(store: StoreDep, job_id: str) -> JobRecord:
@@ -63,7 +64,7 @@ def list_jobs(
     source_id: str | None = None,
     origin: Annotated[str | None, Query(pattern="^(api|scheduler)$")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> JobList:
     """Jobs, newest first, filtered by kind, state(s), source and origin; ``limit``/``offset`` pages."""
     records, total = store.list_jobs(
