@@ -75,6 +75,15 @@ def test_a_sideways_edge_between_ingest_and_trainer_breaks_the_contract(tmp_path
     assert "radforge.trainer.uses_ingest -> radforge.ingest.config" in result.stdout
 
 
+def test_a_core_module_outside_every_layer_breaks_the_contract(tmp_path: Path) -> None:
+    """The contract is exhaustive: a new module of radforge/ must be given its layer."""
+    package = link_tree(tmp_path)
+    (package / "unplaced.py").write_text('"""A new core module nobody placed in a layer."""\n')
+    result = lint_imports(tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "radforge.unplaced" in result.stdout
+
+
 def _unit(module: str) -> str:
     """The stage or core module a dotted ``radforge.*`` name belongs to (``radforge.ingest.x`` -> ingest)."""
     parts = module.split(".")
