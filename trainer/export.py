@@ -68,8 +68,8 @@ class TeacherBackbone:
 
     def frozen(self) -> FrozenBackbone:
         """The frozen module with these weights."""
-        model = FrozenBackbone(self.spec, preprocessing=self.preprocessing)
-        return model.load_state(self.state, where=str(self.source["checkpoint"]))
+        where = str(self.source["checkpoint"])
+        return FrozenBackbone.from_state(self.spec, self.state, where=where, preprocessing=self.preprocessing)
 
 
 @dataclass(frozen=True)
@@ -89,8 +89,8 @@ def random_backbone(
     torch.manual_seed(seed)
     vit = vit_from_spec(spec)
     state = {k: v for k, v in vit.state_dict().items() if k not in TRAINING_ONLY}
-    model = FrozenBackbone(spec, preprocessing=preprocessing)
-    return model.load_state(state, where=f"random init (seed {seed})")
+    where = f"random init (seed {seed})"
+    return FrozenBackbone.from_state(spec, state, where=where, preprocessing=preprocessing)
 
 
 def _recipe(saved: dict[str, Any], *, where: str) -> RecipeConfig:

@@ -242,3 +242,14 @@ def test_readme_snippet_runs_on_an_export(tmp_path: Path) -> None:
     with torch.no_grad():
         want = vit(preprocess(hu, modality="CT", size=SIZE)[None])
     assert_close("README cls", scope["cls"], want)  # type: ignore[arg-type]
+
+
+def test_loading_leaves_torch_random_state_alone(tmp_path: Path) -> None:
+    """The frozen backbone is built on the meta device: loading draws no random init."""
+    export(random_vit("swiglu-registers"), tmp_path, formats=("native",))
+    torch.manual_seed(5)
+    want = torch.rand(3)
+    torch.manual_seed(5)
+    model = load_backbone(tmp_path)
+    assert torch.equal(torch.rand(3), want)
+    assert not any(p.is_meta or p.requires_grad for p in model.parameters())

@@ -153,6 +153,24 @@ class FrozenBackbone(VisionTransformer):
         self.eval()
         self.weights_hash = ""  # set by load_state
 
+    @classmethod
+    def from_state(
+        cls,
+        spec: BackboneSpec,
+        state: dict[str, torch.Tensor],
+        *,
+        where: str,
+        preprocessing: dict[str, Any] | None,
+    ) -> FrozenBackbone:
+        """The backbone holding ``state`` itself (strict; :class:`BackboneLoadError` names ``where``).
+
+        Built on the meta device: no random init runs (fast for large sizes, and torch's global
+        random state is left alone).
+        """
+        with torch.device("meta"):
+            model = cls(spec, preprocessing=preprocessing)
+        return model.load_state(state, where=where, assign=True)
+
     def load_state(
         self, state: dict[str, torch.Tensor], *, where: str, assign: bool = False
     ) -> FrozenBackbone:
@@ -233,6 +251,7 @@ def load_backbone(path: str | Path, *, device: str | torch.device = "cpu") -> Fr
         state = load_safetensors(data)
     except (SafetensorError, ValueError, RuntimeError) as err:
         raise BackboneLoadError(f"{weights_path} is not a readable safetensors file ({err})") from err
-    with torch.device("meta"):  # no random init of weights about to be replaced
-        model = FrozenBackbone(spec, preprocessing=cfg.get("preprocessing"))
-    return model.load_state(state, where=str(weights_path), assign=True).to(device)
+    model = FrozenBackbone.from_state(
+        spec, state, where=str(weights_path), preprocessing=cfg.get("preprocessing")
+    )
+    return model.to(device)
