@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(PY) -m radforge.services.demo
 
-# ruff, mypy and import-linter
+# ruff, mypy, import-linter and bandit
 lint: $(STAMP)
 	$(VENV)/bin/ruff check radforge ingest sharder trainer services tests bench
 	@# mypy does not follow setuptools' package-dir mapping: type-check a tree of links laid out as
@@ -31,6 +31,8 @@ lint: $(STAMP)
 	@# the import layers (pyproject's [tool.importlinter]) over the same tree; private names across
 	@# stages are checked by tests/test_layers.py
 	cd build/typecheck && PYTHONPATH=. ../../$(VENV)/bin/lint-imports --config ../../pyproject.toml --no-logo
+	@# bandit with pyproject's [tool.bandit] skip list (each skip justified there)
+	$(VENV)/bin/bandit -q -c pyproject.toml -r radforge ingest sharder trainer services
 
 # Debian packages the metrics and dashboard tests use for real: Prometheus (promtool, a scraping
 # server) and headless Chromium; shellcheck for the deploy scripts. Installed when missing (CI runs
