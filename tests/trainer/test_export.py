@@ -18,7 +18,14 @@ from radforge.cli import main as cli_main
 from radforge.trainer import build_network
 from radforge.trainer import checkpoint as ckpt
 from radforge.trainer.eval.backbone import BackboneLoadError, load_backbone
-from radforge.trainer.export import export_backbone, random_backbone, spec_of, teacher_backbone, vit_from_spec
+from radforge.trainer.export import (
+    export_backbone,
+    load_for_eval,
+    random_backbone,
+    spec_of,
+    teacher_backbone,
+    vit_from_spec,
+)
 from radforge.trainer.loop import run_training
 from radforge.trainer.models import VIT_SIZES
 from radforge.trainer.run_config import load_train_config
@@ -132,6 +139,9 @@ def test_export_of_step_folder_equals_run_export(run: Path, tmp_path: Path) -> N
     assert a.step == b.step == 3 and a.sha256 == b.sha256
     model = load_backbone(tmp_path / "b" / "native" / "backbone.safetensors")
     assert model.weights_hash == teacher_backbone(str(step)).frozen().weights_hash
+    # what `radforge eval --backbone` and eval jobs take: the export's root, or the checkpoint itself
+    assert load_for_eval(str(tmp_path / "a")).weights_hash == model.weights_hash
+    assert load_for_eval(str(step)).weights_hash == model.weights_hash
 
 
 def test_preprocess_matches_training_input_mapping(run: Path, tmp_path: Path) -> None:

@@ -30,8 +30,8 @@ from radforge.trainer.export import (
     model_sources,
     write_export,
 )
-from radforge.trainer.export_formats import ExportError, hf_config, timm_config
-from radforge.trainer.models import VisionTransformer, load_backbone, preprocess, spec_of
+from radforge.trainer.export_formats import ExportError, hf_config, hf_state, timm_config, timm_state
+from radforge.trainer.models import VIT_SIZES, VisionTransformer, load_backbone, preprocess, spec_of
 
 torch.set_num_threads(2)
 REPO = Path(__file__).resolve().parents[2]
@@ -253,3 +253,25 @@ def test_loading_leaves_torch_random_state_alone(tmp_path: Path) -> None:
     model = load_backbone(tmp_path)
     assert torch.equal(torch.rand(3), want)
     assert not any(p.is_meta or p.requires_grad for p in model.parameters())
+
+
+@pytest.mark.parametrize("ffn", ["mlp", "swiglu"])
+@pytest.mark.parametrize("size", sorted(VIT_SIZES))
+def test_every_size_maps_to_same_shaped_transformers_and_timm_models(size: str, ffn: str) -> None:
+    """Every width's FFN survives each library's int() rounding (the ViT-L SwiGLU width is 2736)."""
+    import timm
+    from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
+
+    with torch.device("meta"):
+        vit = VIT_SIZES[size](ffn_layer=ffn, num_registers=4)
+        spec = spec_of(vit)
+        state = {k: v for k, v in vit.state_dict().items() if k not in TRAINING_ONLY}
+        cfg = {k: v for k, v in hf_config(spec).items() if k not in ("architectures", "model_type")}
+        hf = Dinov2WithRegistersModel(Dinov2WithRegistersConfig(**cfg))
+        t = timm_config(spec, {"ct_air_hu": -1000.0, "image_size": spec.img_size})
+        tm = timm.create_model(t["architecture"], pretrained=False, **t["model_args"])
+    hf_shapes = {k: tuple(v.shape) for k, v in hf.state_dict().items()}
+    assert hf_shapes == {k: tuple(v.shape) for k, v in hf_state(spec, state).items()}
+    assert {k: tuple(v.shape) for k, v in tm.state_dict().items()} == {
+        k: tuple(v.shape) for k, v in timm_state(spec, state).items()
+    }
