@@ -112,7 +112,7 @@ def load_dicom_volume(plan: SeriesPlan, read: Reader, *, geometry: GeometryConfi
             positions.append(first)
             orientations.append(tuple(inst.iop) if inst.iop else frames.orientation)
         else:
-            for k in range(pix.shape[0]):
+            for k in inst.frame_indices if inst.frame_indices is not None else range(pix.shape[0]):
                 images.append(pix[k])
                 positions.append(list(frames.positions[k]) if frames.positions is not None else None)
                 orientations.append(frames.orientation or (tuple(inst.iop) if inst.iop else None))

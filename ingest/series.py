@@ -65,6 +65,7 @@ class Instance:
     ipp: list[float] | None
     iop: list[float] | None
     frames: int
+    frame_indices: list[int] | None = None  # the frames of this volume (enhanced multi-frame 4D)
 
 
 @dataclass
@@ -144,8 +145,8 @@ def _orientation_label(iop: list[float] | None) -> str:
     return ",".join(f"{round(v, _IOP_DECIMALS) + 0.0:.{_IOP_DECIMALS}f}" for v in iop)
 
 
-def _sub_series(headers: list[Header]) -> dict[str, tuple[str, list[Header]]]:
-    """Split one series UID into volumes: disc -> (family, members).
+def _sub_series(headers: list[Header]) -> dict[str, tuple[str, list[Header], list[int] | None]]:
+    """Split one series UID into volumes: disc -> (family, members, frames of an enhanced 4D image).
 
     Split by skip reason, orientation, size, image kind, echo and temporal position, then by
     :func:`_split_volumes`. A family (skip reason, orientation, size, image kind) holds the volumes
@@ -169,10 +170,17 @@ def _sub_series(headers: list[Header]) -> dict[str, tuple[str, list[Header]]]:
             disc += f"|k{kind}"
         groups[disc].append(h)
         family_of[disc] = "|".join(disc.split("|")[:3] + [kind])
-    out: dict[str, tuple[str, list[Header]]] = {}
+    out: dict[str, tuple[str, list[Header], list[int] | None]] = {}
     for disc, members in groups.items():
+        if len(members) == 1 and members[0].frame_volumes and len(set(members[0].frame_volumes)) > 1:
+            # one enhanced multi-frame image holding several volumes: each its own frames
+            labels = members[0].frame_volumes
+            for k in sorted(set(labels)):
+                frames = [i for i, label in enumerate(labels) if label == k]
+                out[f"{disc}|f{k:05d}"] = (family_of[disc], members, frames)
+            continue
         for volume, volume_members in _split_volumes(disc, members).items():
-            out[volume] = (family_of[disc], volume_members)
+            out[volume] = (family_of[disc], volume_members, None)
     return out
 
 
@@ -329,20 +337,26 @@ def plan_group(
         return [plan.stop(Reason.INCONSISTENT_GEOMETRY, "no StudyInstanceUID/SeriesInstanceUID")]
 
     unique = _dedupe(headers)
-    families: dict[str, list[tuple[str, list[Header]]]] = defaultdict(list)
-    for disc, (family, members) in _sub_series(unique).items():
+    families: dict[str, list[tuple[str, list[Header], list[int] | None]]] = defaultdict(list)
+    for disc, (family, members, frames) in _sub_series(unique).items():
         members.sort(key=lambda h: h.path)
-        families[family].append((disc, members))
+        families[family].append((disc, members, frames))
     plans = []
     for family, volumes in sorted(families.items()):
-        volumes.sort(key=lambda v: _volume_order(v[1]))
+        volumes.sort(key=lambda v: (_volume_order(v[1]), v[0]))
         keep = keep_evenly(len(volumes), rules.max_volumes)
-        for disc, members in sorted(volumes[i] for i in keep):
-            plan = _dicom_plan(headers, disc, members, salt=salt)
+        counted: set[str] = set()  # an enhanced 4D image's object counts once, with its first volume
+        for disc, members, frames in sorted((volumes[i] for i in keep), key=lambda v: v[0]):
+            plan = _dicom_plan(headers, disc, members, salt=salt, frames=frames)
+            if frames is not None:
+                plan.n_objects = 0 if members[0].path in counted else plan.n_objects
+                counted.add(members[0].path)
             plan.volumes_found, plan.volumes_kept = len(volumes), len(keep)
             _check(plan, members, skip_kinds=rules.skip_kinds, already_ingested=already_ingested)
             plans.append(plan)
-        left = [h for i, (_, members) in enumerate(volumes) if i not in keep for h in members]
+        # frames not kept of an enhanced 4D image belong to an object that is ingested
+        dropped = [v for i, v in enumerate(volumes) if i not in keep and v[2] is None]
+        left = [h for _, members, _ in dropped for h in members]
         if left:
             plan = _dicom_plan(headers, f"{family}|not-kept", sorted(left, key=lambda h: h.path), salt=salt)
             plan.volumes_found, plan.volumes_kept = len(volumes), 0
@@ -356,8 +370,13 @@ def plan_group(
     return plans
 
 
-def _dicom_plan(headers: list[Header], disc: str, members: list[Header], *, salt: bytes) -> SeriesPlan:
-    """A pending plan for the ``members`` of one volume (``headers``: the whole group, copies included)."""
+def _dicom_plan(
+    headers: list[Header], disc: str, members: list[Header], *, salt: bytes, frames: list[int] | None = None
+) -> SeriesPlan:
+    """A pending plan for the ``members`` of one volume (``headers``: the whole group, copies included).
+
+    ``frames`` picks the frames of a volume of an enhanced multi-frame 4D image.
+    """
     head, first = members[0], headers[0]
     member_sops = {m.sop_instance for m in members if m.sop_instance}
     copies = sum(1 for h in headers if h.sop_instance in member_sops)
@@ -368,7 +387,7 @@ def _dicom_plan(headers: list[Header], disc: str, members: list[Header], *, salt
         status="pending",
         modality=(head.modality or "").upper() or None,
         n_objects=copies + sum(1 for m in members if not m.sop_instance),
-        instances=[Instance(path=h.path, ipp=h.ipp, iop=h.iop, frames=h.frames) for h in members],
+        instances=[Instance(h.path, h.ipp, h.iop, h.frames, frame_indices=frames) for h in members],
         rows=head.rows,
         cols=head.cols,
         pixel_spacing=head.pixel_spacing,

@@ -59,6 +59,7 @@ from radforge.synthetic.dicom import (
     write_dicom_series,
 )
 from radforge.synthetic.mosaic import write_mosaic_series
+from radforge.synthetic.multiframe import write_enhanced_4d
 from radforge.synthetic.phantom import Phantom, ct_phantom, mr_phantom
 from radforge.synthetic.phi import PlantedPHI
 
@@ -401,9 +402,39 @@ def _write_synthetic(
 
     if include_vendor:
         _add_mosaics(b, mr_phantom(shape=shape, seed=seed + 500))
+        _add_4d(b, mr_phantom(shape=shape, seed=seed + 510))
 
     if include_bad:
         _add_bad(b, small, size, ct_folder)
+
+
+def _add_volume(
+    b: ArchiveWriter,
+    case: str,
+    phantom: Phantom,
+    folder: Path,
+    paths: Sequence[str | Path],
+    uids: tuple[str, str],
+    *,
+    reason: str | None = None,
+) -> None:
+    """Record one MR volume written in explicit VR little endian by the vendor writers below."""
+    b.entries.append(
+        ExpectedSeries(
+            folder=b.rel(folder),
+            modality="MR",
+            n_slices=phantom.shape[0],
+            reason=reason,
+            transfer_syntax=ExplicitVRLittleEndian,
+            study_uid=uids[0],
+            series_uid=uids[1],
+            case=case,
+            files=[b.rel(p) for p in paths],
+            shape=phantom.shape,
+            spacing=phantom.spacing,
+            phantom=phantom,
+        )
+    )
 
 
 def _add_mosaics(b: ArchiveWriter, phantom: Phantom) -> None:
@@ -431,22 +462,86 @@ def _add_mosaics(b: ArchiveWriter, phantom: Phantom) -> None:
             phi=phi,
         )
         for t, path in enumerate(written.paths):
-            b.entries.append(
-                ExpectedSeries(
-                    folder=b.rel(folder),
-                    modality="MR",
-                    n_slices=phantom.shape[0],
-                    reason="mosaic_undecodable" if matrix is not None else None,
-                    transfer_syntax=ExplicitVRLittleEndian,
-                    study_uid=written.study_uid,
-                    series_uid=written.series_uid,
-                    case=case if n_volumes == 1 else f"{case}_v{t}",
-                    files=[b.rel(path)],
-                    shape=phantom.shape,
-                    spacing=phantom.spacing,
-                    phantom=replace(phantom, array=volumes[t].astype(np.float32)),
-                )
+            _add_volume(
+                b,
+                case if n_volumes == 1 else f"{case}_v{t}",
+                replace(phantom, array=volumes[t].astype(np.float32)),
+                folder,
+                [path],
+                (written.study_uid, written.series_uid),
+                reason="mosaic_undecodable" if matrix is not None else None,
             )
+
+
+# Diffusion volumes of the classic 4D DWI case: (b-value, gradient direction), b0 first.
+_DWI_VOLUMES = ((0.0, None), (1000.0, (1.0, 0.0, 0.0)), (1000.0, (0.0, 1.0, 0.0)), (1000.0, (0.0, 0.0, 1.0)))
+
+
+def _add_4d(b: ArchiveWriter, phantom: Phantom) -> None:
+    """A classic (one file per slice) 4D DWI series and an SWI series of magnitude and phase images.
+
+    Every volume of one series revisits the same positions: the DWI's volumes differ only by
+    DiffusionBValue and DiffusionGradientOrientation, the SWI's by ImageType (``M`` / ``P``). Each
+    volume is one entry; the phase images are skipped as ``non_magnitude_image``.
+    """
+    study, series = b.uid("mr_dwi", "study"), b.uid("mr_dwi", "series")
+    phi = b.patient()
+    folder = _study_folder(b, phi, "DWI")
+    for t, (b_value, gradient) in enumerate(_DWI_VOLUMES):
+
+        def diffusion(ds: Dataset, _: int, b_value: float = b_value, gradient: Any = gradient) -> None:
+            ds.DiffusionBValue = b_value
+            if gradient is not None:
+                ds.DiffusionGradientOrientation = list(gradient)
+
+        weighted = np.rint(phantom.array * (1.0 if t == 0 else 0.5) + 3 * t).astype(np.float32)
+        volume = replace(phantom, array=weighted)
+        image_type = ("ORIGINAL", "PRIMARY", "DIFFUSION", "NONE")
+        uids = {"phi": phi, "study_uid": study, "series_uid": series}
+        _volume_series(b, f"mr_dwi_v{t}", volume, folder, f"DWI{t:02d}", image_type, extra=diffusion, **uids)
+    # enhanced multi-frame fMRI: three time points of the same slices in one object, one entry each
+    phi = b.patient()
+    path = _study_folder(b, phi, "FMRI") / "fmri_4d.dcm"
+    volumes = [np.rint(phantom.array + 11 * t).astype(np.uint16) for t in range(3)]
+    origin = (-phantom.shape[2] * phantom.spacing[2] / 2, -phantom.shape[1] * phantom.spacing[1] / 2, -20.0)
+    study, series = write_enhanced_4d(
+        volumes, path, spacing=phantom.spacing, origin=origin, seed=b.seed * 1000 + len(b.entries), phi=phi
+    )
+    for t, volume in enumerate(volumes):  # one object holds every volume: its first entry lists it
+        volume_phantom = replace(phantom, array=volume.astype(np.float32))
+        files = [path] if t == 0 else []
+        _add_volume(b, f"mr_fmri_enhanced_v{t}", volume_phantom, path.parent, files, (study, series))
+    study, series = b.uid("mr_swi", "study"), b.uid("mr_swi", "series")
+    phi = b.patient()
+    folder = _study_folder(b, phi, "SWI")
+    phase = np.rint(np.abs(phantom.array - phantom.array.mean())).astype(np.float32)
+    for kind, array, reason in (("M", phantom.array, None), ("P", phase, "non_magnitude_image")):
+        case = f"mr_swi_{'magnitude' if kind == 'M' else 'phase'}"
+        image_type = ("ORIGINAL", "PRIMARY", kind, "SWI")
+        uids = {"phi": phi, "study_uid": study, "series_uid": series}
+        volume = replace(phantom, array=array)
+        _volume_series(b, case, volume, folder, f"SWI_{kind}", image_type, reason=reason, **uids)
+
+
+def _volume_series(
+    b: ArchiveWriter,
+    case: str,
+    phantom: Phantom,
+    folder: Path,
+    name: str,
+    image_type: tuple[str, ...],
+    **kwargs: Any,
+) -> None:
+    """One volume of a series whose volumes share positions (files ``<name>_<k>.dcm``, uncompressed)."""
+    b.series(
+        case,
+        phantom,
+        folder,
+        transfer_syntax=ExplicitVRLittleEndian,
+        file_name=lambda k: f"{name}_{k:03d}.dcm",
+        image_type=image_type,
+        **kwargs,
+    )
 
 
 def _add_localizer(b: ArchiveWriter, ct: Phantom, folder: Path, info: SeriesInfo, phi: PlantedPHI) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from radforge.synthetic.phi import PlantedPHI
 
@@ -38,6 +38,32 @@ class MosaicSeries:
     n_slices: int  # slices per volume
     grid: int  # tiles per side
     sop_instance_uids: list[str] = field(default_factory=list)
+
+
+def mr_dataset(
+    sop_class: str,
+    sop: str,
+    study_uid: str,
+    series_uid: str,
+    *,
+    manufacturer: str,
+    image_type: tuple[str, ...],
+) -> Dataset:
+    """An MR image's identity, file meta (explicit VR little endian) and placeholder patient."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = UID(sop_class)
+    ds.file_meta.MediaStorageSOPInstanceUID = UID(sop)
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, sop
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+    ds.FrameOfReferenceUID = generate_uid(entropy_srcs=[series_uid, "for"])
+    ds.Modality, ds.Manufacturer, ds.ImageType = "MR", manufacturer, list(image_type)
+    ds.PatientName, ds.PatientID, ds.PatientSex = "SYNTHETIC^PHANTOM", "SYNTHETIC", "O"
+    ds.SeriesNumber, ds.InstanceNumber = 1, 1
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    return ds
 
 
 def build_csa2(tags: dict[str, list[str]]) -> bytes:
@@ -95,25 +121,16 @@ def write_mosaic_series(
     sops: list[str] = []
     for t, volume in enumerate(volumes):
         sop = generate_uid(entropy_srcs=[series_uid, "volume", str(t)])
-        ds = Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.MediaStorageSOPClassUID = MRImageStorage
-        ds.file_meta.MediaStorageSOPInstanceUID = sop
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, sop
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
-        ds.FrameOfReferenceUID = generate_uid(entropy_srcs=[series_uid, "for"])
-        ds.Modality, ds.Manufacturer, ds.ImageType = "MR", "SIEMENS", list(image_type)
-        ds.PatientName, ds.PatientID, ds.PatientSex = "SYNTHETIC^MOSAIC", "SYNTHETIC", "O"
-        ds.SeriesNumber, ds.InstanceNumber, ds.AcquisitionNumber = 1, t + 1, t + 1
+        ds = mr_dataset(
+            MRImageStorage, sop, study_uid, series_uid, manufacturer="SIEMENS", image_type=image_type
+        )
+        ds.InstanceNumber, ds.AcquisitionNumber = t + 1, t + 1
         ds.ImagePositionPatient = [f"{v:.4f}" for v in mosaic_ipp]
         ds.ImageOrientationPatient = [f"{v:g}" for v in _AXIAL]
         ds.PixelSpacing = [f"{sy:g}", f"{sx:g}"]
         ds.SliceThickness = ds.SpacingBetweenSlices = f"{sz:g}"
         ds.AcquisitionMatrix = list(acquisition_matrix or (r, 0, 0, c))
         ds.Rows, ds.Columns = g * r, g * c
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
         if csa:
             block = ds.private_block(0x0029, _CSA_CREATOR, create=True)
             header = build_csa2(

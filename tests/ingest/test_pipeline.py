@@ -103,6 +103,10 @@ def test_mosaic_volumes_come_out_slice_by_slice_and_never_as_mosaics(ingested: t
     assert mosaic_shapes and all(s["image"].shape not in mosaic_shapes for s in samples.values())
     rows = {(m["status"], m["reason"], m["mosaic"], m["volumes_found"]) for m in _manifest(ds) if m["mosaic"]}
     assert rows == {("ingested", None, True, 2)}
+    # 4D: mosaics (2 volumes), the classic DWI (4), the enhanced fMRI (3), each volume its own record
+    manifest = _manifest(ds)
+    volumes = Counter((m["volumes_found"], m["volumes_kept"]) for m in manifest if m["volumes_found"] > 1)
+    assert volumes == Counter({(2, 2): 4, (4, 4): 4, (3, 3): 3})
 
 
 def test_empty_slices_are_dropped_and_counted(ingested: tuple) -> None:
