@@ -746,7 +746,7 @@ def run_phase(check: Check, name: str) -> None:
         phases[name] = {
             "status": "timeout" if isinstance(err, PhaseTimeout) else "error",
             "error": f"{type(err).__name__}: {err}"[:2000],
-            "traceback": traceback.format_exc()[-4000:],
+            "traceback": traceback.format_exc()[-2500:],
             "partial": _finite(dict(check.partial)),  # what the phase measured before it failed
         }
     finally:
