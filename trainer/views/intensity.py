@@ -4,9 +4,9 @@ Input mapping (RECIPE.md, "Data"): the released Curia-2 processor clips raw CT b
 (-1000 HU) and z-scores each image on its own (mean/std, eps 1e-6); MR raw values are z-scored per
 image. Stored uint8 windows (a CT preset or MR percentile scaling) are z-scored the same way. The
 mapping is defined once, in :mod:`radforge.trainer.models.preprocessing` (which evaluation and every
-export use too); the views apply its parts around cropping. As an option, a raw CT slice is first mapped through a random clinical window (a preset from
-``radforge.windowing.CT_PRESETS`` with its level and width jittered): windows as an augmentation is
-our inference.
+export use too); the views apply its parts around cropping. As an option, a raw CT slice is
+first mapped through a random clinical window (a preset from ``radforge.windowing.CT_PRESETS`` with
+its level and width jittered): windows as an augmentation is our inference.
 
 Per-view augmentations replace DINOv2's RGB colour jitter, grayscale and solarize, which have no
 meaning on one grey channel: contrast and brightness in z-score units, gamma on the view's range,
