@@ -173,6 +173,20 @@ def test_random_backbone_is_seeded_and_differs_from_trained(run: Path) -> None:
     assert spec_of(vit_from_spec(trained.spec)) == trained.spec
 
 
+def test_cli_writes_only_the_requested_formats(
+    run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "e"
+    assert cli_main(["export", str(run), str(out), "--format", "timm", "--format", "native", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["formats"] == {"native": str(out / "native"), "timm": str(out / "timm")}
+    assert summary["step"] == 3 and len(summary["sha256"]) == 64
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "native", "timm"]
+    with pytest.raises(SystemExit):
+        cli_main(["export", str(run), str(out), "--format", "onnx"])
+    assert "invalid choice: 'onnx'" in capsys.readouterr().err
+
+
 def test_truncated_checkpoint_is_named(run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "bad" / "step-00000003"
     shutil.copytree(run / "checkpoints" / "step-00000003", bad)
