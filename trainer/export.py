@@ -177,16 +177,23 @@ def write_native(folder: Location, b: TeacherBackbone) -> str:
 _README = """# radforge backbone export
 
 Teacher ViT of {checkpoint} (step {step}). Input: one-channel slices through radforge's preprocessing
-(raw CT clipped at {ct_air_hu} HU, per-image z-score, resize to {image_size} px).
+(raw CT clipped at {ct_air_hu} HU, per-image z-score, resize to {image_size} px). Paths below are
+relative to this folder.
 
-- native/: `import sys; sys.path.insert(0, "native"); from radforge_vit import load_backbone;
-  model = load_backbone("native")` (torch, numpy, safetensors), or `torch.hub.load("native", "radforge_vit",
-  source="local")`; with radforge installed `radforge.trainer.models.load_backbone("native")`.
-- hf/: `AutoModel.from_pretrained("hf")` and
+"""
+_README_FORMATS = {
+    "native": """- native/: `import sys; sys.path.insert(0, "native"); from radforge_vit import load_backbone;
+  model = load_backbone("native")` (torch, numpy, safetensors); with radforge installed
+  `radforge.trainer.models.load_backbone("native")`; from a radforge clone
+  `torch.hub.load(CLONE, "radforge_vit", source="local", weights="native")`.
+""",
+    "hf": """- hf/: `AutoModel.from_pretrained("hf")` and
   `AutoImageProcessor.from_pretrained("hf", trust_remote_code=True)` (the processor is radforge's
   preprocessing, shipped as image_processor.py + preprocessing.py).
-- timm/: `timm.create_model("local-dir:timm", pretrained=True)`.
-"""
+""",
+    "timm": """- timm/: `timm.create_model("local-dir:timm", pretrained=True)`.
+""",
+}
 
 
 def write_export(b: TeacherBackbone, out: str, *, formats: Sequence[str] = FORMATS) -> ExportResult:
@@ -211,7 +218,7 @@ def write_export(b: TeacherBackbone, out: str, *, formats: Sequence[str] = FORMA
         written[fmt] = folder.uri
     readme = _README.format(
         checkpoint=b.source.get("checkpoint"), step=b.source.get("step"), **b.preprocessing
-    )
+    ) + "".join(_README_FORMATS[fmt] for fmt in written)
     write_bytes_atomic(root.join("README.md"), readme.encode())
     return ExportResult(folder=root.uri, step=int(b.source.get("step", 0)), sha256=digest, formats=written)
 
