@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import io
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 
@@ -21,10 +22,10 @@ from radforge.ingest.mosaic import MosaicLayout, demosaic, slice_positions
 from radforge.ingest.series import SeriesPlan
 from radforge.ingest.volume import (
     Volume,
-    check_spacing,
     from_nifti,
     gantry_tilt_deg,
     order_slices,
+    slice_spacing,
     to_canonical,
 )
 from radforge.windowing import hu_to_int16
@@ -134,7 +135,7 @@ def load_dicom_volume(plan: SeriesPlan, read: Reader, *, geometry: GeometryConfi
     iop = [float(v) for v in iop_arr]
     pos = np.asarray(positions, dtype=float)
     order, distances = order_slices(pos.tolist(), iop)
-    slice_spacing = check_spacing(distances, default=thickness or 1.0)
+    spacing_z, uniform = slice_spacing(distances, default=thickness or 1.0)
     tilt = gantry_tilt_deg(pos[order], iop)
     if is_ct:  # straight into int16 HU, one slice at a time (no float or int32 copy of the volume)
         stack = np.empty((len(order), *images[0].shape), dtype=np.int16)
@@ -153,15 +154,9 @@ def load_dicom_volume(plan: SeriesPlan, read: Reader, *, geometry: GeometryConfi
         iop=iop,
         first_position=pos[order[0]].tolist(),
         pixel_spacing=row_col,
-        slice_spacing=slice_spacing,
+        slice_spacing=spacing_z,
     )
-    return Volume(
-        array=vol.array,
-        spacing=vol.spacing,
-        origin=vol.origin,
-        gantry_tilt_deg=tilt,
-        oblique_deg=vol.oblique_deg,
-    )
+    return replace(vol, gantry_tilt_deg=tilt, uniform_spacing=uniform)
 
 
 def load_nifti_volume(path: str, read: Reader, *, geometry: GeometryConfig) -> tuple[Volume, str]:
@@ -182,7 +177,7 @@ def load_nifti_volume(path: str, read: Reader, *, geometry: GeometryConfig) -> t
     vol = from_nifti(arr, img.affine)
     modality = "CT" if float(np.mean(vol.array <= _CT_AIR_HU)) >= _CT_AIR_SHARE else "MR"
     if modality == "CT":
-        vol = Volume(array=hu_to_int16(vol.array), spacing=vol.spacing, origin=vol.origin)
+        vol = replace(vol, array=hu_to_int16(vol.array))
     else:
-        vol = Volume(array=vol.array.astype(np.float32, copy=False), spacing=vol.spacing, origin=vol.origin)
+        vol = replace(vol, array=vol.array.astype(np.float32, copy=False))
     return vol, modality

@@ -73,6 +73,15 @@ class GeometryConfig(_Model):
     max_slices: int = Field(5000, gt=0, description="refuse series with more slices than this")
 
 
+class ReformatConfig(_Model):
+    """When a volume is also cut across its slices (the plane policy, see radforge.ingest.planes)."""
+
+    max_anisotropy: float = Field(
+        2.0, gt=0.0, description="planes: auto reformats only when slice spacing <= this x in-plane spacing"
+    )
+    min_side: int = Field(64, ge=1, description="no reformatted slice shorter than this many pixels")
+
+
 class VolumeConfig(_Model):
     """4D series (fMRI time points, diffusion directions, echoes, cardiac phases): volumes kept per series."""
 
@@ -171,7 +180,11 @@ class IngestConfig(_Model):
     archive_id: str | None = Field(
         None, description="name recorded in the catalog; default: source folder name"
     )
-    planes: list[Plane] = Field(default_factory=lambda: list[Plane](["axial"]), min_length=1)
+    planes: list[Literal["auto", "axial", "coronal", "sagittal"]] = Field(
+        default_factory=lambda: list[Literal["auto", "axial", "coronal", "sagittal"]](["auto"]),
+        min_length=1,
+        description="'auto' alone (the acquired plane, others only when near-isotropic) or a list of planes",
+    )
     modalities: list[Literal["CT", "MR"]] = Field(
         default_factory=lambda: list[Literal["CT", "MR"]](["CT", "MR"]),
         min_length=1,
@@ -180,11 +193,19 @@ class IngestConfig(_Model):
     windows: WindowConfig = WindowConfig()
     content: ContentConfig = ContentConfig()
     geometry: GeometryConfig = GeometryConfig()
+    reformat: ReformatConfig = ReformatConfig()
     volumes: VolumeConfig = VolumeConfig()
     image_types: ImageTypeConfig = ImageTypeConfig()
     deid: DeidConfig = DeidConfig()
     shards: ShardConfig = ShardConfig()
     ray: RayConfig = RayConfig()
+
+    @field_validator("planes")
+    @classmethod
+    def _auto_alone(cls, v: list[str]) -> list[str]:
+        if "auto" in v and len(v) > 1:
+            raise ValueError(f"'auto' stands alone (got {v}); or list planes: axial, coronal, sagittal")
+        return v
 
     def plan_rules(self) -> PlanRules:
         """The planning rules of this config, as :func:`radforge.ingest.series.plan_group` takes them."""

@@ -117,6 +117,8 @@ def _series_row(plan: SeriesPlan, counts: SliceCounts, archive_id: str) -> dict[
         "volumes_found": plan.volumes_found,
         "volumes_kept": plan.volumes_kept,
         "mosaic": plan.mosaic is not None,
+        "planes": ",".join(counts.planes),
+        "plane_rule": counts.plane_rule,
     }
     return {"record": "series", "key": "", "sample": b"", "count": "", "series": json.dumps(record)}
 
@@ -166,6 +168,7 @@ def process_series(
                 modality=modality,
                 series_key=plan.series_key,
                 planes=cfg.planes,
+                reformat=cfg.reformat,
                 windows=windows,
                 content=cfg.content,
                 base_meta=base_meta,

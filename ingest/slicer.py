@@ -8,13 +8,14 @@ by all its windows; slices whose foreground share is below the threshold are cou
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from radforge.ingest.config import ContentConfig
+from radforge.ingest.config import ContentConfig, ReformatConfig
 from radforge.ingest.content import analyse, foreground_mask, mr_body_threshold
+from radforge.ingest.planes import choose_planes
 from radforge.ingest.volume import Volume, plane_slices
 from radforge.sharder.schema import SCHEMA_VERSION, meta_defaults, sample_key
 from radforge.windowing import mr_to_uint16, percentile_to_uint8, resolve_window, window_to_uint8
@@ -29,6 +30,8 @@ class SliceCounts:
     written: int = 0  # samples (slices x windows)
     kept_slices: int = 0
     dropped_slices: int = 0
+    planes: list[str] = field(default_factory=list)  # the planes the plane policy chose
+    plane_rule: str = ""  # why (see radforge.ingest.planes)
 
 
 def render_window(image: np.ndarray, *, modality: str, window: str, mask: np.ndarray | None) -> np.ndarray:
@@ -52,12 +55,20 @@ def volume_samples(
     content: ContentConfig,
     base_meta: dict[str, Any],
     counts: SliceCounts,
+    reformat: ReformatConfig | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """Yield samples (the :mod:`radforge.sharder.schema` columns) for every kept slice, plane and window."""
+    """Yield samples (the :mod:`radforge.sharder.schema` columns) for every kept slice, plane and window.
+
+    ``planes`` (``["auto"]`` or a list) goes through the plane policy with ``reformat``'s limits
+    (:func:`radforge.ingest.planes.choose_planes`); ``counts`` records the choice.
+    """
+    rules = reformat or ReformatConfig()
+    choice = choose_planes(vol, planes, max_anisotropy=rules.max_anisotropy, min_side=rules.min_side)
+    counts.planes, counts.plane_rule = list(choice.planes), choice.rule
     # MR has no absolute scale: one body threshold per volume, so air-only end slices stay empty.
     mr_threshold = mr_body_threshold(vol.array[::2, ::4, ::4]) if modality == "MR" else None
-    for plane in planes:
-        for ps in plane_slices(vol, plane):  # type: ignore[arg-type]
+    for plane in choice.planes:
+        for ps in plane_slices(vol, plane):
             c = analyse(
                 ps.image,
                 modality=modality,

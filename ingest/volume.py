@@ -41,6 +41,7 @@ from radforge.config import ConfigError
 from radforge.ingest.errors import IngestError, Reason
 
 Plane = Literal["axial", "coronal", "sagittal"]
+PLANES: tuple[Plane, Plane, Plane] = ("axial", "coronal", "sagittal")  # by canonical normal axis 0, 1, 2
 
 # |row . col| above this means ImageOrientationPatient is not orthogonal. DICOM writers store IOP with
 # limited decimals (often 6, sometimes 4), so exact orthogonality cannot be demanded.
@@ -66,6 +67,8 @@ class Volume:
     origin: tuple[float, float, float]  # LPS mm of voxel [0, 0, 0]
     gantry_tilt_deg: float = 0.0
     oblique_deg: float = 0.0  # largest angle between an acquisition axis and its canonical axis
+    acquired_plane: Plane = "axial"  # the canonical plane the stored slices lie in (native plane)
+    uniform_spacing: bool = True  # False: gaps or uneven increments; ``spacing`` then holds the median gap
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,23 @@ def check_spacing(
     return float((d[-1] - d[0]) / (d.size - 1))
 
 
+def slice_spacing(
+    distances: np.ndarray, *, rel_tolerance: float = 0.1, default: float | None = None
+) -> tuple[float, bool]:
+    """``(spacing, uniform)`` of sorted projected slice distances: uneven gaps do not refuse the series.
+
+    As :func:`check_spacing`, but a missing slice or a variable increment only marks the spacing as
+    not uniform (``spacing`` is then the median gap): every native-plane slice is still a perfect
+    image, only reformats need uniform spacing. Coinciding slices still raise ``DUPLICATE_POSITIONS``.
+    """
+    try:
+        return check_spacing(distances, rel_tolerance=rel_tolerance, default=default), True
+    except IngestError as e:
+        if e.reason is not Reason.NON_UNIFORM_SPACING:
+            raise
+    return float(np.median(np.diff(np.sort(np.asarray(distances, dtype=np.float64).ravel())))), False
+
+
 def gantry_tilt_deg(positions_sorted: np.ndarray, iop: Sequence[float]) -> float:
     """Angle (degrees) between the slice-stacking direction and the slice normal.
 
@@ -189,6 +209,7 @@ def to_canonical(
         spacing=spacings,
         first_position=_position(first_position),
         gantry_tilt=gantry_tilt,
+        stack_axis=0,
     )
 
 
@@ -224,6 +245,7 @@ def from_nifti(data: np.ndarray, affine: np.ndarray) -> Volume:
         spacing=(float(spacing[0]), float(spacing[1]), float(spacing[2])),
         first_position=ras_to_lps @ aff[:3, 3],
         gantry_tilt=0.0,
+        stack_axis=2,  # NIfTI's k: the slice axis of the acquisition it was converted from
     )
 
 
@@ -283,8 +305,13 @@ def _reorient(
     spacing: tuple[float, float, float],
     first_position: np.ndarray,
     gantry_tilt: float,
+    stack_axis: int,
 ) -> Volume:
-    """Permute/flip ``arr`` so its axes follow (S, P, L); ``directions[:, a]`` is axis a's LPS unit vector."""
+    """Permute/flip ``arr`` so its axes follow (S, P, L); ``directions[:, a]`` is axis a's LPS unit vector.
+
+    ``stack_axis`` is the array axis slices were acquired along: its canonical axis names the
+    acquired plane (canonical axis 0 axial, 1 coronal, 2 sagittal).
+    """
     if abs(float(np.linalg.det(directions))) < _MIN_DIRECTION_DETERMINANT:
         raise IngestError(Reason.INCONSISTENT_GEOMETRY, "volume axes do not span 3D space")
     cosines = np.abs(directions)
@@ -309,6 +336,7 @@ def _reorient(
         origin=(float(origin[0]), float(origin[1]), float(origin[2])),
         gantry_tilt_deg=float(gantry_tilt),
         oblique_deg=oblique,
+        acquired_plane=PLANES[source_of.index(stack_axis)],
     )
 
 

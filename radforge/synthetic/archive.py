@@ -403,6 +403,7 @@ def _write_synthetic(
     if include_vendor:
         _add_mosaics(b, mr_phantom(shape=shape, seed=seed + 500))
         _add_4d(b, mr_phantom(shape=shape, seed=seed + 510))
+        _add_geometry_cases(b, size=size, n_slices=n_slices)
 
     if include_bad:
         _add_bad(b, small, size, ct_folder)
@@ -521,6 +522,32 @@ def _add_4d(b: ArchiveWriter, phantom: Phantom) -> None:
         uids = {"phi": phi, "study_uid": study, "series_uid": series}
         volume = replace(phantom, array=array)
         _volume_series(b, case, volume, folder, f"SWI_{kind}", image_type, reason=reason, **uids)
+
+
+def _add_geometry_cases(b: ArchiveWriter, *, size: int, n_slices: int) -> None:
+    """Geometry the plane policy and the gap rule decide on.
+
+    A CT with one slice missing (uneven gaps: native slices only), a 2D sagittal MR of 5 mm slices
+    (anisotropic: the acquired plane only) and a near-isotropic 3D CT (1 mm cubes: all three planes).
+    """
+    phi = b.patient()
+    ct = ct_phantom(shape=(n_slices, size, size), seed=b.seed + 600)
+    folder = _study_folder(b, phi, "CT_GAP")
+    info, entry = b.series("ct_missing_slice", ct, folder, phi=phi, shuffle_names=False)
+    missing = n_slices // 2
+    Path(info.paths[missing]).unlink()
+    phi.uids.remove(info.sop_instance_uids[missing])  # written nowhere now
+    entry.files.remove(b.rel(info.paths[missing]))
+    entry.n_slices -= 1
+    entry.shape = (n_slices - 1, size, size)
+    entry.phantom = replace(ct, array=np.delete(ct.array, missing, axis=0))
+    phi = b.patient()
+    thick = (size, size, max(3, n_slices // 2))
+    sagittal = mr_phantom(shape=thick, spacing=(0.9, 0.9, 5.0), seed=b.seed + 601)
+    b.series("mr_sagittal_2d", sagittal, _study_folder(b, phi, "MR_SAG2D"), phi=phi, orientation="sagittal")
+    phi = b.patient()
+    iso = ct_phantom(shape=(size, size, size), spacing=(1.0, 1.0, 1.0), seed=b.seed + 602)
+    b.series("ct_isotropic", iso, _study_folder(b, phi, "CT_ISO"), phi=phi)
 
 
 def _volume_series(

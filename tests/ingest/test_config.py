@@ -12,7 +12,7 @@ from radforge.ingest.config import IngestConfig, load_config
 
 def test_defaults_work_and_hash_is_stable() -> None:
     cfg = load_config()
-    assert cfg.planes == ["axial"] and cfg.windows.ct == ["raw"]
+    assert cfg.planes == ["auto"] and cfg.windows.ct == ["raw"]
     assert cfg.content_hash() == IngestConfig().content_hash()
 
 

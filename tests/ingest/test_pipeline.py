@@ -20,7 +20,8 @@ from radforge.ingest.pipeline import IngestSummary, run_ingest
 from radforge.synthetic import ArchiveSpec, ExpectedSeries, build_synthetic_archive
 from tests.support import read_all
 
-CFG = {"shards": {"size_limit": 1 << 18, "samples_per_task": 64}}
+# the archive's images are 48 pixels: reformats down to 16 pixels a side count as images here
+CFG = {"shards": {"size_limit": 1 << 18, "samples_per_task": 64}, "reformat": {"min_side": 16}}
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +108,19 @@ def test_mosaic_volumes_come_out_slice_by_slice_and_never_as_mosaics(ingested: t
     manifest = _manifest(ds)
     volumes = Counter((m["volumes_found"], m["volumes_kept"]) for m in manifest if m["volumes_found"] > 1)
     assert volumes == Counter({(2, 2): 4, (4, 4): 4, (3, 3): 3})
+
+
+def test_plane_policy_and_gaps_are_recorded_per_series(ingested: tuple) -> None:
+    _, ds, _ = ingested
+    ingested_rows = [m for m in _manifest(ds) if m["status"] == "ingested"]
+    by_planes = Counter(m["planes"] for m in ingested_rows)
+    assert by_planes["axial,coronal,sagittal"] >= 1  # the near-isotropic CT
+    thick = [m for m in ingested_rows if "slice spacing 5.00 mm > 2" in m["plane_rule"]]
+    assert [m["planes"] for m in thick] == ["sagittal"]  # the 2D sagittal MR: its own plane only
+    gapped = [m for m in ingested_rows if "uneven slice spacing" in m["plane_rule"]]
+    assert [m["planes"] for m in gapped] == ["axial"]  # the CT with a missing slice: native slices only
+    assert gapped[0]["slices_kept"] + gapped[0]["slices_dropped"] == 7  # 8 slices, one missing
+    assert all(m["planes"] for m in ingested_rows)
 
 
 def test_empty_slices_are_dropped_and_counted(ingested: tuple) -> None:
