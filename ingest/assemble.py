@@ -135,7 +135,9 @@ def load_dicom_volume(plan: SeriesPlan, read: Reader, *, geometry: GeometryConfi
     iop = [float(v) for v in iop_arr]
     pos = np.asarray(positions, dtype=float)
     order, distances = order_slices(pos.tolist(), iop)
-    spacing_z, uniform = slice_spacing(distances, default=thickness or 1.0)
+    spacing_z, uniform = slice_spacing(
+        distances, rel_tolerance=geometry.spacing_tolerance, default=thickness or 1.0
+    )
     tilt = gantry_tilt_deg(pos[order], iop)
     if is_ct:  # straight into int16 HU, one slice at a time (no float or int32 copy of the volume)
         stack = np.empty((len(order), *images[0].shape), dtype=np.int16)

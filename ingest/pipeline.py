@@ -57,6 +57,7 @@ class IngestSummary:
     series: int
     by_status: dict[str, int] = field(default_factory=dict)
     by_reason: dict[str, int] = field(default_factory=dict)
+    by_kind: dict[str, int] = field(default_factory=dict)  # ingested series by kind (see series_kinds)
     samples_written: int = 0
     slices_dropped: int = 0
     bytes_written: int = 0
@@ -65,6 +66,20 @@ class IngestSummary:
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+def series_kinds(record: dict[str, Any]) -> list[str]:
+    """What an ingested series record was beyond a plain 3D series (for the run summary)."""
+    kinds = []
+    if record.get("mosaic"):
+        kinds.append("mosaic volume")
+    if record.get("volumes_found", 1) > 1:
+        kinds.append("volume of a 4D series")
+    if "," in (record.get("planes") or ""):
+        kinds.append("reformatted")
+    if "uneven" in (record.get("plane_rule") or ""):
+        kinds.append("uneven spacing")
+    return kinds
 
 
 # ---- stage functions (run in Ray tasks) ------------------------------------------------------
@@ -419,6 +434,8 @@ def _run_ingest_leased(
     series = result.get("all_series", [])
     by_status = Counter(s["status"] for s in series)
     by_reason = Counter(s["reason"] for s in series if s["reason"])
+    ingested = [s for s in series if s["status"] == Status.INGESTED.value]
+    by_kind = Counter(kind for s in ingested for kind in series_kinds(s))
     return IngestSummary(
         dataset_uri=dst.uri,
         archive_id=archive_id,
@@ -428,6 +445,7 @@ def _run_ingest_leased(
         series=len(series),
         by_status=dict(by_status),
         by_reason=dict(by_reason),
+        by_kind=dict(by_kind),
         samples_written=int(result.get("samples", 0)),
         slices_dropped=int(sum(s["slices_dropped"] for s in series)),
         bytes_written=int(result.get("bytes", 0)),

@@ -68,6 +68,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         ]
         rows += [(f"  {k}", v) for k, v in sorted(summary.by_status.items())]
         rows += [(f"  reason: {k}", v) for k, v in sorted(summary.by_reason.items())]
+        rows += [(f"  ingested, {k}", v) for k, v in sorted(summary.by_kind.items())]
         rows += [
             ("samples written", summary.samples_written),
             ("empty slices dropped", summary.slices_dropped),

@@ -111,7 +111,7 @@ def test_mosaic_volumes_come_out_slice_by_slice_and_never_as_mosaics(ingested: t
 
 
 def test_plane_policy_and_gaps_are_recorded_per_series(ingested: tuple) -> None:
-    _, ds, _ = ingested
+    _, ds, summary = ingested
     ingested_rows = [m for m in _manifest(ds) if m["status"] == "ingested"]
     by_planes = Counter(m["planes"] for m in ingested_rows)
     assert by_planes["axial,coronal,sagittal"] >= 1  # the near-isotropic CT
@@ -121,6 +121,9 @@ def test_plane_policy_and_gaps_are_recorded_per_series(ingested: tuple) -> None:
     assert [m["planes"] for m in gapped] == ["axial"]  # the CT with a missing slice: native slices only
     assert gapped[0]["slices_kept"] + gapped[0]["slices_dropped"] == 7  # 8 slices, one missing
     assert all(m["planes"] for m in ingested_rows)
+    # the run summary (what `radforge ingest` and the demo print) counts what was beyond plain 3D
+    assert summary.by_kind["mosaic volume"] == 4 and summary.by_kind["volume of a 4D series"] == 11
+    assert summary.by_kind["uneven spacing"] == 1 and summary.by_kind["reformatted"] >= 1
 
 
 def test_empty_slices_are_dropped_and_counted(ingested: tuple) -> None:
