@@ -24,6 +24,7 @@ from radforge.ingest.assemble import load_dicom_volume, load_nifti_volume
 from radforge.ingest.config import IngestConfig
 from radforge.ingest.discover import Header, list_objects, read_header
 from radforge.ingest.errors import IngestError, Reason, SourceError, Status
+from radforge.ingest.operator_report import check_report_location, write_operator_report
 from radforge.ingest.partition import (
     SLICE_PIXELS,
     decode_task_count,
@@ -285,6 +286,7 @@ def _plan_series(
     distributed: bool,
     cpus: int,
     task_cost: int,
+    with_plans: bool = False,
 ) -> tuple[pd.DataFrame, Any]:
     """Group headers into series plans: ``(series_key and pending of each, a dataset of task blocks)``.
 
@@ -305,7 +307,8 @@ def _plan_series(
             )
             .materialize()
         )
-        keys = plans.select_columns(["series_key", "pending", "cost"]).to_pandas()
+        columns = ["series_key", "pending", "cost", *(["plan"] if with_plans else [])]
+        keys = plans.select_columns(columns).to_pandas()
         n_tasks = decode_task_count(int(keys["cost"].sum()), len(keys), cpus, target=task_cost)
         return keys, plans.repartition(max(1, n_tasks))
     groups: dict[str, list[str]] = {}
@@ -323,7 +326,7 @@ def _plan_series(
     )
     tasks = decode_task_groups(table["cost"].tolist(), cpus, target=task_cost)
     blocks = [table.iloc[idx].reset_index(drop=True) for idx in tasks] or [table]
-    return table[["series_key", "pending"]], ray.data.from_pandas(blocks)
+    return table[["series_key", "pending", *(["plan"] if with_plans else [])]], ray.data.from_pandas(blocks)
 
 
 def run_ingest(
@@ -333,8 +336,12 @@ def run_ingest(
     *,
     sink_cls: type[MDSDatasink] = MDSDatasink,
     on_plan: Callable[[int], None] | None = None,
+    operator_report: str | None = None,
 ) -> IngestSummary:
     """Run the ingest job; returns its summary. Raises SourceError/ConfigError when it cannot run.
+
+    ``operator_report`` (a URI outside the dataset) receives the source objects of every series
+    not ingested (:mod:`radforge.ingest.operator_report`: identifying paths, opt-in).
 
     ``sink_cls`` lets callers (tests injecting faults, alternative sinks) subclass the datasink;
     ``on_plan(series)`` is told how many series were planned, before any is decoded (progress).
@@ -344,10 +351,14 @@ def run_ingest(
     """
     cfg.deid.resolved_salt()  # a run that cannot start must not create a dataset
     dst = resolve(dataset_uri)
+    report = check_report_location(operator_report, dst) if operator_report else None
     check_destination(dst)  # someone else's data: refused before anything is written there
     with DatasetLease(dst) as lease:
         mark_dataset(dst)
-        return _run_ingest_leased(source_uri, dst.uri, cfg, sink_cls=sink_cls, on_plan=on_plan, lease=lease)
+        summary = _run_ingest_leased(
+            source_uri, dst.uri, cfg, sink_cls=sink_cls, on_plan=on_plan, lease=lease, report=report
+        )
+    return summary
 
 
 def _run_ingest_leased(
@@ -358,6 +369,7 @@ def _run_ingest_leased(
     sink_cls: type[MDSDatasink],
     on_plan: Callable[[int], None] | None,
     lease: DatasetLease,
+    report: Location | None = None,
 ) -> IngestSummary:
     """The ingest run itself, holding the dataset's write lease (the sink renews it before committing)."""
     import ray
@@ -394,6 +406,7 @@ def _run_ingest_leased(
         salt=salt,
         already=already,
         rules=cfg.plan_rules(),
+        with_plans=report is not None,
         distributed=len(objects) >= cfg.ray.distributed_grouping_min_objects,
         cpus=cpus,
         task_cost=cfg.ray.slices_per_task * SLICE_PIXELS,
@@ -432,6 +445,12 @@ def _run_ingest_leased(
     phases["decode_and_write"] = time.perf_counter() - t_write
     result = sink.result or {}
     series = result.get("all_series", [])
+    if report is not None:  # opt-in, outside the dataset: the only output that names objects
+        sources = {
+            plan.series_key: [i.path for i in plan.instances]
+            for plan in map(SeriesPlan.from_json, keys["plan"])
+        }
+        write_operator_report(report, source_uri=source_uri, records=series, objects=sources)
     by_status = Counter(s["status"] for s in series)
     by_reason = Counter(s["reason"] for s in series if s["reason"])
     ingested = [s for s in series if s["status"] == Status.INGESTED.value]

@@ -312,6 +312,7 @@ def plan_group(
                 reason=first.reason or Reason.UNREADABLE.value,
                 detail=first.detail,
                 n_objects=1,
+                instances=[Instance(path=first.path, ipp=None, iop=None, frames=1)],  # operator report
             )
         ]
     if first.kind == "nifti":
@@ -333,6 +334,7 @@ def plan_group(
             kind="object",
             status="pending",
             n_objects=1,
+            instances=[Instance(path=first.path, ipp=None, iop=None, frames=1)],  # operator report
         )
         return [plan.stop(Reason.INCONSISTENT_GEOMETRY, "no StudyInstanceUID/SeriesInstanceUID")]
 

@@ -55,7 +55,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
     cfg: IngestConfig = load_config(args.config, overrides=parse_overrides(args.set or []))
     _enable_ray_data_progress()
-    summary = run_ingest(args.source, args.dataset, cfg)
+    summary = run_ingest(args.source, args.dataset, cfg, operator_report=args.operator_report)
     if args.json:
         print(json.dumps(summary.to_dict(), sort_keys=True))
     else:
@@ -290,6 +290,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--set", action="append", metavar="KEY=VALUE", help="override a setting, e.g. planes=[axial,coronal]"
     )
     p.add_argument("--json", action="store_true", help="print the summary as one JSON line")
+    p.add_argument(
+        "--operator-report",
+        metavar="URI",
+        help="write the source objects of every skipped/quarantined series here (identifying paths: "
+        "keep it in the hospital's trust zone; refused inside the dataset)",
+    )
     p.set_defaults(func=cmd_ingest)
 
     d = sub.add_parser("dataset", help="inspect a dataset: verify, stats")

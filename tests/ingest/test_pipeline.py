@@ -31,7 +31,8 @@ def ingested(
     root = tmp_path_factory.mktemp("pipeline")
     spec = build_synthetic_archive(str(root / "export-2026-11"), size=48, n_slices=8, seed=11)
     ds = root / "ds"
-    summary = run_ingest(spec.root, str(ds), load_config(overrides=CFG))
+    report = root / "trust-zone" / "operator-report.json"
+    summary = run_ingest(spec.root, str(ds), load_config(overrides=CFG), operator_report=str(report))
     return spec, ds, summary
 
 
@@ -126,6 +127,16 @@ def test_plane_policy_and_gaps_are_recorded_per_series(ingested: tuple) -> None:
     assert summary.by_kind["uneven spacing"] == 1 and summary.by_kind["reformatted"] >= 1
 
 
+def test_operator_report_names_the_objects_of_every_series_not_ingested(ingested: tuple) -> None:
+    spec, ds, _ = ingested
+    report = json.loads((ds.parent / "trust-zone" / "operator-report.json").read_text())
+    assert "trust zone" in report["warning"] and report["archive"] == spec.root
+    got = Counter((e["reason"], tuple(e["objects"])) for e in report["series"])
+    want = Counter((e.reason, tuple(sorted(e.files))) for e in spec.series if not e.ingested)
+    assert got == want  # every skipped or quarantined entry, with exactly its objects
+    assert not any("operator-report" in str(p) for p in ds.rglob("*"))  # never inside the dataset
+
+
 def test_empty_slices_are_dropped_and_counted(ingested: tuple) -> None:
     _, ds, summary = ingested
     samples = read_all(ds)
@@ -184,6 +195,8 @@ def test_cli_ingest_prints_summary_and_rejects_bad_runs(
     assert "holds no objects" in capsys.readouterr().err
     assert main(["ingest", str(tmp_path / "missing"), str(ds)]) == 1
     assert "does not exist" in capsys.readouterr().err
+    assert main(["ingest", spec.root, str(ds), "--operator-report", str(ds / "operator.json")]) == 1
+    assert "inside the dataset" in capsys.readouterr().err
     assert main(["ingest", spec.root, str(ds), "--set", "planes=[axial,oblique]"]) == 2
     assert "planes.1" in capsys.readouterr().err
     blocker = tmp_path / "file-not-dir"
