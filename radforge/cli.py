@@ -101,6 +101,33 @@ def cmd_dataset_stats(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_dataset_export_nifti(args: argparse.Namespace) -> int:
+    from radforge.sharder.torch_dataset import read_series_volume, write_nifti
+
+    volume = read_series_volume(
+        args.dataset, args.series_key, plane=args.plane, window=args.window, fill=args.fill
+    )
+    write_nifti(volume, args.out)
+    kept = int(volume.kept.sum())
+    summary = {
+        "file": args.out,
+        "plane": volume.plane,
+        "window": volume.window,
+        "shape": list(volume.array.shape),
+        "spacing_mm": list(volume.spacing),
+        "slices_stored": kept,
+        "slices_filled": len(volume.kept) - kept,
+        "fill": volume.fill,
+        "uniform_spacing": volume.uniform_spacing,
+    }
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        title = "radforge dataset export-nifti (shape and spacing: slice, row, column)"
+        _print_summary(title, list(summary.items()))
+    return EXIT_OK
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from radforge.config import parse_overrides
     from radforge.services.app.main import serve
@@ -308,6 +335,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("dataset", metavar="DATASET_URI")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_dataset_stats)
+    n = dsub.add_parser(
+        "export-nifti", help="rebuild one series' volume from its slices as NIfTI (docs/data-format.md)"
+    )
+    n.add_argument("dataset", metavar="DATASET_URI")
+    n.add_argument("series_key", metavar="SERIES_KEY", help="the series key (meta.series_key of its samples)")
+    n.add_argument("out", metavar="OUT", help="output file, .nii or .nii.gz")
+    n.add_argument(
+        "--plane", choices=["axial", "coronal", "sagittal"], help="plane to stack (default: the acquired plane, else axial)"
+    )
+    n.add_argument("--window", default="raw", help="stored window to export (default raw: HU for CT)")
+    n.add_argument(
+        "--fill", type=float, help="value of dropped empty slices (default: -1024 for CT raw, else 0)"
+    )
+    n.add_argument("--json", action="store_true", help="print the summary as one JSON line")
+    n.set_defaults(func=cmd_dataset_export_nifti)
 
     sv = sub.add_parser("serve", help="run the control plane (API, scheduler, metrics, dashboard)")
     sv.add_argument("--host", help="address to listen on (default 127.0.0.1; others need a token)")

@@ -1,0 +1,239 @@
+"""The PyTorch/MONAI adapter and export-nifti on a dataset made by the real ingest (real Ray, DataLoader)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from radforge.cli import main
+from radforge.ingest.config import load_config
+from radforge.ingest.pipeline import run_ingest
+from radforge.ingest.volume import from_nifti
+from radforge.sharder.torch_dataset import (
+    FLOAT_FIELDS,
+    INT_FIELDS,
+    STR_FIELDS,
+    RadforgeDataset,
+    RadforgeIterableDataset,
+    RadforgeMonaiDataset,
+    SampleShapeError,
+)
+from radforge.synthetic.phantom import ct_phantom
+from tests.support import make_archive, read_all
+
+SIZE, N_SLICES = 40, 8
+# Two planes and two windows per modality: images of several shapes and dtypes in one dataset.
+CFG = {
+    "planes": ["axial", "coronal"],
+    "windows": {"ct": ["raw", "soft_tissue"], "mr": ["raw", "pct"]},
+    "reformat": {"min_side": 8},  # 40-pixel phantoms: reformats of 25 x 40
+    "shards": {"size_limit": 1 << 16},
+}
+PAD = (64, 64)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory, ray_local: None) -> tuple[str, dict[str, dict]]:
+    """(dataset path, every sample read by stock streaming by key)."""
+    root = tmp_path_factory.mktemp("adapter")
+    arch = make_archive(root / "archive", n_ct=1, n_mr=1, size=SIZE, n_slices=N_SLICES)
+    summary = run_ingest(str(arch), str(root / "ds"), load_config(overrides=CFG))
+    assert summary.committed and summary.slices_dropped > 0
+    return str(root / "ds"), read_all(root / "ds")
+
+
+def _stored(batch_image: torch.Tensor, meta: dict[str, Any], i: int) -> np.ndarray:
+    """Sample ``i`` of a padded batch cut back to its stored shape."""
+    return batch_image[i, 0, : int(meta["height"][i]), : int(meta["width"][i])].numpy()
+
+
+def _check_batch(batch: dict[str, Any], stock: dict[str, dict], seen: Counter[str]) -> None:
+    """Pixels equal the stock reader's, padding holds the background, meta is typed and complete."""
+    meta = batch["meta"]
+    assert batch["image"].dtype == torch.float32 and batch["image"].shape[1:] == (1, *PAD)
+    for f in STR_FIELDS:
+        assert all(isinstance(v, str) for v in meta[f]), f
+    for f in INT_FIELDS:
+        assert meta[f].dtype == torch.int64, f
+    for f in FLOAT_FIELDS:
+        assert meta[f].dtype == torch.float64, f
+    assert meta["pixel_spacing"].shape == (len(batch["key"]), 2)
+    for i, key in enumerate(batch["key"]):
+        seen[key] += 1
+        ref = stock[key]
+        np.testing.assert_array_equal(_stored(batch["image"], meta, i), ref["image"].astype(np.float32))
+        assert meta["slice_index"][i] == ref["meta"]["slice_index"]
+        assert meta["plane"][i] == ref["meta"]["plane"]
+        assert meta["pixel_spacing"][i].tolist() == ref["meta"]["pixel_spacing"]
+        if ref["meta"]["kvp"] is None:
+            assert math.isnan(meta["kvp"][i])
+        h, w = ref["image"].shape
+        pad = -1024.0 if (ref["meta"]["modality"], ref["meta"]["window"]) == ("CT", "raw") else 0.0
+        assert (batch["image"][i, 0, h:, :] == pad).all() and (batch["image"][i, 0, :, w:] == pad).all()
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_map_style_batches_every_sample_once_with_the_stored_pixels(dataset: tuple, workers: int) -> None:
+    uri, stock = dataset
+    assert len({s["image"].shape for s in stock.values()}) > 1  # a plain default_collate would fail
+    assert len({s["image"].dtype for s in stock.values()}) > 1
+    ds = RadforgeDataset(uri, pad_to=PAD)
+    assert len(ds) == len(stock)
+    seen: Counter[str] = Counter()
+    for batch in DataLoader(ds, batch_size=5, shuffle=True, num_workers=workers):
+        _check_batch(batch, stock, seen)
+    assert seen == Counter(list(stock))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_iterable_streams_every_sample_once_per_epoch_across_workers(dataset: tuple, workers: int) -> None:
+    uri, stock = dataset
+    ds = RadforgeIterableDataset(uri, pad_to=PAD, shuffle=True, seed=3, batch_size=4)
+    for _ in range(2):  # two epochs
+        seen: Counter[str] = Counter()
+        for batch in DataLoader(ds, batch_size=4, num_workers=workers):
+            _check_batch(batch, stock, seen)
+        assert seen == Counter(list(stock))
+
+
+def test_filters_keep_only_matching_samples_and_collate_without_padding(dataset: tuple) -> None:
+    uri, stock = dataset
+    want = {k for k, s in stock.items() if (s["meta"]["modality"], s["meta"]["plane"]) == ("CT", "axial")}
+    want_raw = {k for k in want if stock[k]["meta"]["window"] == "raw"}
+    mapped = RadforgeDataset(uri, modality="CT", plane="axial")
+    streamed = RadforgeIterableDataset(uri, modality="CT", plane="axial", window="raw", shuffle=False)
+    for ds, expected in ((mapped, want), (streamed, want_raw)):
+        assert Counter(b for batch in DataLoader(ds, batch_size=3) for b in batch["key"]) == Counter(expected)
+
+
+def test_transforms_apply_to_the_image_then_the_sample(dataset: tuple) -> None:
+    uri, stock = dataset
+    ds = RadforgeDataset(
+        uri,
+        plane="axial",
+        transform=lambda img: img[:, ::2, ::2],
+        sample_transform=lambda s: {**s, "hu_max": s["image"].max()},
+    )
+    sample = ds[0]
+    ref = stock[sample["key"]]["image"]
+    np.testing.assert_array_equal(sample["image"][0].numpy(), ref[::2, ::2].astype(np.float32))
+    assert sample["hu_max"] == float(ref[::2, ::2].max()) and sample["meta"]["height"] == ref.shape[0]
+
+
+def test_an_image_larger_than_pad_to_or_a_misspelt_option_is_one_error_naming_it(dataset: tuple) -> None:
+    uri, _ = dataset
+    with pytest.raises(TypeError, match="unknown option.* modalty; valid: part, cache_dir"):
+        RadforgeDataset(uri, modalty="CT")  # type: ignore[call-arg]
+    ds = RadforgeDataset(uri, pad_to=(8, 8))
+    expected = r"sample .*/\d{5}/.*: image of \d+x\d+ does not fit pad_to=8x8"
+    with pytest.raises(SampleShapeError, match=expected):
+        ds[0]
+
+
+def test_monai_metatensor_carries_spacing_and_orientation_through_a_transform_chain(dataset: tuple) -> None:
+    from monai.data import MetaTensor
+    from monai.transforms import Compose, Resize, ScaleIntensityRange
+
+    uri, stock = dataset
+    chain = Compose(
+        [ScaleIntensityRange(a_min=-1000, a_max=1000, b_min=0.0, b_max=1.0, clip=True), Resize((20, 20))]
+    )
+    plain = RadforgeMonaiDataset(uri, modality="CT", window="raw", plane="axial")
+    raw = plain[0]
+    assert isinstance(raw["image"], MetaTensor)
+    row_mm, col_mm = stock[raw["key"]]["meta"]["pixel_spacing"]
+    assert raw["image"].pixdim.tolist() == pytest.approx([row_mm, col_mm])
+    assert nib.aff2axcodes(raw["image"].affine.numpy()) == ("P", "L", "S")  # rows posterior, columns left
+    slice_mm = stock[raw["key"]]["meta"]["slice_spacing"]
+    assert float(raw["image"].affine[2, 3]) == pytest.approx(slice_mm * raw["meta"]["slice_index"])
+
+    ds = RadforgeMonaiDataset(uri, modality="CT", window="raw", plane="axial", transform=chain)
+    batch = next(iter(DataLoader(ds, batch_size=3)))
+    assert isinstance(batch["image"], MetaTensor) and batch["image"].shape == (3, 1, 20, 20)
+    one = ds[0]
+    assert one["image"].pixdim.tolist() == pytest.approx([row_mm * SIZE / 20, col_mm * SIZE / 20])
+    ref = np.clip((stock[one["key"]]["image"].astype(np.float32) + 1000) / 2000, 0, 1)
+    expected = Resize((20, 20))(torch.from_numpy(ref)[None])
+    np.testing.assert_allclose(one["image"].as_tensor().numpy(), np.asarray(expected), atol=1e-6)
+
+
+def _ct_series(stock: dict[str, dict]) -> tuple[str, np.ndarray]:
+    """The CT series' key and the generator's volume it was ingested from (make_archive's first CT)."""
+    phantom = ct_phantom(shape=(N_SLICES, SIZE, SIZE), seed=0).array.astype(np.int16)
+    for s in stock.values():
+        m = s["meta"]
+        if (m["modality"], m["plane"], m["window"]) == ("CT", "axial", "raw"):
+            assert np.array_equal(s["image"], phantom[m["slice_index"]])
+            return m["series_key"], phantom
+    raise AssertionError("no CT axial raw slice in the dataset")
+
+
+def _export(uri: str, key: str, out: Path, *args: str) -> tuple[Any, np.ndarray]:
+    """Run ``radforge dataset export-nifti``; the image and its data as (slice, row, column)."""
+    assert main(["dataset", "export-nifti", uri, key, str(out), *args]) == 0
+    img = nib.load(out)
+    return img, np.asarray(img.dataobj).transpose(2, 1, 0)  # NIfTI (column, row, slice)
+
+
+def test_export_nifti_rebuilds_the_ct_volume_exactly(
+    dataset: tuple, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    uri, stock = dataset
+    key, phantom = _ct_series(stock)
+    img, data = _export(uri, key, tmp_path / "ct.nii.gz", "--json")
+    summary = json.loads(capsys.readouterr().out)
+    assert data.dtype == np.int16 and data.shape == phantom.shape and summary["plane"] == "axial"
+    series = [s["meta"] for s in stock.values() if s["meta"]["series_key"] == key]
+    kept = {m["slice_index"] for m in series if m["plane"] == "axial"}
+    assert 0 < len(kept) < N_SLICES and summary["slices_filled"] == N_SLICES - len(kept)
+    for k in range(N_SLICES):
+        expected = phantom[k] if k in kept else np.full(phantom[k].shape, -1024, np.int16)
+        np.testing.assert_array_equal(data[k], expected, err_msg=f"slice {k}")
+    z, (row, col) = series[0]["slice_spacing"], series[0]["pixel_spacing"]
+    assert img.header.get_zooms() == pytest.approx((col, row, z))
+    np.testing.assert_allclose(img.affine, np.diag([-col, -row, z, 1.0]))
+    assert nib.aff2axcodes(img.affine) == ("L", "P", "S")
+    assert img.header["qform_code"] == 1 and img.header["sform_code"] == 1
+    # ingest's own NIfTI reader brings the file back to the canonical volume it was cut from
+    again = from_nifti(np.asarray(img.dataobj), img.affine)
+    np.testing.assert_array_equal(again.array, data)
+    assert again.spacing == pytest.approx((z, row, col)) and again.acquired_plane == "axial"
+
+
+def test_export_nifti_of_a_reformatted_plane_and_of_an_unknown_series(
+    dataset: tuple, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    uri, stock = dataset
+    key, _ = _ct_series(stock)
+    img, data = _export(uri, key, tmp_path / "coronal.nii", "--plane", "coronal", "--window", "soft_tissue")
+    assert nib.aff2axcodes(img.affine) == ("L", "I", "P") and data.shape[0] == SIZE  # one slice per y
+    for s in stock.values():
+        m = s["meta"]
+        if (m["series_key"], m["plane"], m["window"]) == (key, "coronal", "soft_tissue"):
+            np.testing.assert_array_equal(data[m["slice_index"]], s["image"])
+    capsys.readouterr()
+    assert main(["dataset", "export-nifti", uri, "nope", str(tmp_path / "x.nii")]) == 1
+    assert "has no ingested series 'nope'" in capsys.readouterr().err
+    assert main(["dataset", "export-nifti", uri, key, str(tmp_path / "x.nii"), "--window", "lung"]) == 1
+    assert "stored: axial/raw, axial/soft_tissue, coronal/raw, coronal/soft_tissue" in capsys.readouterr().err
+
+
+def test_a_remote_dataset_reads_like_a_local_one(dataset: tuple, s3_bucket: str) -> None:
+    from radforge.storage import filesystem
+
+    uri, stock = dataset
+    filesystem("s3").put(uri, f"{s3_bucket}/ds", recursive=True)
+    ds = RadforgeIterableDataset(f"s3://{s3_bucket}/ds", pad_to=PAD, shuffle=False)
+    seen: Counter[str] = Counter()
+    for batch in DataLoader(ds, batch_size=4):
+        _check_batch(batch, stock, seen)
+    assert seen == Counter(list(stock))
