@@ -342,7 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("series_key", metavar="SERIES_KEY", help="the series key (meta.series_key of its samples)")
     n.add_argument("out", metavar="OUT", help="output file, .nii or .nii.gz")
     n.add_argument(
-        "--plane", choices=["axial", "coronal", "sagittal"], help="plane to stack (default: the acquired plane, else axial)"
+        "--plane",
+        choices=["axial", "coronal", "sagittal"],
+        help="plane to stack (default: the acquired plane, else axial)",
     )
     n.add_argument("--window", default="raw", help="stored window to export (default raw: HU for CT)")
     n.add_argument(
