@@ -17,6 +17,9 @@ no longer fit in ``--budget-s`` are skipped and recorded as such. Phases, most i
 4. ``learning``   200 ViT-S steps of the real loop: the loss falls, the teacher does not collapse
 5. ``resume``     save at step k, resume, compare losses and weights at k + n with an uninterrupted run
 6. ``compile``    ``torch.compile`` per block on vs off, ViT-B step time (last: it is slow)
+7. ``profile``    where a ViT-L step's device time goes (torch.profiler: time per kernel family,
+                  the top kernels in ``OUT/profile_vit_l.txt``), and ViT-L with compiled blocks at
+                  twice the batch: the MFU the recipe reaches once kernels are fused
 
 ``--dry-run`` runs every phase on the CPU at tiny sizes (same code paths but the CUDA-only ones);
 ``tests/bench/test_gpu_check.py`` runs it, so the check cannot rot. On a GPU machine without the
@@ -57,10 +60,11 @@ from radforge.trainer.flops import PEAK_FLOPS, step_flops
 from radforge.trainer.parallel import compile_blocks, shard_network
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-PHASES = ("precision", "recipes", "data_wait", "learning", "resume", "compile")
+PHASES = ("precision", "recipes", "data_wait", "learning", "resume", "compile", "profile")
 # seconds each phase may take on a GPU (the dry run is far below); the global --budget-s caps the sum
 PHASE_LIMIT_S = {
     "precision": 60, "recipes": 120, "data_wait": 90, "learning": 90, "resume": 75, "compile": 150,
+    "profile": 150,
 }  # fmt: skip
 # tiny stand-ins for the dry run: the shipped recipe files, shrunk to a CPU-sized ViT and heads
 TINY_MODEL = (
@@ -614,6 +618,92 @@ def phase_compile(check: Check) -> dict[str, Any]:
     return result
 
 
+# ---- 7. where the time goes -----------------------------------------------------------------------
+
+# kernel families by name (CUDA kernel names on a GPU, aten op names on the CPU)
+KERNEL_FAMILIES = (
+    ("attention", ("flash", "fmha", "attention", "sdpa", "efficient")),
+    ("matmul", ("gemm", "matmul", "addmm", "mm", "linear", "cutlass", "sm90", "nvjet")),
+    ("softmax", ("softmax",)),
+    ("norm", ("layer_norm", "layernorm", "norm")),
+    ("optimizer", ("adam", "foreach", "multi_tensor")),
+    ("copy_cast", ("copy", "cast", "to_copy", "cat", "index")),
+)
+
+
+def kernel_family(name: str) -> str:
+    low = name.lower()
+    return next((fam for fam, keys in KERNEL_FAMILIES if any(k in low for k in keys)), "elementwise_other")
+
+
+def phase_profile(check: Check) -> dict[str, Any]:
+    """ViT-L step time by kernel family (torch.profiler), then ViT-L with compiled blocks at 2x batch."""
+    from torch.profiler import ProfilerActivity, profile
+
+    batch = 2 if check.dry else 64
+    cfg = check.recipe("recipe-vit-l.yaml")
+    result = check.partial
+    state = build_train_state(cfg, global_batch_size=batch, device=check.device, seed=0)
+    state.step = state.schedules.total_steps // 2
+    views = synthetic_views(cfg, batch, device=check.device)
+    timed_steps(check, state, views, warmup=1, steps=1)
+    activities = [ProfilerActivity.CUDA] if check.cuda else [ProfilerActivity.CPU]
+    with profile(activities=activities) as prof:
+        timed_steps(check, state, views, warmup=0, steps=2)
+    def self_time(e: Any) -> float:
+        return e.self_device_time_total if check.cuda else e.self_cpu_time_total
+
+    families: dict[str, float] = {}
+    for e in prof.key_averages():
+        families[kernel_family(e.key)] = families.get(kernel_family(e.key), 0.0) + self_time(e)
+    total = sum(families.values()) or 1.0
+    result["batch"] = batch
+    ranked = sorted(families.items(), key=lambda kv: -kv[1])
+    result["time_share"] = {k: round(v / total, 3) for k, v in ranked}
+    result["device_ms_per_step"] = round(total / 2 / 1e3, 1)
+    sort = "self_cuda_time_total" if check.cuda else "self_cpu_time_total"
+    (check.out / "profile_vit_l.txt").write_text(prof.key_averages().table(sort_by=sort, row_limit=40))
+    del state, views, prof
+    _free(check)
+    # compiled blocks at twice the batch: what the recipe's step reaches once kernels are fused, with
+    # the recipe's activation checkpointing and without it (the memory it saves is not needed here)
+    peak, _, _ = peak_flops_of(check.device, dry=check.dry)
+    big = 2 * batch
+    kwargs = {"backend": "eager"} if check.dry else {}
+    if check.cuda:
+        # torch 2.11's inductor pads the fused SwiGLU matmul's output (5472 -> 5504 columns for
+        # ViT-L) and then fails its own stride assertion in the backward (seen on an H200)
+        import torch._inductor.config as inductor_config
+
+        inductor_config.comprehensive_padding = False
+    for key, ckpt in (("vit_l_compiled", True), ("vit_l_compiled_no_checkpointing", False)):
+        cfg = check.recipe("recipe-vit-l.yaml", f"model.activation_checkpointing={str(ckpt).lower()}")
+        if check.cuda:
+            torch.cuda.reset_peak_memory_stats(check.device)
+        state = build_train_state(cfg, global_batch_size=big, device=check.device, seed=0)
+        state.step = state.schedules.total_steps // 2
+        compile_blocks(state.student, **kwargs)
+        compile_blocks(state.teacher, **kwargs)
+        views = synthetic_views(cfg, big, device=check.device)
+        times = timed_steps(check, state, views, warmup=2, steps=1 if check.dry else 5)
+        t = statistics.median(times)
+        flops = step_flops(cfg, images=big)
+        result[key] = {
+            "batch": big,
+            "activation_checkpointing": ckpt,
+            "step_ms": round(1e3 * t, 2),
+            "images_per_s": round(big / t, 1),
+            "mfu": round(flops / t / peak, 4) if peak else None,
+        }
+        if check.cuda:
+            peak_mem = torch.cuda.max_memory_allocated(check.device)
+            result[key]["peak_mem_gib"] = round(peak_mem / 2**30, 2)
+        del state, views
+        _free(check)
+    result["ok"] = True
+    return result
+
+
 # ---- runner -----------------------------------------------------------------------------------------------
 
 
@@ -640,6 +730,7 @@ RUNNERS: dict[str, Callable[[Check], dict[str, Any]]] = {
     "learning": phase_learning,
     "resume": phase_resume,
     "compile": phase_compile,
+    "profile": phase_profile,
 }
 
 
@@ -692,6 +783,11 @@ def markdown(result: dict[str, Any]) -> str:
                     f"cls_std {r['last']['cls_std']}, teacher entropy {r['last']['teacher_entropy']}")
         if name == "resume":
             return f"bit-exact {r['bit_exact']} (loss diff {r['loss_max_diff']:.1e})"
+        if name == "profile":
+            c = r["vit_l_compiled"]
+            share = ", ".join(f"{k} {v:.0%}" for k, v in r["time_share"].items())
+            return (f"vit_l b{r['batch']} device time: {share}; compiled b{c['batch']}: {c['step_ms']} ms, "
+                    f"{c['images_per_s']} img/s, MFU {c['mfu']}")
         if name == "compile":
             return (f"eager {r['eager_step_ms']} ms, compiled {r['compiled_step_ms']} ms "
                     f"(x{r['speedup']}), compile {r['compile_s']} s")
