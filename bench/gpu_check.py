@@ -55,9 +55,9 @@ import numpy as np
 import torch
 
 from radforge.trainer import ViewBatch, build_train_state, load_recipe, train_step
-from radforge.trainer.config import RecipeConfig
 from radforge.trainer.flops import PEAK_FLOPS, step_flops
 from radforge.trainer.parallel import compile_blocks, shard_network
+from radforge.trainer.recipe import RecipeConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PHASES = ("precision", "recipes", "data_wait", "learning", "resume", "compile", "profile")

@@ -18,9 +18,9 @@ from radforge.trainer.build import (
     build_schedules,
     build_train_state,
 )
-from radforge.trainer.config import RecipeConfig, RecipeConfigError, load_recipe
 from radforge.trainer.heads import DINOHead, Network
 from radforge.trainer.models import VIT_SIZES, VisionTransformer
+from radforge.trainer.recipe import RecipeConfig, RecipeConfigError, load_recipe
 from radforge.trainer.step import LossWeights, NonFiniteLossError, Objective, TrainState, train_step
 from radforge.trainer.views import MaskSampler, MultiCrop, ViewBatch, Views, collate_views
 

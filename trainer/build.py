@@ -1,4 +1,4 @@
-"""From a :class:`radforge.trainer.config.RecipeConfig` to modules, with explicit keyword arguments.
+"""From a :class:`radforge.trainer.recipe.RecipeConfig` to modules, with explicit keyword arguments.
 
 The config object stops here: every module below is constructed from plain values, so it can be
 built and tested without a config. :func:`build_train_state` assembles a ready-to-step
@@ -13,12 +13,12 @@ from typing import Any
 
 import torch
 
-from radforge.trainer.config import RecipeConfig
 from radforge.trainer.heads import DINOHead, Network
 from radforge.trainer.losses import Centering, DINOLoss, IBOTLoss, KoLeoLoss, SigRegLoss
 from radforge.trainer.models.vit import VIT_SIZES, VisionTransformer
 from radforge.trainer.optim import param_groups
 from radforge.trainer.parallel import compile_blocks, fsdp_gradient_sync, scatter_full_state
+from radforge.trainer.recipe import RecipeConfig
 from radforge.trainer.schedules import Schedules, scaled_lr
 from radforge.trainer.step import LossWeights, Objective, TrainState
 from radforge.trainer.views.multicrop import MaskSampler, MultiCrop

@@ -33,7 +33,6 @@ import radforge.trainer.models as models_package
 from radforge.storage import Location, exists, resolve, write_bytes_atomic
 from radforge.trainer import checkpoint as ckpt
 from radforge.trainer.build import build_backbone
-from radforge.trainer.config import RecipeConfig
 from radforge.trainer.export_formats import ExportError, write_hf, write_timm
 from radforge.trainer.models.backbone import (
     CONFIG,
@@ -48,6 +47,7 @@ from radforge.trainer.models.backbone import (
     state_hash,
     vit_from_spec,
 )
+from radforge.trainer.recipe import RecipeConfig
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from radforge.trainer.config import RecipeConfig
+from radforge.trainer.recipe import RecipeConfig
 
 # Dense peak FLOP/s per GPU (SXM parts) by compute precision; matched by substring of the device name.
 PEAK_FLOPS: dict[str, dict[str, float]] = {

@@ -1,6 +1,6 @@
 """One training run as a typed configuration (:class:`TrainConfig`): data, recipe, batch, steps, output.
 
-The recipe (:class:`radforge.trainer.config.RecipeConfig`) is embedded as the ``recipe`` field. A run file
+The recipe (:class:`radforge.trainer.recipe.RecipeConfig`) is embedded as the ``recipe`` field. A run file
 may name a recipe file with ``recipe_file`` (relative to the run file); its ``recipe:`` section
 then overrides that file. Layering: defaults -> YAML file -> dotted ``key=value`` overrides (any
 field, e.g. ``batch.global_size=64`` or ``recipe.optim.base_lr=1e-3``), resolved once by
@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from radforge.config import ConfigError, LayeredConfig, load_model, read_yaml_mapping
 from radforge.sharder.mixing import MixSpec
-from radforge.trainer.config import RecipeConfig
+from radforge.trainer.recipe import RecipeConfig
 
 
 class TrainConfigError(ConfigError):

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from radforge.config import ConfigError, LayeredConfig, load_model
 from radforge.ingest.config import load_config
 from radforge.services.app.settings import SettingsError, load_settings
-from radforge.trainer.config import RecipeConfigError, load_recipe
+from radforge.trainer.recipe import RecipeConfigError, load_recipe
 from radforge.trainer.run_config import TrainConfigError, load_train_config
 
 

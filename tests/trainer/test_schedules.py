@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from radforge.trainer.build import build_network, build_optimizer, build_schedules
-from radforge.trainer.config import load_recipe
 from radforge.trainer.ema import ema_update
 from radforge.trainer.optim import apply_schedule, layer_id, param_groups
+from radforge.trainer.recipe import load_recipe
 from radforge.trainer.schedules import cosine, scaled_lr, warmup_then_constant
 
 torch.set_num_threads(2)

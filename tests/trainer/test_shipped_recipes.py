@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from radforge.trainer.config import load_recipe
+from radforge.trainer.recipe import load_recipe
 from radforge.trainer.run_config import load_train_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -44,8 +44,9 @@ def test_a_stage_started_from_a_pretrained_run_continues_from_its_end_values(nam
     """A stage initialised from a pretrained run keeps that run's end values instead of restarting them.
 
     DINOv3's high-resolution adaptation: teacher temperature at its final value (no warm-up from
-    0.04), teacher momentum at the run's end value (0.999 when that is 1), prototypes not frozen again, weight decay at the
-    pretraining run's end value, and a learning rate well below the pretraining peak. The
+    0.04), teacher momentum at the run's end value (0.999 when that is 1), prototypes not frozen
+    again, weight decay at the pretraining run's end value, and a learning rate well below the
+    pretraining peak. The
     pretraining run is the shipped run config whose ``output`` the stage's ``init_from`` names.
     """
     runs = _runs()

@@ -124,8 +124,8 @@ def _rotate(views: torch.Tensor, degrees: np.ndarray) -> torch.Tensor:
 class MultiCrop:
     """Build the views of a slice (plan in numpy, render in torch).
 
-    Keyword arguments mirror :class:`radforge.trainer.config.CropConfig` and
-    :class:`radforge.trainer.config.IntensityConfig`;
+    Keyword arguments mirror :class:`radforge.trainer.recipe.CropConfig` and
+    :class:`radforge.trainer.recipe.IntensityConfig`;
     docs/recipe.md says what each does.
     """
 

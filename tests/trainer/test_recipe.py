@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from radforge.trainer.config import RecipeConfig, RecipeConfigError, load_recipe
+from radforge.trainer.recipe import RecipeConfig, RecipeConfigError, load_recipe
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
