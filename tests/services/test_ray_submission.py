@@ -139,12 +139,12 @@ def _leave_unsubmitted(
     archive = make_archive(tmp_path / name, n_ct=1, n_mr=0)
     service = build_service(settings)
     runner = service.runner
-    assert runner.ray_jobs is not None
+    assert runner.ray_launcher is not None
 
     def stop_here(**_: object) -> str:
         raise Stopped
 
-    runner.ray_jobs.submit = stop_here  # type: ignore[method-assign]
+    runner.ray_launcher.ray_jobs.submit = stop_here  # type: ignore[method-assign]
     dataset = tmp_path / "dataset"
     job = runner.submit(
         IngestJobCreate(kind="ingest", source_uri=str(archive), dataset_uri=str(dataset)), priority=0

@@ -17,7 +17,7 @@ from radforge.services.app.models import (
     JobRecord,
     JobState,
 )
-from radforge.services.app.security import redact_below
+from radforge.services.app.security import redact, redact_below
 from radforge.services.jobs.kinds import KINDS
 from radforge.services.jobs.runner import CancelRefused
 from radforge.services.jobs.specs import Allowlists, SpecForbidden, SpecInvalid
@@ -99,7 +99,7 @@ def job_logs(
     job = _found(store, job_id)
     kind = KINDS.get(job.kind)
     roots = kind.redact_roots(kind.parse(job.spec)) if kind is not None else []
-    return JobLogs(id=job.id, lines=[redact_below(x, roots) for x in runner.logs(job, lines)])
+    return JobLogs(id=job.id, lines=[redact(redact_below(x, roots)) for x in runner.logs(job, lines)])
 
 
 @router.post(
