@@ -145,7 +145,16 @@ def shard_network(
 
 
 def compile_blocks(network: Network, **compile_kwargs: Any) -> Network:
-    """``torch.compile`` each transformer block in place (``compile_kwargs`` go to ``torch.compile``)."""
+    """``torch.compile`` each transformer block in place (``compile_kwargs`` go to ``torch.compile``).
+
+    Inductor's comprehensive padding is switched off first: with it, torch 2.11's inductor pads the
+    fused SwiGLU matmul of ViT-L (5,472 output columns to 5,504) and then fails its own stride
+    assertion in the backward (seen on an H200; ``bench/gpu_check.py --phases profile`` compiles
+    ViT-L through this function and is the check).
+    """
+    import torch._inductor.config as inductor_config
+
+    inductor_config.comprehensive_padding = False
     for block in network.backbone.blocks:
         block.compile(**compile_kwargs)
     return network
