@@ -123,8 +123,7 @@ def cmd_dataset_export_nifti(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary))
     else:
-        title = "radforge dataset export-nifti (shape and spacing: slice, row, column)"
-        _print_summary(title, list(summary.items()))
+        _print_summary("export-nifti (slice, row, column)", list(summary.items()))
     return EXIT_OK
 
 

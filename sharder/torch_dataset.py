@@ -212,6 +212,7 @@ def open_stream(
     if cache_dir is None and not resolve(uri).is_local:
         cache_dir = tempfile.mkdtemp(prefix="radforge-cache-")
     streams = build_streams(MixSpec(sources=[SourceSpec(uri=uri, part=part)]), cache_dir=cache_dir or "")
+    kwargs.setdefault("predownload", 8 * int(kwargs.get("batch_size") or 1))  # streaming's default, unlogged
     return StreamingDataset(streams=streams, **kwargs)
 
 
