@@ -59,6 +59,26 @@ def test_fast_headers_equal_pydicom_on_the_synthetic_archive(tmp_path: Path) -> 
     assert compared >= 40
 
 
+def test_vendor_attributes_are_read_on_the_fast_path(tmp_path: Path) -> None:
+    from radforge.ingest.discover import _fast_values
+
+    spec = build_synthetic_archive(str(tmp_path / "a"), size=16, n_slices=4, seed=3, include_bad=False)
+
+    def header(case: str) -> Header:
+        data = (tmp_path / "a" / spec.case(case).files[0]).read_bytes()
+        assert _fast_values(data) is not None, case  # no pydicom parse for these
+        return parse_header(data, path="x", size=len(data))
+
+    assert (header("mr_dwi_v0").b_value, header("mr_dwi_v0").gradient) == ("0", None)
+    assert (header("mr_dwi_v2").b_value, header("mr_dwi_v2").gradient) == ("1000", "0,1,0")
+    mosaic = header("mr_mosaic_csa_v0")
+    assert (mosaic.mosaic_count, mosaic.csa_normal) == (4, [0.0, 0.0, 1.0])
+    plain = header("mr_mosaic_no_csa_v1")
+    assert (plain.mosaic_count, plain.spacing_between) == (None, 2.5)
+    assert mosaic.acquisition_matrix == plain.acquisition_matrix == [16, 0, 0, 16]
+    assert header("mr_swi_phase").image_type[2] == "P"
+
+
 def test_unreadable_objects_become_records_not_exceptions(tmp_path: Path) -> None:
     (tmp_path / "zero.dcm").write_bytes(b"")
     (tmp_path / "text.dcm").write_text("not a dicom file at all\n" * 20)
