@@ -9,9 +9,12 @@ and kNN, full training set and few-shot) on the built-in suite.
 
     .venv/bin/python -m bench.pretrain_quality [--short-steps 60 --long-steps 200]
 
-Ends with one JSON line: {"bench": "pretrain_quality", "tasks": {"<task>": {"random_init": ...,
-"pretrained": ..., "pretrained_long": ...}}, ...}: the linear probe's primary metric (accuracy, or
-R2 for regression; higher is better) on the full training set; "knn" holds the same for kNN.
+Ends with one JSON line: {"bench": "pretrain_quality", "steps": N, "tasks": {"<task>": {"knn_diff": d,
+"knn_ci": [lo, hi], "linear_diff": d, "linear_ci": [lo, hi]}, ...}, "wins": {...}, "short": {...},
+"scores": {...}, ...}: the long-pretrained teacher minus the random-init one on the same test samples
+(primary metric: accuracy, or R2 for regression; full training set) with its paired bootstrap 95%
+interval; "wins" counts, per probe, the tasks won and those won with the interval above zero;
+"short" holds the same for the ``--short-steps`` snapshot; "scores" each backbone's own metric.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from radforge.trainer import (
 )
 from radforge.trainer.eval.backbone import FrozenBackbone
 from radforge.trainer.eval.metrics import PRIMARY
-from radforge.trainer.eval.report import full_scores
+from radforge.trainer.eval.report import PairedResult, full_scores
 from radforge.trainer.eval.run import load_suite, run_eval
 from radforge.trainer.export import spec_of
 
@@ -112,29 +115,52 @@ def main() -> None:
         backbones, tasks, out=args.out / "report", cache_dir=args.out / "features", seeds=args.seeds
     )
     full = full_scores(outcome.results)
-    figures: dict[str, dict[str, float]] = {}
-    knn: dict[str, dict[str, float]] = {}
+    scores: dict[str, dict[str, dict[str, float]]] = {}
     for (task, probe, name), r in sorted(full.items()):
-        target = figures if probe == "linear" else knn
-        target.setdefault(task, {})[name] = round(r.metrics[PRIMARY[r.kind]], 4)
-    margins = {
-        t: {k: round(v[k] - v["random_init"], 4) for k in ("pretrained", "pretrained_long")}
-        for t, v in figures.items()
-    }
+        scores.setdefault(task, {}).setdefault(probe, {})[name] = round(r.metrics[PRIMARY[r.kind]], 4)
     print(f"report: {outcome.report.markdown}")
+    long = paired_summary(outcome.paired, "pretrained_long")
     print(
         json.dumps(
             {
                 "bench": "pretrain_quality",
-                "tasks": figures,
-                "margin_linear": margins,
-                "knn": knn,
-                "steps": {"pretrained": args.short_steps, "pretrained_long": args.long_steps},
+                "steps": args.long_steps,
+                "tasks": long,
+                "wins": win_counts(long),
+                "short": {
+                    "steps": args.short_steps,
+                    "tasks": (short := paired_summary(outcome.paired, "pretrained")),
+                    "wins": win_counts(short),
+                },
+                "scores": scores,
                 "train_seconds": {k: round(v, 1) for k, v in seconds.items()},
                 "eval_seconds": round(outcome.seconds, 1),
             }
         )
     )
+
+
+def paired_summary(paired: list[PairedResult], backbone: str) -> dict[str, dict[str, Any]]:
+    """Task -> {"knn_diff", "knn_ci", "linear_diff", "linear_ci"} of ``backbone`` minus random init."""
+    out: dict[str, dict[str, Any]] = {}
+    for p in paired:
+        if p.backbone == backbone:
+            d = p.difference
+            out.setdefault(p.task, {})[f"{p.probe}_diff"] = round(d.diff, 4)
+            out[p.task][f"{p.probe}_ci"] = [round(d.ci[0], 4), round(d.ci[1], 4)]
+    return out
+
+
+def win_counts(tasks: dict[str, dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Per probe: tasks, tasks with a positive difference, tasks whose interval is above zero."""
+    return {
+        probe: {
+            "tasks": len(tasks),
+            "positive": sum(t[f"{probe}_diff"] > 0 for t in tasks.values()),
+            "interval_above_zero": sum(t[f"{probe}_ci"][0] > 0 for t in tasks.values()),
+        }
+        for probe in ("linear", "knn")
+    }
 
 
 if __name__ == "__main__":

@@ -2,8 +2,11 @@
 
 The main table has one row per (task, probe) and one column per backbone: the task's primary
 metric (accuracy, or R2 for regression) on the full training set with its 95% bootstrap interval.
-A second table lists every metric. Each task gets a plot of the primary metric against the number
-of shots (mean and min-max over seeds), one line per backbone and probe.
+With a baseline (the random-init backbone of ``radforge eval --random-init``), a "paired differences"
+table gives, per task and probe, each backbone's primary metric minus the baseline's on the same test
+samples with a paired bootstrap 95% interval, and a verdict line counts the probes won with the
+interval excluding zero. A further table lists every metric. Each task gets a plot of the primary
+metric against the number of shots (mean and min-max over seeds), one line per backbone and probe.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from radforge.trainer.eval.fewshot import FULL
-from radforge.trainer.eval.metrics import PRIMARY
+from radforge.trainer.eval.metrics import N_BOOT, PRIMARY, PairedDifference, paired_bootstrap
 from radforge.trainer.eval.tracks import ProbeResult
 
 RESULTS = "results.json"
@@ -39,6 +42,32 @@ class Report:
     plots: dict[str, Path]  # task -> PNG
 
 
+@dataclass(frozen=True)
+class PairedResult:
+    """One backbone minus the baseline on one task and probe (full training set, same test samples)."""
+
+    task: str
+    probe: str
+    backbone: str
+    baseline: str
+    difference: PairedDifference
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form: the difference, its interval as [lo, hi] and the verdict."""
+        d = self.difference
+        return {
+            "task": self.task,
+            "probe": self.probe,
+            "backbone": self.backbone,
+            "baseline": self.baseline,
+            "metric": d.metric,
+            "n_test": d.n_test,
+            "diff": d.diff,
+            "ci": list(d.ci),
+            "verdict": d.verdict,
+        }
+
+
 def _fmt(v: float) -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
 
@@ -55,6 +84,54 @@ def headline_scores(results: Sequence[ProbeResult]) -> dict[str, dict[str, dict[
         value = float(r.metrics[PRIMARY[r.kind]])
         out.setdefault(backbone, {}).setdefault(task, {})[probe] = value if math.isfinite(value) else None
     return out
+
+
+def paired_differences(
+    results: Sequence[ProbeResult], *, baseline: str, n_boot: int = N_BOOT, seed: int = 0
+) -> list[PairedResult]:
+    """Every other backbone minus ``baseline`` per (task, probe), paired on the same test samples.
+
+    Uses the full-training-set results' test predictions; the bootstrap draws the same test indices
+    for every backbone of a (task, probe) (one ``seed``). Empty when the baseline was not evaluated.
+    """
+    full = full_scores(results)
+    out = []
+    for (task, probe, name), r in full.items():
+        base = full.get((task, probe, baseline))
+        if name == baseline or base is None:
+            continue
+        if r.predictions is None or base.predictions is None or r.targets is None or base.targets is None:
+            raise ValueError(f"{task}/{probe}: no test predictions to pair ({name}, {baseline})")
+        if not np.array_equal(r.targets, base.targets):
+            raise ValueError(f"{task}/{probe}: {name} and {baseline} were scored on different test samples")
+        diff = paired_bootstrap(r.kind, r.targets, r.predictions, base.predictions, n_boot=n_boot, seed=seed)
+        out.append(PairedResult(task, probe, name, baseline, diff))
+    return out
+
+
+def verdict_lines(paired: Sequence[PairedResult]) -> list[str]:
+    """One line per backbone: probes won / lost with the paired interval excluding zero, of all."""
+    lines = []
+    for name in dict.fromkeys(p.backbone for p in paired):
+        mine = [p for p in paired if p.backbone == name]
+        wins = sum(p.difference.verdict == "win" for p in mine)
+        losses = sum(p.difference.verdict == "loss" for p in mine)
+        lines.append(
+            f"Verdict: {name} beats {mine[0].baseline} on {wins} of {len(mine)} probes (task x probe) with "
+            f"the paired 95% interval above zero; loses on {losses}; the other {len(mine) - wins - losses} "
+            "are inside the noise."
+        )
+    return lines
+
+
+def _paired_table(paired: Sequence[PairedResult]) -> list[list[str]]:
+    rows = [["task", "probe", "backbone", "metric", "n test", "difference", "paired 95% interval", "verdict"]]
+    for p in paired:
+        d = p.difference
+        interval = f"[{d.ci[0]:+.3f}, {d.ci[1]:+.3f}]" if all(map(math.isfinite, d.ci)) else "n/a"
+        diff = f"{d.diff:+.3f}" if math.isfinite(d.diff) else "n/a"
+        rows.append([p.task, p.probe, p.backbone, d.metric, str(d.n_test), diff, interval, d.verdict])
+    return rows
 
 
 def curves(
@@ -171,9 +248,13 @@ def write_report(
     *,
     backbones: dict[str, dict[str, Any]],
     settings: dict[str, Any],
+    paired: Sequence[PairedResult] = (),
     title: str = "radforge evaluation",
 ) -> Report:
-    """Write results, tables and plots under ``folder``; ``backbones`` maps names to their provenance."""
+    """Write results, tables and plots under ``folder``; ``backbones`` maps names to their provenance.
+
+    ``paired`` (from :func:`paired_differences`) adds the paired-differences table and verdict lines.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     names = list(backbones)
@@ -185,7 +266,13 @@ def write_report(
     results_path = folder / RESULTS
     results_path.write_text(
         json.dumps(
-            {"backbones": backbones, "settings": settings, "results": [r.to_dict() for r in results]},
+            {
+                "backbones": backbones,
+                "settings": settings,
+                "paired_differences": [p.to_dict() for p in paired],
+                "verdicts": verdict_lines(paired),
+                "results": [r.to_dict() for r in results],
+            },
             indent=1,
             default=str,
         )
@@ -193,6 +280,35 @@ def write_report(
     intro = (
         "Frozen backbones, probes on the full training set: primary metric with its 95% bootstrap "
         "interval over test samples (accuracy for classification, R2 for regression; higher is better)."
+    )
+    paired_intro = (
+        "Each backbone minus the baseline on the same test samples (primary metric, full training set), "
+        "with a paired bootstrap 95% interval: test indices resampled once per draw, both metrics on it. "
+        "win / loss: the interval excludes zero; tie: it does not."
+    )
+    paired_md = (
+        [
+            "## Paired differences",
+            "",
+            paired_intro,
+            "",
+            *verdict_lines(paired),
+            "",
+            _markdown_table(_paired_table(paired)),
+            "",
+        ]
+        if paired
+        else []
+    )
+    paired_html = (
+        [
+            "<h2>Paired differences</h2>",
+            f"<p>{html.escape(paired_intro)}</p>",
+            *[f"<p><b>{html.escape(line)}</b></p>" for line in verdict_lines(paired)],
+            _html_table(_paired_table(paired)),
+        ]
+        if paired
+        else []
     )
     provenance = [["backbone", *sorted({k for v in backbones.values() for k in v})]]
     provenance += [[n, *[str(backbones[n].get(k, "")) for k in provenance[0][1:]]] for n in names]
@@ -203,6 +319,7 @@ def write_report(
         "",
         _markdown_table(main),
         "",
+        *paired_md,
         "## Backbones",
         "",
         _markdown_table(provenance),
@@ -224,6 +341,7 @@ def write_report(
         f"<h1>{html.escape(title)}</h1>",
         f"<p>{html.escape(intro)}</p>",
         _html_table(main),
+        *paired_html,
         "<h2>Backbones</h2>",
         _html_table(provenance),
         "<h2>Settings</h2>",

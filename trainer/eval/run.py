@@ -11,7 +11,7 @@ from pathlib import Path
 from radforge.trainer.eval.backbone import FrozenBackbone
 from radforge.trainer.eval.builtin import build_builtin_suite
 from radforge.trainer.eval.features import extract_features
-from radforge.trainer.eval.report import Report, write_report
+from radforge.trainer.eval.report import PairedResult, Report, paired_differences, write_report
 from radforge.trainer.eval.tasks import TaskData, find_tasks, load_task
 from radforge.trainer.eval.tracks import PROBES, ProbeResult, evaluate_task
 
@@ -32,6 +32,7 @@ class EvalOutcome:
     results: list[ProbeResult]
     report: Report
     seconds: float
+    paired: list[PairedResult]  # every backbone minus the random-init baseline (empty without one)
 
 
 def load_suite(spec: str, *, builtin_root: str | Path) -> list[TaskData]:
@@ -120,9 +121,14 @@ def run_eval(
     max_shots: int | None = None,
     n_boot: int = 1000,
     batch_size: int = 64,
+    baseline: str = RANDOM_INIT,
     on_progress: ProgressFn | None = None,
 ) -> EvalOutcome:
-    """Evaluate every backbone on every task and write the report under ``out``."""
+    """Evaluate every backbone on every task and write the report under ``out``.
+
+    When ``baseline`` is one of the backbones, every other one is compared with it by paired
+    differences on the same test samples (:func:`radforge.trainer.eval.report.paired_differences`).
+    """
 
     def progress(phase: str, done: int) -> None:
         if on_progress is not None:
@@ -162,5 +168,6 @@ def run_eval(
         "tasks": [t.spec.name for t in tasks],
     }
     progress("reporting", done)
-    written = write_report(out, results, backbones=info, settings=settings)
-    return EvalOutcome(results=results, report=written, seconds=time.perf_counter() - t0)
+    paired = paired_differences(results, baseline=baseline, n_boot=n_boot) if baseline in backbones else []
+    written = write_report(out, results, backbones=info, settings=settings, paired=paired)
+    return EvalOutcome(results=results, report=written, seconds=time.perf_counter() - t0, paired=paired)

@@ -9,7 +9,7 @@ split; the full training set is scored once, with bootstrap confidence intervals
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -38,10 +38,14 @@ class ProbeResult:
     n_test: int
     metrics: dict[str, float]
     ci: dict[str, tuple[float, float]] | None = None  # full training set only
+    # full training set only, not serialised: the test labels and this probe's predictions on them,
+    # kept so two backbones can be compared on the same samples (metrics.paired_bootstrap)
+    targets: np.ndarray | None = field(default=None, compare=False, repr=False)
+    predictions: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able form."""
-        return asdict(self)
+        """JSON-able form (without the per-sample arrays)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.repr}
 
 
 def volume_mean(features: np.ndarray, volumes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -117,6 +121,8 @@ def evaluate_task(
                         ci=bootstrap_ci(spec.kind, y[test], pred, n_boot=n_boot, seed=seed)
                         if shots == FULL
                         else None,
+                        targets=y[test] if shots == FULL else None,
+                        predictions=pred if shots == FULL else None,
                     )
                 )
     return results

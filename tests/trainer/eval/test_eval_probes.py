@@ -10,10 +10,17 @@ from sklearn.metrics import roc_auc_score
 
 from radforge.trainer.eval.features import SliceFeatures
 from radforge.trainer.eval.fewshot import FULL, few_shot_indices, shot_schedule, strata
-from radforge.trainer.eval.metrics import auc_binary, bootstrap_ci, classification_metrics, regression_metrics
+from radforge.trainer.eval.metrics import (
+    auc_binary,
+    bootstrap_ci,
+    classification_metrics,
+    paired_bootstrap,
+    regression_metrics,
+)
 from radforge.trainer.eval.probes import knn_probe, linear_probe
+from radforge.trainer.eval.report import paired_differences, verdict_lines
 from radforge.trainer.eval.tasks import TaskData, TaskSpec
-from radforge.trainer.eval.tracks import evaluate_task, samples, volume_mean
+from radforge.trainer.eval.tracks import PROBES, evaluate_task, samples, volume_mean
 
 
 def blobs(n: int, *, classes: int = 3, dim: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -151,3 +158,73 @@ def test_evaluate_task_runs_every_shot_seed_and_probe() -> None:
     assert all(r.n_train == 2 * r.shots for r in results if r.shots != FULL)
     full = [r for r in results if r.shots == FULL]
     assert all(r.metrics["accuracy"] == 1.0 and r.ci is not None and r.n_train == 80 for r in full)
+
+
+def test_paired_interval_is_the_interval_of_the_difference() -> None:
+    """B is A with 20 of its 320 correct answers made wrong: a 0.05 gap on the same samples.
+
+    Separate intervals overlap (each is about +-0.04 wide); the paired one only varies with the
+    resampled count of the 20 disagreements, so it excludes zero. Identical predictions: exactly 0.
+    """
+    y = np.arange(400) % 2
+    right = np.eye(2)[y]
+    a = right.copy()
+    a[:80] = 1 - a[:80]  # 80% accuracy
+    b = a.copy()
+    b[80:100] = 1 - b[80:100]  # 75%
+    pair = paired_bootstrap("classification", y, a, b, n_boot=500, seed=0)
+    assert pair.diff == pytest.approx(0.05) and pair.n_test == 400 and pair.metric == "accuracy"
+    assert 0.0 < pair.ci[0] < 0.05 < pair.ci[1] < 0.1 and pair.verdict == "win"
+    assert bootstrap_ci("classification", y, a, n_boot=500)["accuracy"][0] < (
+        bootstrap_ci("classification", y, b, n_boot=500)["accuracy"][1]
+    )  # the two separate intervals overlap
+    assert paired_bootstrap("classification", y, b, a, n_boot=500, seed=0).verdict == "loss"
+    same = paired_bootstrap("classification", y, a, a.copy(), n_boot=500, seed=0)
+    assert same.diff == 0.0 and same.ci == (0.0, 0.0) and same.verdict == "tie"
+    assert paired_bootstrap("classification", y, a, b, n_boot=500, seed=0) == pair  # seeded
+    t = np.linspace(0.0, 1.0, 200)
+    noisy = paired_bootstrap("regression", t, t + 0.01 * np.cos(40 * t), np.full(200, 0.5), n_boot=300)
+    assert noisy.metric == "r2" and noisy.diff == pytest.approx(1.0, abs=0.01) and noisy.ci[0] > 0.9
+    with pytest.raises(ValueError, match="same test samples: 400 labels, 400 and 3 predictions"):
+        paired_bootstrap("classification", y, a, b[:3])
+
+
+def _labelled_task(n: int, classes: int) -> TaskData:
+    y = np.arange(n) % classes
+    return TaskData(
+        spec=TaskSpec("known", "2d", "classification", tuple("abcd"[:classes])),
+        images=[np.zeros((8, 8), np.int16)] * n,
+        modality=["CT"] * n,
+        window=["raw"] * n,
+        labels=y,
+        splits=np.array(["train", "train", "val", "test", "test"] * (n // 5)),
+    )
+
+
+def test_paired_differences_pick_the_backbone_whose_features_hold_the_labels() -> None:
+    """Features = one-hot labels + noise vs pure noise: every probe wins, interval above zero."""
+    task = _labelled_task(600, classes=3)
+    rng = np.random.default_rng(0)
+    noise = rng.standard_normal((600, 16)).astype(np.float32)
+    informative = noise.copy()
+    informative[:, :3] += 1.5 * np.eye(3, dtype=np.float32)[task.labels]
+    results = []
+    for name, x in (("pretrained", informative), ("twin", noise.copy()), ("random_init", noise)):
+        feats = SliceFeatures(x, x, None)
+        results += evaluate_task(task, feats, backbone=name, seeds=1, max_shots=1, n_boot=50)
+    paired = paired_differences(results, baseline="random_init", n_boot=300)
+    assert {(p.backbone, p.probe) for p in paired} == {(b, p) for b in ("pretrained", "twin") for p in PROBES}
+    for p in paired:
+        d = p.difference
+        assert d.n_test == 240 and p.task == "known" and p.baseline == "random_init"
+        if p.backbone == "pretrained":
+            assert d.diff > 0.3 and d.ci[0] > 0.2 and d.verdict == "win"
+        else:  # the same features as the baseline: the same predictions, a difference of exactly 0
+            assert d.diff == 0.0 and d.ci == (0.0, 0.0) and d.verdict == "tie"
+    assert verdict_lines(paired) == [
+        "Verdict: pretrained beats random_init on 2 of 2 probes (task x probe) with the paired 95% "
+        "interval above zero; loses on 0; the other 0 are inside the noise.",
+        "Verdict: twin beats random_init on 0 of 2 probes (task x probe) with the paired 95% "
+        "interval above zero; loses on 0; the other 2 are inside the noise.",
+    ]
+    assert paired_differences(results, baseline="absent") == []

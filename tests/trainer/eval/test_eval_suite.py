@@ -232,10 +232,22 @@ def test_eval_command_writes_a_report(
     ]
     assert cli_main(args) == 0
     assert f"Report: {out / 'report.md'}" in capsys.readouterr().out
-    results = json.loads((out / "results.json").read_text())["results"]
+    written = json.loads((out / "results.json").read_text())
+    results = written["results"]
     assert {(r["backbone"], r["shots"]) for r in results} == {
         (b, s) for b in ("tiny", "random_init") for s in (1, 2, "full")
     }
+    paired = written["paired_differences"]
+    assert [(p["task"], p["probe"], p["backbone"], p["baseline"]) for p in paired] == [
+        ("plane_2d", probe, "tiny", "random_init") for probe in ("linear", "knn")
+    ]
+    full = {(r["probe"], r["backbone"]): r["metrics"]["accuracy"] for r in results if r["shots"] == "full"}
+    for p in paired:  # the difference is that of the two backbones' scores on the same test samples
+        assert p["diff"] == pytest.approx(full[p["probe"], "tiny"] - full[p["probe"], "random_init"])
+        assert p["ci"][0] <= p["diff"] <= p["ci"][1] and p["verdict"] in ("win", "loss", "tie")
+    markdown = (out / "report.md").read_text()
+    assert "## Paired differences" in markdown and written["verdicts"][0] in markdown
+    assert "Paired differences" in (out / "report.html").read_text()
     assert (out / "plots" / "plane_2d.png").stat().st_size > 1000
     assert cli_main(["eval", "--backbone", str(tmp_path), "--tasks", "builtin", "--out", str(out)]) == 1
     assert "no checkpoint at" in capsys.readouterr().err
