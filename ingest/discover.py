@@ -30,6 +30,7 @@ from radforge.ingest.dicom.values import (
     to_floats,
 )
 from radforge.ingest.errors import IngestError, Reason, SourceError
+from radforge.ingest.split import frame_volumes
 from radforge.storage import Location
 
 silence_identifying_library_logs()
@@ -155,48 +156,6 @@ def _first_frame_geometry(ds: Any) -> tuple[Any, Any, Any]:
     return iop, ipp, spacing
 
 
-# Per-frame attributes that tell the volumes of an enhanced multi-frame 4D image apart, in the order
-# they are tried: (functional group macro, attribute), as PS3.3 C.7.6.16 places them.
-_FRAME_VOLUME_ATTRIBUTES = (
-    ("FrameContentSequence", "TemporalPositionIndex"),
-    ("MRDiffusionSequence", "DiffusionBValue"),
-    ("MREchoSequence", "EffectiveEchoTime"),
-    ("CardiacSynchronizationSequence", "NominalCardiacTriggerDelayTime"),
-    ("FrameContentSequence", "StackID"),
-)
-
-
-def _frame_volumes(ds: Any, frames: int) -> list[int] | None:
-    """Volume index of each frame of an enhanced multi-frame image whose frames revisit positions.
-
-    The first per-frame attribute (temporal position index, b-value, effective echo time, trigger
-    delay, stack ID) whose values leave no position repeated within a volume decides; volumes are
-    numbered in the order of its values. None when positions do not repeat or nothing explains it.
-    """
-    per_frame = ds.get("PerFrameFunctionalGroupsSequence") if isinstance(ds, pydicom.Dataset) else None
-    if not per_frame or len(per_frame) != frames:
-        return None
-
-    def value(item: Any, macro: str, keyword: str) -> Any:
-        seq = item.get(macro)
-        return seq[0].get(keyword) if seq else None
-
-    positions = [_floats(value(f, "PlanePositionSequence", "ImagePositionPatient"), 3) for f in per_frame]
-    if any(p is None for p in positions):
-        return None
-    rounded = [tuple(round(v, 2) for v in p or ()) for p in positions]
-    if len(set(rounded)) == len(rounded):
-        return None
-    for macro, keyword in _FRAME_VOLUME_ATTRIBUTES:
-        labels = [str(value(item, macro, keyword)) for item in per_frame]
-        distinct = sorted(set(labels), key=lambda v: (to_floats(v, 1) or (float("inf"),), v))
-        if len(distinct) < 2 or len(set(zip(labels, rounded, strict=True))) != len(rounded):
-            continue
-        index = {label: k for k, label in enumerate(distinct)}
-        return [index[label] for label in labels]
-    return None
-
-
 def _number_label(value: Any, count: int) -> str | None:
     """``count`` numbers as one stable text label (grouping key), None when absent or malformed."""
     numbers = to_floats(value, count)
@@ -280,7 +239,7 @@ def header_from_dataset(ds: pydicom.Dataset | _RawValues, *, path: str, size: in
         csa_normal=list(csa_normal) if csa_normal else None,
         acquisition_matrix=matrix,
         spacing_between=deid.positive_float(ds.get("SpacingBetweenSlices")),
-        frame_volumes=_frame_volumes(ds, frames) if frames > 1 else None,
+        frame_volumes=frame_volumes(ds, frames) if frames > 1 else None,
         transfer_syntax=optional_text(tsyntax),
         burned_in=str(ds.get("BurnedInAnnotation", "")).strip().upper() == "YES",
         body_part=deid.body_part(ds.get("BodyPartExamined")),

@@ -10,7 +10,6 @@ become their own quarantined entries, so every object of an archive is accounted
 from __future__ import annotations
 
 import json
-import math
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from radforge.ingest.deid import salted_key
 from radforge.ingest.discover import Header
 from radforge.ingest.errors import IngestError, Reason, Status, status_for
 from radforge.ingest.mosaic import is_mosaic, mosaic_layout
+from radforge.ingest.split import MAGNITUDE, image_kind, keep_evenly, split_volumes, volume_order
 
 # SOP classes that hold cross-sectional CT/MR pixel data (PS3.4 B.5).
 IMAGE_SOP_CLASSES = frozenset(
@@ -149,8 +149,8 @@ def _sub_series(headers: list[Header]) -> dict[str, tuple[str, list[Header], lis
     """Split one series UID into volumes: disc -> (family, members, frames of an enhanced 4D image).
 
     Split by skip reason, orientation, size, image kind, echo and temporal position, then by
-    :func:`_split_volumes`. A family (skip reason, orientation, size, image kind) holds the volumes
-    of one acquisition: the volume cap counts within it.
+    :func:`~radforge.ingest.split.split_volumes`. A family (skip reason, orientation, size, image
+    kind) holds the volumes of one acquisition: the volume cap counts within it.
     """
     groups: dict[str, list[Header]] = defaultdict(list)
     family_of: dict[str, str] = {}
@@ -179,98 +179,9 @@ def _sub_series(headers: list[Header]) -> dict[str, tuple[str, list[Header], lis
                 frames = [i for i, label in enumerate(labels) if label == k]
                 out[f"{disc}|f{k:05d}"] = (family_of[disc], members, frames)
             continue
-        for volume, volume_members in _split_volumes(disc, members).items():
+        for volume, volume_members in split_volumes(disc, members).items():
             out[volume] = (family_of[disc], volume_members, None)
     return out
-
-
-def _split_volumes(disc: str, members: list[Header]) -> dict[str, list[Header]]:
-    """Split a group whose instances revisit the same positions into 3D volumes.
-
-    A MOSAIC instance is a whole volume by itself. Otherwise the first attribute (diffusion b-value
-    and gradient, trigger time, acquisition number) whose values leave no position duplicated
-    within a volume splits the group; echo and temporal position already did (see
-    :func:`_sub_series`). Nothing splits a group whose duplicates no attribute explains: it stays
-    one group and assembly quarantines it as ``duplicate_positions``.
-    """
-    if len(members) > 1 and is_mosaic(members[0].image_type):
-        return {f"{disc}|i{h.sop_instance or h.path}": [h] for h in members}
-    if not _duplicated(members):
-        return {disc: members}
-    for prefix, value in _VOLUME_ATTRIBUTES:
-        by_value: dict[str, list[Header]] = defaultdict(list)
-        for h in members:
-            by_value[f"{disc}|{prefix}{value(h) or ''}"].append(h)
-        if len(by_value) > 1 and not any(_duplicated(group) for group in by_value.values()):
-            return dict(by_value)
-    if len({h.acquisition for h in members}) > 1:  # as before: acquisitions are separate volumes
-        by_acq: dict[str, list[Header]] = defaultdict(list)
-        for h in members:
-            by_acq[f"{disc}|a{h.acquisition or ''}"].append(h)
-        return dict(by_acq)
-    return {disc: members}
-
-
-def _duplicated(members: list[Header]) -> bool:
-    positions = [tuple(round(v, 2) for v in h.ipp) for h in members if h.ipp]
-    return len(positions) != len(set(positions))
-
-
-# Attributes that tell the volumes of a 4D series apart, tried in this order (prefix, value).
-_VOLUME_ATTRIBUTES: tuple[tuple[str, Any], ...] = (
-    ("b", lambda h: f"{h.b_value}/{h.gradient}" if h.b_value or h.gradient else None),
-    ("g", lambda h: h.trigger),
-    ("a", lambda h: h.acquisition),
-)
-
-
-def image_kind(image_type: list[str]) -> str:
-    """What an image's pixels are, from ImageType values 3 on: magnitude, phase, real or imaginary.
-
-    Vendors write the kind as a letter (Siemens ``P``), a word (``PHASE``) or a prefix (Philips
-    ``P_FFE``, ``R_SE``); anything else is a magnitude image (including derived maps).
-    """
-    for value in image_type[2:]:
-        head = value.split("_", 1)[0]
-        for kind, names in _IMAGE_KINDS.items():
-            if value in names or head in names:
-                return kind
-    return MAGNITUDE
-
-
-MAGNITUDE = "magnitude"
-_IMAGE_KINDS = {"phase": {"P", "PHASE"}, "real": {"R", "REAL"}, "imaginary": {"I", "IMAGINARY"}}
-IMAGE_KINDS = (MAGNITUDE, *_IMAGE_KINDS)
-
-
-def keep_evenly(n: int, cap: int) -> list[int]:
-    """Indices of the ``cap`` volumes of ``n`` to keep: evenly spread, always the first (and the last)."""
-    if n <= cap:
-        return list(range(n))
-    if cap == 1:
-        return [0]
-    return sorted({round(i * (n - 1) / (cap - 1)) for i in range(cap)})
-
-
-def _number(value: str | None) -> float:
-    try:
-        return float(value) if value is not None else -math.inf
-    except ValueError:
-        return -math.inf
-
-
-def _volume_order(members: list[Header]) -> tuple[Any, ...]:
-    """Acquisition order of a volume: temporal position, acquisition, b-value, trigger, echo."""
-    h = min(members, key=lambda m: m.path)
-    return (
-        _number(h.temporal),
-        _number(h.acquisition),
-        _number(h.b_value),
-        h.gradient or "",
-        _number(h.trigger),
-        _number(h.echo),
-        h.path,
-    )
 
 
 def _dedupe(headers: Iterable[Header]) -> list[Header]:
@@ -296,10 +207,10 @@ def plan_group(
     """Turn one group of objects (see :func:`group_key`) into series plans, pure and deterministic.
 
     A series UID whose images form several 3D volumes (4D: time points, diffusion directions,
-    echoes, ...; see :func:`_split_volumes`) gives one plan per volume, at most ``rules.max_volumes``
-    of them chosen evenly (always the first); the rest are recorded together as ``volume_not_kept``.
-    Images of a kind in ``rules.skip_kinds`` (see :func:`image_kind`) are skipped as
-    ``non_magnitude_image``.
+    echoes, ...; see :mod:`radforge.ingest.split`) gives one plan per volume, at most
+    ``rules.max_volumes`` of them chosen evenly (always the first); the rest are recorded together
+    as ``volume_not_kept``. Images of a kind in ``rules.skip_kinds`` (see
+    :func:`~radforge.ingest.split.image_kind`) are skipped as ``non_magnitude_image``.
     """
     first = headers[0]
     if first.kind == "unreadable":
@@ -345,7 +256,7 @@ def plan_group(
         families[family].append((disc, members, frames))
     plans = []
     for family, volumes in sorted(families.items()):
-        volumes.sort(key=lambda v: (_volume_order(v[1]), v[0]))
+        volumes.sort(key=lambda v: (volume_order(v[1]), v[0]))
         keep = keep_evenly(len(volumes), rules.max_volumes)
         counted: set[str] = set()  # an enhanced 4D image's object counts once, with its first volume
         for disc, members, frames in sorted((volumes[i] for i in keep), key=lambda v: v[0]):
