@@ -25,8 +25,10 @@ from radforge.sharder.torch_dataset import (
     RadforgeDataset,
     RadforgeIterableDataset,
     RadforgeMonaiDataset,
+    RadforgeMonaiIterableDataset,
     SampleShapeError,
 )
+from radforge.synthetic.dicom import write_dicom_series
 from radforge.synthetic.phantom import ct_phantom
 from tests.support import make_archive, read_all
 
@@ -39,6 +41,8 @@ CFG = {
     "shards": {"size_limit": 1 << 16},
 }
 PAD = (64, 64)
+CT_PHANTOM = ct_phantom(shape=(N_SLICES, SIZE, SIZE), seed=0)  # make_archive's first CT
+GAP_PHANTOM = ct_phantom(shape=(N_SLICES, 32, 32), seed=7)
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +50,9 @@ def dataset(tmp_path_factory: pytest.TempPathFactory, ray_local: None) -> tuple[
     """(dataset path, every sample read by stock streaming by key)."""
     root = tmp_path_factory.mktemp("adapter")
     arch = make_archive(root / "archive", n_ct=1, n_mr=1, size=SIZE, n_slices=N_SLICES)
+    # a CT with its middle slice missing: uneven gaps, so ingest keeps the acquired plane alone
+    info = write_dicom_series(GAP_PHANTOM, arch / "ct-gap", shuffle_names=False, seed=7)
+    Path(info.paths[N_SLICES // 2]).unlink()
     summary = run_ingest(str(arch), str(root / "ds"), load_config(overrides=CFG))
     assert summary.committed and summary.slices_dropped > 0
     return str(root / "ds"), read_all(root / "ds")
@@ -157,8 +164,10 @@ def test_monai_metatensor_carries_spacing_and_orientation_through_a_transform_ch
     assert float(raw["image"].affine[2, 3]) == pytest.approx(slice_mm * raw["meta"]["slice_index"])
 
     ds = RadforgeMonaiDataset(uri, modality="CT", window="raw", plane="axial", transform=chain)
-    batch = next(iter(DataLoader(ds, batch_size=3)))
-    assert isinstance(batch["image"], MetaTensor) and batch["image"].shape == (3, 1, 20, 20)
+    streamed = RadforgeMonaiIterableDataset(uri, modality="CT", window="raw", transform=chain, batch_size=3)
+    for source in (ds, streamed):
+        batch = next(iter(DataLoader(source, batch_size=3, num_workers=2)))
+        assert isinstance(batch["image"], MetaTensor) and batch["image"].shape == (3, 1, 20, 20)
     one = ds[0]
     assert one["image"].pixdim.tolist() == pytest.approx([row_mm * SIZE / 20, col_mm * SIZE / 20])
     ref = np.clip((stock[one["key"]]["image"].astype(np.float32) + 1000) / 2000, 0, 1)
@@ -166,15 +175,15 @@ def test_monai_metatensor_carries_spacing_and_orientation_through_a_transform_ch
     np.testing.assert_allclose(one["image"].as_tensor().numpy(), np.asarray(expected), atol=1e-6)
 
 
-def _ct_series(stock: dict[str, dict]) -> tuple[str, np.ndarray]:
-    """The CT series' key and the generator's volume it was ingested from (make_archive's first CT)."""
-    phantom = ct_phantom(shape=(N_SLICES, SIZE, SIZE), seed=0).array.astype(np.int16)
+def _ct_series(stock: dict[str, dict], volume: np.ndarray) -> str:
+    """The key of the series whose axial raw slices are slices of ``volume`` (a generator's CT)."""
     for s in stock.values():
         m = s["meta"]
-        if (m["modality"], m["plane"], m["window"]) == ("CT", "axial", "raw"):
-            assert np.array_equal(s["image"], phantom[m["slice_index"]])
-            return m["series_key"], phantom
-    raise AssertionError("no CT axial raw slice in the dataset")
+        if (m["plane"], m["window"], s["image"].dtype) != ("axial", "raw", volume.dtype):
+            continue
+        if s["image"].shape == volume.shape[1:] and np.array_equal(s["image"], volume[m["slice_index"]]):
+            return str(m["series_key"])
+    raise AssertionError("no axial raw slice of that volume in the dataset")
 
 
 def _export(uri: str, key: str, out: Path, *args: str) -> tuple[Any, np.ndarray]:
@@ -188,7 +197,8 @@ def test_export_nifti_rebuilds_the_ct_volume_exactly(
     dataset: tuple, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     uri, stock = dataset
-    key, phantom = _ct_series(stock)
+    phantom = CT_PHANTOM.array.astype(np.int16)
+    key = _ct_series(stock, phantom)
     img, data = _export(uri, key, tmp_path / "ct.nii.gz", "--json")
     summary = json.loads(capsys.readouterr().out)
     assert data.dtype == np.int16 and data.shape == phantom.shape and summary["plane"] == "axial"
@@ -213,7 +223,7 @@ def test_export_nifti_of_a_reformatted_plane_and_of_an_unknown_series(
     dataset: tuple, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     uri, stock = dataset
-    key, _ = _ct_series(stock)
+    key = _ct_series(stock, CT_PHANTOM.array.astype(np.int16))
     img, data = _export(uri, key, tmp_path / "coronal.nii", "--plane", "coronal", "--window", "soft_tissue")
     assert nib.aff2axcodes(img.affine) == ("L", "I", "P") and data.shape[0] == SIZE  # one slice per y
     for s in stock.values():
@@ -225,6 +235,21 @@ def test_export_nifti_of_a_reformatted_plane_and_of_an_unknown_series(
     assert "has no ingested series 'nope'" in capsys.readouterr().err
     assert main(["dataset", "export-nifti", uri, key, str(tmp_path / "x.nii"), "--window", "lung"]) == 1
     assert "stored: axial/raw, axial/soft_tissue, coronal/raw, coronal/soft_tissue" in capsys.readouterr().err
+
+
+def test_export_nifti_of_a_series_with_a_missing_slice_says_its_spacing_is_uneven(
+    dataset: tuple, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    uri, stock = dataset
+    present = np.delete(GAP_PHANTOM.array.astype(np.int16), N_SLICES // 2, axis=0)  # what the scanner sent
+    key = _ct_series(stock, present)
+    img, data = _export(uri, key, tmp_path / "gap.nii.gz", "--json")
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["uniform_spacing"] is False and summary["plane"] == "axial" and data.shape == present.shape
+    for k in range(len(present)):
+        if (data[k] != -1024).any():  # a stored slice (the others were dropped as empty)
+            np.testing.assert_array_equal(data[k], present[k], err_msg=f"slice {k}")
+    assert img.header.get_zooms()[2] == pytest.approx(GAP_PHANTOM.spacing[0])  # the median gap
 
 
 def test_a_remote_dataset_reads_like_a_local_one(dataset: tuple, s3_bucket: str) -> None:
