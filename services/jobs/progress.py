@@ -27,7 +27,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from radforge.files import PRIVATE_FILE
+from radforge.files import PRIVATE_FILE, read_bounded
 
 PROGRESS = "progress.json"
 RESULT = "result.json"
@@ -40,6 +40,7 @@ SPEC = "spec.json"
 # there (a head restart): either way it is submitted again, the latter up to ray_job_resubmits times.
 SUBMITTED = "submitted.json"
 LOG = "log.txt"
+MAX_RECORD_BYTES = 16 << 20  # spec (a resolved run config), progress, result: kilobytes each
 COMMIT = "commit.json"
 COMMITTING, COMMITTED = "committing", "committed"
 
@@ -105,16 +106,20 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
 
 
 def read_json(path: str | Path) -> Any | None:
-    """The JSON in ``path``, or None if it does not exist (or is not JSON, e.g. a foreign file)."""
+    """The JSON in ``path``, or None if it does not exist (or is not JSON, e.g. a foreign file).
+
+    Read bounded (:func:`radforge.files.read_bounded`): a job folder on shared storage is writable
+    by the job and the cluster, and a device, a pipe or a huge file there is refused (None), never
+    read into the service's memory.
+    """
     try:
         if _remote(path):
-            from radforge.storage import read_bytes, resolve
+            from radforge.storage import resolve
 
             loc = resolve(str(path))
             loc.fs.invalidate_cache(loc.path)
-            return json.loads(read_bytes(loc))
-        return json.loads(Path(str(path).removeprefix("file://")).read_text())
-    except (FileNotFoundError, ValueError):
+        return json.loads(read_bounded(str(path), limit=MAX_RECORD_BYTES))
+    except (FileNotFoundError, ValueError):  # FileRefused is a ValueError
         return None
 
 
