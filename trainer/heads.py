@@ -56,9 +56,16 @@ class DINOHead(nn.Module):
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
 
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., in_dim) -> the L2-normalised bottleneck (..., bottleneck_dim) the prototypes score."""
+        return F.normalize(self.mlp(x), dim=-1, eps=1e-6)
+
+    def prototypes(self) -> torch.Tensor:
+        """The L2-normalised prototypes (num_prototypes, bottleneck_dim)."""
+        return F.normalize(self.last_layer.weight, dim=1, eps=1e-6)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.normalize(self.mlp(x), dim=-1, eps=1e-6)
-        return F.linear(x, F.normalize(self.last_layer.weight, dim=1, eps=1e-6))
+        return F.linear(self.embed(x), self.prototypes())
 
 
 class Network(nn.Module):

@@ -138,9 +138,12 @@ def shard_network(
         fully_shard(block, **kwargs)
     fully_shard(network.backbone, **kwargs)
     register_fsdp_forward_method(network.backbone, "forward_features")  # the step calls it, not forward
-    fully_shard(network.dino_head, **kwargs)
-    if not network.shared_head:
-        fully_shard(network.ibot_head, **kwargs)
+    heads = [network.dino_head] if network.shared_head else [network.dino_head, network.ibot_head]
+    for head in heads:
+        fully_shard(head, **kwargs)
+        # the teacher's targets are built from these (radforge.trainer.step), not from forward
+        register_fsdp_forward_method(head, "embed")
+        register_fsdp_forward_method(head, "prototypes")
     return network
 
 

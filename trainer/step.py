@@ -4,7 +4,8 @@ Plain PyTorch, no Ray: the same function runs in a CPU test and, inside the Ray 
 under FSDP2. The phases follow DINOv2/DINOv3's train loop:
 
 1. schedules   lr, weight decay, teacher momentum and temperature for this step
-2. teacher     global crops of every micro-batch -> heads -> targets centred over the global batch
+2. teacher     global crops of every micro-batch -> head embeddings, centred over the global batch
+               (targets are built per micro-batch from them when the student consumes them)
 3. student     per micro-batch: global crops (iBOT-masked) and local crops -> heads
 4. losses      DINO (crop pairs) + iBOT (masked patches) + KoLeo and SigReg (global CLS tokens);
                backward of loss / micro-batches, gradients combined across ranks on the last one
@@ -36,6 +37,7 @@ from radforge.trainer.collectives import all_reduce_, world_size
 from radforge.trainer.ema import ema_update
 from radforge.trainer.heads import Network
 from radforge.trainer.losses import Centering, DINOLoss, IBOTLoss, KoLeoLoss, SigRegLoss, crop_pairs
+from radforge.trainer.losses.centering import FactorizedTargets
 from radforge.trainer.optim import apply_schedule
 from radforge.trainer.schedules import Schedules, ScheduleValues
 from radforge.trainer.views.multicrop import ViewBatch
@@ -129,34 +131,43 @@ def micro_seed(seed: int, step: int, index: int) -> int:
 
 @dataclass
 class _TeacherTargets:
-    dino: list[torch.Tensor]  # per micro-batch (G, b, K)
-    ibot: list[torch.Tensor]  # per micro-batch (M_j, K)
-    entropy: torch.Tensor  # mean entropy of this rank's DINO targets
+    """The teacher's centred targets for every micro-batch, built when the student consumes them.
+
+    Held as head embeddings (N x 256) with the centering's scaling, not as N x K targets
+    (:class:`~radforge.trainer.losses.centering.FactorizedTargets`): at 512 px with 65,536
+    prototypes, every masked patch's targets of an accumulated batch would take gigabytes.
+    """
+
+    dino_rows: FactorizedTargets  # per micro-batch: (G * b, K) when built
+    ibot_rows: FactorizedTargets  # per micro-batch: (M_j, K)
+    shapes: list[tuple[int, int]]  # per micro-batch (G, b)
     usage: torch.Tensor  # (K,) batch-mean teacher softmax over the global batch
+
+    def dino(self, j: int) -> torch.Tensor:
+        return self.dino_rows.targets(j).view(*self.shapes[j], -1)  # (G, b, K)
+
+    def ibot(self, j: int) -> torch.Tensor:
+        return self.ibot_rows.targets(j)  # (M_j, K)
 
 
 @torch.no_grad()
 def _teacher_targets(state: TrainState, micro: Sequence[ViewBatch], sched: ScheduleValues) -> _TeacherTargets:
-    """Teacher scores of every micro-batch, centred together (one Sinkhorn / EMA call per step)."""
+    """Teacher embeddings of every micro-batch, centred together (one Sinkhorn / EMA update per step)."""
     teacher, obj = state.teacher, state.objective
     cls, patch = [], []
     for mb in micro:
         feats = teacher.backbone.forward_features(mb.global_crops)
-        cls.append(teacher.dino_head(feats.cls).float())  # (G * b, K)
-        patch.append(teacher.ibot_head(feats.patches[mb.masks]).float())  # (M_j, K)
-    cls_all = torch.cat(cls)
-    dino = obj.dino_centering(cls_all, temperature=sched.teacher_temp)
-    ibot = obj.ibot_centering(torch.cat(patch), temperature=sched.teacher_temp)
-    usage = all_reduce_(torch.softmax(cls_all / sched.teacher_temp, dim=-1).sum(0))
-    rows = all_reduce_(torch.tensor(float(cls_all.shape[0]), device=cls_all.device))
+        cls.append(teacher.dino_head.embed(feats.cls))  # (G * b, D)
+        patch.append(teacher.ibot_head.embed(feats.patches[mb.masks]))  # (M_j, D)
+    t = sched.teacher_temp
+    dino = FactorizedTargets(obj.dino_centering, cls, teacher.dino_head.prototypes(), temperature=t)
+    ibot = FactorizedTargets(obj.ibot_centering, patch, teacher.ibot_head.prototypes(), temperature=t)
+    rows = all_reduce_(torch.tensor(float(sum(len(c) for c in cls)), device=cls[0].device))
     return _TeacherTargets(
-        dino=[
-            t.view(mb.n_global, mb.batch_size, -1)
-            for t, mb in zip(dino.split([len(c) for c in cls]), micro, strict=True)
-        ],
-        ibot=list(ibot.split([len(t) for t in patch])),
-        entropy=_entropy(dino).mean(),
-        usage=usage / rows,
+        dino_rows=dino,
+        ibot_rows=ibot,
+        shapes=[(mb.n_global, mb.batch_size) for mb in micro],
+        usage=all_reduce_(dino.softmax_sum()) / rows,
     )
 
 
@@ -246,15 +257,20 @@ def train_step(
     # ranks on the last backward only (FSDP2 reduce-scatters each one, into sharded gradients)
     state.optimizer.zero_grad(set_to_none=True)
     sums = torch.zeros(7, device=device)  # loss, 4 terms, cls_std, masked ratio
+    entropy, entropy_rows = torch.zeros((), device=device), 0  # of this rank's DINO targets
     rng_devices = [device] if device.type == "cuda" else []
     for i, (mb, index) in enumerate(zip(micro, ids, strict=True)):
         if state.grad_sync is not None:
             state.grad_sync(i == len(micro) - 1)
+        dino_targets = targets.dino(i)
+        entropy += _entropy(dino_targets).sum()
+        entropy_rows += dino_targets.shape[0] * dino_targets.shape[1]
         with torch.random.fork_rng(devices=rng_devices):
             torch.manual_seed(micro_seed(state.seed, state.step, index))
             with autocast():
-                loss, terms, cls = _student_loss(state, mb, targets.dino[i], targets.ibot[i], step=state.step)
+                loss, terms, cls = _student_loss(state, mb, dino_targets, targets.ibot(i), step=state.step)
             (loss / len(micro)).backward()
+        del dino_targets
         sums += torch.stack(
             [
                 loss.detach(),
@@ -285,7 +301,7 @@ def train_step(
             means,
             torch.stack(
                 [
-                    all_reduce_(targets.entropy.clone()) / world_size(),
+                    all_reduce_(entropy / max(entropy_rows, 1)) / world_size(),
                     _entropy(targets.usage),
                     torch.linalg.vector_norm(torch.stack(list(norms.values()))),
                     *norms.values(),

@@ -221,3 +221,24 @@ def test_losses_and_teacher_centering_run_in_fp32_inside_a_bf16_autocast_region(
         under_autocast = module(*args, **kwargs)
     assert under_autocast.dtype == torch.float32
     torch.testing.assert_close(under_autocast, reference, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("method", ["sinkhorn", "ema"])
+def test_factorized_targets_equal_centering_on_the_whole_score_matrix(method: str) -> None:
+    """Targets made one micro-batch at a time from embeddings equal centering's on all scores at once."""
+    from radforge.trainer.losses.centering import FactorizedTargets
+
+    gen = torch.Generator().manual_seed(4)
+    k, d = 64, 16
+    w = torch.nn.functional.normalize(torch.randn(k, d, generator=gen), dim=-1)
+    zs = [torch.nn.functional.normalize(torch.randn(n, d, generator=gen) * 3, dim=-1) for n in (10, 13, 0, 9)]
+    whole, parts = Centering(k, method=method), Centering(k, method=method)
+    whole.center.copy_(torch.randn(1, k, generator=gen) * 0.1)
+    parts.center.copy_(whole.center)
+    expected = whole(torch.cat(zs) @ w.t(), temperature=0.05).split([len(z) for z in zs])
+    factorized = FactorizedTargets(parts, zs, w, temperature=0.05, chunk_elements=7 * k)  # several chunks
+    for j, e in enumerate(expected):
+        torch.testing.assert_close(factorized.targets(j), e, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(parts.center, whole.center)  # the EMA centre moved the same way
+    usage = torch.softmax(torch.cat(zs) @ w.t() / 0.05, dim=-1).sum(0)
+    torch.testing.assert_close(factorized.softmax_sum(), usage)

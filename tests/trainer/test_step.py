@@ -320,3 +320,51 @@ def test_fsdp2_reduce_scatters_do_not_grow_with_accumulation(batch: ViewBatch, c
     units = sum(1 for m in state.student.modules() if type(m).__name__.startswith("FSDP"))
     three, six = reductions((2, 2, 2)), reductions((1,) * 6)
     assert three == six < 3 * units
+
+
+def _held_bytes(obj: Any, seen: set[int] | None = None) -> int:
+    """Bytes of the tensors an object keeps (through attributes, lists and dataclass fields)."""
+    seen = set() if seen is None else seen
+    if id(obj) in seen:
+        return 0
+    seen.add(id(obj))
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, list | tuple):
+        return sum(_held_bytes(x, seen) for x in obj)
+    if hasattr(obj, "__dict__") and not isinstance(obj, torch.nn.Module):
+        return sum(_held_bytes(v, seen) for v in vars(obj).values())
+    return 0
+
+
+def test_teacher_targets_are_held_as_embeddings_and_built_per_micro_batch() -> None:
+    """Across the step the teacher keeps head embeddings, not N x K targets (gigabytes at 512 px).
+
+    Each micro-batch's targets are built when consumed: rows are distributions over K prototypes.
+    """
+    from radforge.trainer.step import _teacher_targets
+
+    k, b = 4096, 16
+    cfg = recipe(f"heads.num_prototypes={k}", "model.img_size=64", "crops.global_size=64")
+    state = build_train_state(cfg, global_batch_size=2 * b, seed=0)
+    gen = torch.Generator().manual_seed(0)
+    micro = [
+        ViewBatch(
+            global_crops=torch.randn(2 * b, 1, 64, 64, generator=gen),
+            local_crops=torch.randn(0, 1, 24, 24),
+            masks=torch.rand(2 * b, 64, generator=gen) < 0.5,
+            n_global=2,
+            n_local=0,
+        )
+        for _ in range(2)
+    ]
+    with torch.no_grad():
+        targets = _teacher_targets(state, micro, state.schedules.at(150))
+    rows = sum(mb.n_global * mb.batch_size + int(mb.masks.sum()) for mb in micro)
+    assert rows > 1000
+    assert _held_bytes(targets) < rows * k * 4 / 8  # the targets themselves: rows x K floats
+    for j, mb in enumerate(micro):
+        dino, ibot = targets.dino(j), targets.ibot(j)
+        assert dino.shape == (mb.n_global, mb.batch_size, k) and ibot.shape == (int(mb.masks.sum()), k)
+        torch.testing.assert_close(dino.sum(-1), torch.ones(mb.n_global, mb.batch_size))
+        torch.testing.assert_close(ibot.sum(-1), torch.ones(len(ibot)))
