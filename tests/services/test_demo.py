@@ -13,7 +13,16 @@ from radforge.services.demo import main
 from radforge.sharder.verify import verify_dataset
 from tests.support import read_all
 
-TASKS = ("organ_2d", "lesion_2d", "modality_2d", "plane_2d", "plane_real_2d", "lesion_3d", "lesion_volume_3d")
+TASKS = (
+    "organ_2d",
+    "modality_2d",
+    "plane_2d",
+    "position_2d",
+    "lesion_2d",
+    "lesion_3d",
+    "plane_real_2d",
+    "position_real_2d",
+)
 
 
 def test_demo_runs_the_whole_pipeline(

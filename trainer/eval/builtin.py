@@ -1,28 +1,46 @@
 """The built-in task suite, generated offline: phantom CT/MR volumes and real MR volumes shipped in packages.
 
-Phantoms (``radforge.synthetic.phantom``) carry a label map, so slice- and volume-level labels come for
-free. Volumes are split by volume (never by slice) into train / val / test, in groups of four
-(CT with lesion, MR with lesion, CT without, MR without) so every split is balanced.
+Built so a difference between two backbones can be told from noise: every label is visible in the
+anatomy at the backbone's input size (32 px for the tiny CPU recipe), and test sets hold hundreds of
+samples (a paired 95% interval of a few points). Phantoms (``radforge.synthetic.phantom``, 96 px at
+the 128-px phantom's field of view, 2.5 mm slices) carry a label map, so labels come for free.
 
-| task | track | kind | label |
+| task | track | kind | label (samples); clf: classification, reg: regression (R2) |
 |---|---|---|---|
-| organ_2d | 2d | classification | organ an axial slice cuts (priority kidney > liver > lung > none) |
-| lesion_2d | 2d | classification | an axial slice through the liver region shows the lesion or not |
-| modality_2d | 2d | classification | CT or MR |
-| plane_2d | 2d | classification | axial, coronal or sagittal slice of a phantom |
-| plane_real_2d | 2d | classification | the same on real brain MR (nilearn's MNI152, nibabel's test volume) |
-| lesion_3d | 3d | classification | the volume has a lesion |
-| lesion_volume_3d | 3d | regression | lesion volume in ml (0 without a lesion) |
+| organ_2d | 2d | clf | organ an axial phantom slice cuts, kidney > liver > lung > none (every body slice) |
+| modality_2d | 2d | clf | CT or MR phantom slice (10 per plane, all three planes) |
+| plane_2d | 2d | clf | axial, coronal or sagittal phantom slice (the same slices) |
+| position_2d | 2d | reg | axial slice position along the body, 0 inferior .. 1 superior (every body slice) |
+| lesion_2d | 2d | clf | a 40-px liver-centred crop shows a lesion (lesion phantoms, 1 mm slices) |
+| lesion_3d | 3d | clf | the volume has a lesion (its liver crops averaged; one sample per volume) |
+| plane_real_2d | 2d | clf | plane of real brain MR: MNI152, nibabel's EPI and T1 (up to 100 per plane) |
+| position_real_2d | 2d | reg | axial position in a real brain, 0 lowest .. 1 highest (every axial slice) |
 
-``plane_real_2d`` is left out (with a log line) where nibabel's test data or nilearn are absent.
+Splits are by volume, never by slice: phantoms in groups of four (CT/MR x lesion or not) so every
+split is balanced, 50% train, 20% val, 30% test. The real volumes are few, so they are assigned whole:
+test is the MNI152 T1 template, val nibabel's anatomical T1, train the MNI152 grey- and white-matter
+maps and nibabel's example EPI (both time points). The MNI maps are the same brain as the T1: their
+outline carries over, an easier transfer than to a new subject (docs/eval.md says so).
+
+Lesions: whole 96-px slices resized to 32 px leave a lesion one or two pixels across, at chance for
+every backbone (suite version 1 measured that), so the lesion tasks crop 40 px around the liver,
+where a lesion is 6-13 px across at 32 px. The lesion phantoms have 1 mm slices, so a lesion spans
+several slices. The 3D task has one test sample per volume (tens): the 3D track's check, not a
+discriminating task.
+
+Real volumes are read with nibabel from files inside the installed packages (the files nilearn's
+``load_mni152_template`` and ``load_mni152_gm_template``/``..._wm_template`` read; nothing is
+downloaded), reoriented to the phantoms' (z, y, x) LPS order. The real tasks are left out (with a log
+line) where nilearn or nibabel's test data are absent.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +50,24 @@ from radforge.trainer.eval.tasks import TaskSpec, write_parquet_task
 
 logger = logging.getLogger(__name__)
 
-SUITE_VERSION = 1
+SUITE_VERSION = 2
 SUITE_FILE = "suite.json"
 PLANES = ("axial", "coronal", "sagittal")
 ORGANS = ("none", "lung", "liver", "kidney")
+SPLIT_SHARES = (0.5, 0.2)  # train, val; test is the rest
+# the lesion tasks at the default 96-px phantoms (both scale with the phantom's size):
+LESION_CROP = 40  # px side of the liver-centred crop
+LESION_MIN_PX = 16  # lesion pixels a crop must show to be a positive
+LIVER_MIN_PX = 40  # liver pixels a slice must cut to be cropped (not scaled: a floor)
+DEFAULT_SIZE = 96
+PHANTOM_FOV_MM = 102.4  # the 128-px phantom at 0.8 mm
+REAL_PER_PLANE = 100
+MNI_FILES = {  # nilearn/datasets/data: what load_mni152_template & co. read
+    "mni152-t1": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
+    "mni152-gm": "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
+    "mni152-wm": "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz",
+}
+REAL_SPLITS = {"mni152-t1": "test", "nibabel-anatomical": "val"}  # every other real volume: train
 
 
 @dataclass(frozen=True)
@@ -48,19 +80,54 @@ class _Volume:
     lesion_ml: float
 
 
+@dataclass
+class _Rows:
+    """Samples of one task as they are collected: written by :meth:`write`."""
+
+    images: list[np.ndarray] = field(default_factory=list)
+    labels: list[float] = field(default_factory=list)
+    splits: list[str] = field(default_factory=list)
+    modality: list[str] = field(default_factory=list)
+    volumes: list[str] = field(default_factory=list)
+
+    def add(self, image: np.ndarray, label: float, volume: _Volume) -> None:
+        self.images.append(image)
+        self.labels.append(label)
+        self.splits.append(volume.split)
+        self.modality.append(volume.modality)
+        self.volumes.append(volume.name)
+
+    def write(self, root: Path, spec: TaskSpec) -> Path:
+        """The task folder; 3D tasks carry volume ids, 2D ones their source volume as provenance."""
+        three_d = spec.track == "3d"
+        return write_parquet_task(
+            root / spec.name,
+            spec,
+            images=self.images,
+            modality=self.modality,
+            labels=self.labels,
+            splits=self.splits,
+            volumes=self.volumes if three_d else None,
+            source_volumes=None if three_d else self.volumes,
+        )
+
+
 def _split_of(group: int, n_groups: int) -> str:
-    """Groups of four volumes: the first 60% train, then 20% val, the rest test."""
-    if group < round(0.6 * n_groups):
+    """Groups of four volumes: the first 50% train, then 20% val, the rest test."""
+    if group < round(SPLIT_SHARES[0] * n_groups):
         return "train"
-    return "val" if group < round(0.8 * n_groups) else "test"
+    return "val" if group < round(sum(SPLIT_SHARES) * n_groups) else "test"
 
 
-def _phantoms(n_volumes: int, *, size: int, slices: int, seed: int) -> Iterator[_Volume]:
+def _phantoms(
+    n_volumes: int, *, size: int, slices: int, z_mm: float, seed: int, prefix: str
+) -> Iterator[_Volume]:
+    """Groups of (CT lesion, MR lesion, CT, MR) phantoms at the 128-px phantom's field of view."""
     from radforge.synthetic.phantom import ct_phantom, mr_phantom
 
     n_groups = max(n_volumes // 4, 3)
     rng = np.random.default_rng(seed)
-    spacing = (2.5, 0.8 * 128 / size, 0.8 * 128 / size)  # same field of view as the 128-px default
+    spacing = (z_mm, PHANTOM_FOV_MM / size, PHANTOM_FOV_MM / size)
     for g in range(n_groups):
         for i, (modality, lesion) in enumerate([("CT", True), ("MR", True), ("CT", False), ("MR", False)]):
             make = ct_phantom if modality == "CT" else mr_phantom
@@ -73,14 +140,8 @@ def _phantoms(n_volumes: int, *, size: int, slices: int, seed: int) -> Iterator[
                 body_offset=offset,
             )
             array = ph.array.astype(np.int16 if modality == "CT" else np.uint16)
-            yield _Volume(
-                f"{modality.lower()}-{g:03d}-{i}",
-                modality,
-                array,
-                ph.labels,
-                _split_of(g, n_groups),
-                ph.lesion_volume_ml,
-            )
+            name = f"{prefix}{modality.lower()}-{g:03d}-{i}"
+            yield _Volume(name, modality, array, ph.labels, _split_of(g, n_groups), ph.lesion_volume_ml)
 
 
 def _organ(labels2d: np.ndarray) -> int:
@@ -92,85 +153,125 @@ def _organ(labels2d: np.ndarray) -> int:
     return 0
 
 
-def _plane_slices(volume: np.ndarray, *, count: int) -> Iterator[tuple[str, float, np.ndarray]]:
-    """``count`` slices per plane from the middle 70% of each axis: (plane, position in [0, 1], slice)."""
+def _plane_slices(
+    volume: np.ndarray, *, count: int, extent: tuple[np.ndarray, np.ndarray] | None = None
+) -> Iterator[tuple[str, np.ndarray]]:
+    """Up to ``count`` slices per plane, evenly spaced over the middle 80% of ``extent`` (default: all)."""
+    lo, hi = extent if extent is not None else (np.zeros(3, int), np.array(volume.shape))
     for axis, plane in enumerate(PLANES):
-        n = volume.shape[axis]
-        for idx in np.unique(np.linspace(0.15 * n, 0.85 * n - 1, count).astype(int)):
-            yield plane, idx / n, np.take(volume, idx, axis=axis)
+        span = hi[axis] - lo[axis]
+        first, last = lo[axis] + 0.1 * span, hi[axis] - 0.1 * span - 1
+        for idx in np.unique(np.linspace(first, last, count).astype(int)):
+            yield plane, np.take(volume, idx, axis=axis)
+
+
+def _liver_crop(image: np.ndarray, labels2d: np.ndarray, side: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """(image, labels) of a ``side``-px square centred on a slice's liver (lesion included), or None."""
+    from radforge.synthetic.phantom import Label
+
+    liver = (labels2d == Label.LIVER) | (labels2d == Label.LESION)
+    if liver.sum() < LIVER_MIN_PX:
+        return None
+    cy, cx = (int(round(c.mean())) for c in np.nonzero(liver))
+    side = min(side, *image.shape)
+    y0 = min(max(cy - side // 2, 0), image.shape[0] - side)
+    x0 = min(max(cx - side // 2, 0), image.shape[1] - side)
+    return image[y0 : y0 + side, x0 : x0 + side], labels2d[y0 : y0 + side, x0 : x0 + side]
+
+
+def _lesion_rows(volumes: list[_Volume], *, size: int) -> tuple[_Rows, _Rows]:
+    """Liver crops: 2D rows (lesion visible or not, balanced per group) and 3D rows (volume has one)."""
+    from radforge.synthetic.phantom import Label
+
+    side = max(round(LESION_CROP * size / DEFAULT_SIZE), 8)
+    min_px = max(round(LESION_MIN_PX * (size / DEFAULT_SIZE) ** 2), 2)
+
+    slices2d, vol3d = _Rows(), _Rows()
+    positives = {"CT": 0, "MR": 0}  # of the group's lesion volume per modality (it comes first)
+    for v in volumes:
+        crops = [c for z in range(v.array.shape[0]) if (c := _liver_crop(v.array[z], v.labels[z], side))]
+        for image, _ in crops[::3]:  # the 3D track averages a volume's crops: a third is enough
+            vol3d.add(image, float(v.lesion_ml > 0), v)
+        if v.lesion_ml > 0:
+            shown = [image for image, labels in crops if (labels == Label.LESION).sum() >= min_px]
+            positives[v.modality] = len(shown)
+            for image in shown:
+                slices2d.add(image, 1, v)
+        elif crops and positives[v.modality]:  # as many negatives, evenly over the liver
+            for i in np.unique(np.linspace(0, len(crops) - 1, positives[v.modality]).astype(int)):
+                slices2d.add(crops[i][0], 0, v)
+    return slices2d, vol3d
 
 
 def _real_mr_volumes() -> list[tuple[str, np.ndarray]]:
-    """Real brain MR volumes shipped in packages (x, y, z voxel order), uint16; empty if unavailable."""
-    import importlib.util
+    """Real brain MR volumes shipped in packages, (z, y, x) LPS like the phantoms, uint16 0..4000.
 
-    out = []
+    Empty where nibabel is not installed; the MNI152 files where nilearn is (found without importing
+    it: importing nilearn costs seconds, reading its files does not).
+    """
     try:
         import nibabel as nib
         from nibabel.testing import data_path
-
-        candidates = [("nibabel-anatomical", Path(str(data_path)) / "anatomical.nii")]
-        spec = importlib.util.find_spec("nilearn")
-        for loc in list(spec.submodule_search_locations or []) if spec else []:
-            mni = Path(loc) / "datasets" / "data" / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
-            candidates.append(("nilearn-mni152", mni))
-        for name, path in candidates:
-            if path.is_file():
-                image: Any = nib.load(str(path))
-                data = np.asarray(image.dataobj, dtype=np.float32)
-                if data.ndim == 3:
-                    scaled = np.clip(data, 0, None) / max(float(data.max()), 1.0) * 4000.0
-                    out.append((name, np.rint(scaled).astype(np.uint16)))
     except ImportError:
         return []
+    candidates = [("nibabel-anatomical", Path(str(data_path)) / "anatomical.nii")]
+    candidates.append(("nibabel-example4d", Path(str(data_path)) / "example4d.nii.gz"))
+    spec = importlib.util.find_spec("nilearn")
+    for loc in list(spec.submodule_search_locations or []) if spec else []:
+        candidates += [(name, Path(loc) / "datasets" / "data" / f) for name, f in MNI_FILES.items()]
+    out = []
+    for name, path in candidates:
+        if not path.is_file():
+            continue
+        image: Any = nib.as_closest_canonical(nib.load(str(path)))  # RAS
+        data = np.asarray(image.dataobj, dtype=np.float32)
+        frames = [data] if data.ndim == 3 else [data[..., t] for t in range(data.shape[3])]
+        for t, frame in enumerate(frames):
+            lps = frame[::-1, ::-1, :].transpose(2, 1, 0)  # RAS (x, y, z) -> LPS (z, y, x)
+            scaled = np.clip(lps, 0, None) / max(float(lps.max()), 1.0) * 4000.0
+            label = name if len(frames) == 1 else f"{name}-t{t}"
+            out.append((label, np.ascontiguousarray(np.rint(scaled).astype(np.uint16))))
     return out
 
 
-def _planes_task(root: Path, volumes: list[_Volume]) -> Path:
-    images, labels, splits, mods = [], [], [], []
-    for v in volumes:
-        for plane, _, im in _plane_slices(v.array, count=4):
-            images.append(im)
-            labels.append(PLANES.index(plane))
-            splits.append(v.split)
-            mods.append(v.modality)
-    spec = TaskSpec("plane_2d", "2d", "classification", PLANES, description="slice plane of a phantom")
-    return write_parquet_task(
-        root / spec.name, spec, images=images, modality=mods, labels=labels, splits=splits
-    )
-
-
-def _real_planes_task(root: Path) -> Path | None:
+def _real_tasks(root: Path) -> list[Path]:
+    """plane_real_2d and position_real_2d, or none (logged) when the real volumes are not installed."""
     real = _real_mr_volumes()
-    if not real:
-        logger.warning("plane_real_2d left out: nibabel test data / nilearn's MNI152 not installed")
-        return None
-    images, labels, splits = [], [], []
-    # one volume cannot be split by volume: contiguous blocks of positions go to one split each
-    for _, vol in real:
-        for plane, pos, im in _plane_slices(vol, count=30):
-            block = int(pos * 20) % 5
-            images.append(im)
-            labels.append(PLANES.index(plane))
-            splits.append("val" if block == 3 else "test" if block == 4 else "train")
-    spec = TaskSpec(
-        "plane_real_2d", "2d", "classification", PLANES, description="slice plane of real brain MR"
-    )
-    return write_parquet_task(
-        root / spec.name, spec, images=images, modality=["MR"] * len(images), labels=labels, splits=splits
-    )
+    if "mni152-t1" not in {name for name, _ in real}:
+        logger.warning("plane_real_2d, position_real_2d left out: nilearn's MNI152 templates not installed")
+        return []
+    planes, position = _Rows(), _Rows()
+    for name, array in real:
+        v = _Volume(name, "MR", array, array, REAL_SPLITS.get(name, "train"), 0.0)
+        inside = np.argwhere(array > 0.05 * array.max())  # the head's bounding box
+        lo, hi = inside.min(0), inside.max(0) + 1
+        for plane, image in _plane_slices(array, count=REAL_PER_PLANE, extent=(lo, hi)):
+            planes.add(image, PLANES.index(plane), v)
+        for z in range(lo[0], hi[0]):
+            position.add(array[z], (z - lo[0]) / max(hi[0] - 1 - lo[0], 1), v)
+    plane_desc, position_desc = "slice plane of real brain MR", "axial position in a real brain MR, 0 .. 1"
+    return [
+        planes.write(root, TaskSpec("plane_real_2d", "2d", "classification", PLANES, description=plane_desc)),
+        position.write(root, TaskSpec("position_real_2d", "2d", "regression", description=position_desc)),
+    ]
 
 
 def build_builtin_suite(
     root: str | Path,
     *,
-    n_volumes: int = 80,
-    size: int = 64,
-    slices: int = 24,
+    n_volumes: int = 48,
+    size: int = DEFAULT_SIZE,
+    slices: int = 40,
     seed: int = 0,
     real: bool = True,
 ) -> list[Path]:
-    """Write the built-in suite under ``root`` (reused when already there with the same parameters)."""
+    """Write the built-in suite under ``root`` (reused when already there with the same parameters).
+
+    ``n_volumes`` phantoms of ``slices`` x ``size`` x ``size`` (2.5 mm slices) for the anatomy tasks
+    and twice as many at 1 mm slices (``slices`` x 1.6) for the lesion tasks (a lesion shows on a few
+    slices, so it takes more volumes to reach a test set of hundreds). Deterministic: the same
+    parameters give byte-identical task files.
+    """
     root = Path(root)
     params = {
         "version": SUITE_VERSION,
@@ -185,98 +286,30 @@ def build_builtin_suite(
         saved = json.loads(marker.read_text())
         if saved.get("params") == params:
             return [root / t for t in saved["tasks"]]
-    volumes = list(_phantoms(n_volumes, size=size, slices=slices, seed=seed))
-    body = range(2, slices - 2)  # the phantom's first and last two slices are air only
-    organ: dict[str, list] = {"images": [], "labels": [], "splits": [], "modality": []}
-    lesion: dict[str, list] = {"images": [], "labels": [], "splits": [], "modality": []}
-    modality: dict[str, list] = {"images": [], "labels": [], "splits": [], "modality": []}
-    vol3d: dict[str, list] = {"images": [], "splits": [], "modality": [], "volumes": [], "ml": [], "has": []}
-    from radforge.synthetic.phantom import Label
-
-    for v in volumes:
-        liver_z = [
-            z for z in body if (v.labels[z] == Label.LIVER).any() or (v.labels[z] == Label.LESION).any()
-        ]
+    organ, modality, plane, position = _Rows(), _Rows(), _Rows(), _Rows()
+    for v in _phantoms(n_volumes, size=size, slices=slices, z_mm=2.5, seed=seed, prefix=""):
+        body = np.flatnonzero(v.labels.reshape(len(v.labels), -1).any(1))  # the rest is air only
         for z in body:
-            im = v.array[z]
-            if z % 2 == 0:
-                for d, label in ((organ, _organ(v.labels[z])), (modality, int(v.modality == "MR"))):
-                    d["images"].append(im)
-                    d["labels"].append(label)
-                    d["splits"].append(v.split)
-                    d["modality"].append(v.modality)
-            has = int((v.labels[z] == Label.LESION).sum() >= 4)
-            # positives: slices through the lesion; negatives: liver slices of lesion-free volumes
-            if (has and v.lesion_ml > 0) or (z in liver_z and v.lesion_ml == 0 and z % 2 == 0):
-                lesion["images"].append(im)
-                lesion["labels"].append(has)
-                lesion["splits"].append(v.split)
-                lesion["modality"].append(v.modality)
-            vol3d["images"].append(im)
-            vol3d["splits"].append(v.split)
-            vol3d["modality"].append(v.modality)
-            vol3d["volumes"].append(v.name)
-            vol3d["ml"].append(v.lesion_ml)
-            vol3d["has"].append(int(v.lesion_ml > 0))
-    def task(spec: TaskSpec, rows: dict[str, list], labels: str = "labels") -> Path:
-        """One task folder from the rows collected above (3D rows carry their volume names)."""
-        return write_parquet_task(
-            root / spec.name,
-            spec,
-            images=rows["images"],
-            modality=rows["modality"],
-            labels=rows[labels],
-            splits=rows["splits"],
-            volumes=rows.get("volumes"),
-        )
-
-    organ_desc = "organ an axial phantom slice cuts (kidney > liver > lung > none)"
-    tasks = [
-        task(TaskSpec("organ_2d", "2d", "classification", ORGANS, description=organ_desc), organ),
-        task(
-            TaskSpec(
-                "lesion_2d",
-                "2d",
-                "classification",
-                ("absent", "present"),
-                description="axial phantom slice through the liver region shows a lesion",
-            ),
-            lesion,
-        ),
-        task(
-            TaskSpec(
-                "modality_2d",
-                "2d",
-                "classification",
-                ("CT", "MR"),
-                description="CT or MR axial phantom slice",
-            ),
-            modality,
-        ),
-        _planes_task(root, volumes),
-        task(
-            TaskSpec(
-                "lesion_3d",
-                "3d",
-                "classification",
-                ("absent", "present"),
-                description="the phantom volume has a lesion (slice features averaged)",
-            ),
-            vol3d,
-            labels="has",
-        ),
-        task(
-            TaskSpec(
-                "lesion_volume_3d",
-                "3d",
-                "regression",
-                description="lesion volume in ml, 0 without a lesion (slice features averaged)",
-            ),
-            vol3d,
-            labels="ml",
-        ),
+            organ.add(v.array[z], _organ(v.labels[z]), v)
+            position.add(v.array[z], (z - body[0]) / max(body[-1] - body[0], 1), v)
+        for p, image in _plane_slices(v.array, count=10):
+            modality.add(image, int(v.modality == "MR"), v)
+            plane.add(image, PLANES.index(p), v)
+    lesion_volumes = _phantoms(
+        2 * n_volumes, size=size, slices=int(slices * 1.6), z_mm=1.0, seed=seed + 1, prefix="lesion-"
+    )
+    lesion2d, lesion3d = _lesion_rows(list(lesion_volumes), size=size)
+    clf, reg, present = "classification", "regression", ("absent", "present")
+    specs = [
+        (organ, TaskSpec("organ_2d", "2d", clf, ORGANS, description="organ an axial phantom slice cuts")),
+        (modality, TaskSpec("modality_2d", "2d", clf, ("CT", "MR"), description="CT or MR phantom slice")),
+        (plane, TaskSpec("plane_2d", "2d", clf, PLANES, description="slice plane of a phantom")),
+        (position, TaskSpec("position_2d", "2d", reg, description="axial position along the body, 0 .. 1")),
+        (lesion2d, TaskSpec("lesion_2d", "2d", clf, present, description="a liver crop shows a lesion")),
+        (lesion3d, TaskSpec("lesion_3d", "3d", clf, present, description="the volume has a lesion")),
     ]
-    if real and (real_task := _real_planes_task(root)) is not None:
-        tasks.append(real_task)
+    tasks = [rows.write(root, spec) for rows, spec in specs]
+    if real:
+        tasks += _real_tasks(root)
     marker.write_text(json.dumps({"params": params, "tasks": [t.name for t in tasks]}, indent=2))
     return tasks

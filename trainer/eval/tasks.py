@@ -273,8 +273,13 @@ def write_parquet_task(
     window: Sequence[str] | None = None,
     volumes: Sequence[str] | None = None,
     masks: Sequence[np.ndarray] | None = None,
+    source_volumes: Sequence[str] | None = None,
 ) -> Path:
-    """Write a parquet task folder (what the built-in suite and converters produce)."""
+    """Write a parquet task folder (what the built-in suite and converters produce).
+
+    ``source_volumes`` (2D tasks) records the volume each slice came from in a ``source_volume``
+    column the loader ignores: provenance, so a split by volume can be checked.
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -291,6 +296,8 @@ def write_parquet_task(
         cols["volume"] = list(volumes)
     if masks is not None:
         cols["mask"] = [npy_bytes(m) for m in masks]
+    if source_volumes is not None:
+        cols["source_volume"] = list(source_volumes)
     pq.write_table(pa.table(cols), folder / SAMPLES)
     meta = {
         "name": spec.name,

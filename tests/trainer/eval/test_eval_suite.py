@@ -58,22 +58,71 @@ def export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def test_builtin_suite_is_balanced_split_by_volume_and_reused(suite: list[Path]) -> None:
+def _source_volumes(folder: Path) -> np.ndarray:
+    """The volume each sample came from: 3D tasks' volume ids, 2D tasks' provenance column."""
+    table = pq.read_table(folder / "samples.parquet")
+    column = "volume" if "volume" in table.column_names else "source_volume"
+    return np.asarray(table.column(column).to_pylist())
+
+
+def _assert_split_by_volume(folder: Path) -> None:
+    task, sources = load_task(folder), _source_volumes(folder)
+    assert len(sources) == len(task)
+    for v in np.unique(sources):  # a volume never straddles splits
+        assert len(set(task.splits[sources == v])) == 1, (folder.name, v)
+
+
+def test_builtin_suite_is_balanced_split_by_volume_deterministic_and_reused(
+    suite: list[Path], tmp_path: Path
+) -> None:
     names = [p.name for p in suite]
-    assert names == ["organ_2d", "lesion_2d", "modality_2d", "plane_2d", "lesion_3d", "lesion_volume_3d"]
+    assert names == ["organ_2d", "modality_2d", "plane_2d", "position_2d", "lesion_2d", "lesion_3d"]
     for folder in suite:
         task = load_task(folder)
         assert set(task.splits) >= {"train", "test"}
-        if task.spec.kind == "classification" and task.spec.name != "organ_2d":
-            counts = np.bincount(task.labels[task.splits == "train"])
-            assert counts.min() > 0
-    vol = load_task(suite[-1])
-    assert vol.volumes is not None
-    for v in np.unique(vol.volumes):  # a volume never straddles splits
-        assert len(set(vol.splits[vol.volumes == v])) == 1
+        _assert_split_by_volume(folder)
+        if task.spec.kind == "classification":
+            counts = np.bincount(task.labels[task.splits == "train"], minlength=len(task.spec.classes))
+            assert counts.min() > 0, (folder.name, counts)
+        else:
+            assert task.labels.min() == 0.0 and task.labels.max() == 1.0  # position along the body
+    for name in ("modality_2d", "plane_2d", "lesion_2d", "lesion_3d"):  # balanced classes
+        labels = load_task(suite[names.index(name)]).labels
+        counts = np.bincount(labels)
+        assert counts.max() - counts.min() <= 0.15 * len(labels), (name, counts)
+    lesion = load_task(suite[names.index("lesion_3d")])
+    assert lesion.volumes is not None and len(np.unique(lesion.volumes)) == 24  # twice the anatomy's 12
     mtime = (suite[0] / "samples.parquet").stat().st_mtime_ns
     assert build_builtin_suite(suite[0].parent, **SMALL) == suite
     assert (suite[0] / "samples.parquet").stat().st_mtime_ns == mtime
+    again = build_builtin_suite(tmp_path / "again", **SMALL)  # the same parameters, the same bytes
+    for a, b in zip(suite, again, strict=True):
+        assert (a / "samples.parquet").read_bytes() == (b / "samples.parquet").read_bytes(), a.name
+    other = build_builtin_suite(tmp_path / "other", **{**SMALL, "seed": 1})
+    assert (other[0] / "samples.parquet").read_bytes() != (suite[0] / "samples.parquet").read_bytes()
+
+
+def test_default_suite_has_hundreds_of_test_samples_and_real_volumes_split_whole(tmp_path: Path) -> None:
+    """The default suite: every 2D task tests on hundreds of samples; the MNI152 T1 is the real test set."""
+    suite = build_builtin_suite(tmp_path)
+    assert [p.name for p in suite][-2:] == ["plane_real_2d", "position_real_2d"]
+    for folder in suite:
+        task = load_task(folder)
+        _assert_split_by_volume(folder)
+        n_test = int((task.splits == "test").sum())
+        if task.spec.track == "2d":
+            assert n_test >= 150, (folder.name, n_test)
+        if folder.name.endswith("real_2d"):
+            sources = _source_volumes(folder)
+            assert set(sources[task.splits == "test"]) == {"mni152-t1"}
+            assert set(sources[task.splits == "train"]) == {
+                "mni152-gm",
+                "mni152-wm",
+                "nibabel-example4d-t0",
+                "nibabel-example4d-t1",
+            }
+    plane = load_task(suite[-2])
+    assert np.bincount(plane.labels[plane.splits == "test"]).tolist() == [100, 100, 100]
 
 
 def test_parquet_task_round_trip_and_errors(tmp_path: Path) -> None:
@@ -207,7 +256,7 @@ def test_periodic_knn_scores_the_training_vit_like_the_export(suite: list[Path],
     assert vit.training  # mode restored
     assert set(scores) == {f"knn_{p.name}" for p in suite} | {"knn_mean"}
     assert scores == periodic.evaluate(frozen)
-    assert all(0.0 <= v <= 1.0 for k, v in scores.items() if k != "knn_lesion_volume_3d")
+    assert all(0.0 <= v <= 1.0 for k, v in scores.items() if k not in ("knn_position_2d", "knn_mean"))
 
 
 def test_eval_command_writes_a_report(
@@ -220,7 +269,7 @@ def test_eval_command_writes_a_report(
         f"tiny={export}",
         "--random-init",
         "--tasks",
-        str(suite[3]),
+        str(suite[2]),
         "--out",
         str(out),
         "--seeds",
