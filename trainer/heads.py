@@ -64,6 +64,14 @@ class DINOHead(nn.Module):
         """The L2-normalised prototypes (num_prototypes, bottleneck_dim)."""
         return F.normalize(self.last_layer.weight, dim=1, eps=1e-6)
 
+    def embed_and_prototypes(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`embed` of ``x`` and :meth:`prototypes`, in one call (an FSDP2 forward method).
+
+        The teacher builds its targets from these (radforge.trainer.step). Under FSDP2 the
+        prototypes are whole only inside a forward call, and a forward call needs a tensor argument.
+        """
+        return self.embed(x), self.prototypes()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(self.embed(x), self.prototypes())
 

@@ -141,9 +141,8 @@ def shard_network(
     heads = [network.dino_head] if network.shared_head else [network.dino_head, network.ibot_head]
     for head in heads:
         fully_shard(head, **kwargs)
-        # the teacher's targets are built from these (radforge.trainer.step), not from forward
-        register_fsdp_forward_method(head, "embed")
-        register_fsdp_forward_method(head, "prototypes")
+        # the teacher's targets are built from this (radforge.trainer.step), not from forward
+        register_fsdp_forward_method(head, "embed_and_prototypes")
     return network
 
 

@@ -157,11 +157,13 @@ def _teacher_targets(state: TrainState, micro: Sequence[ViewBatch], sched: Sched
     cls, patch = [], []
     for mb in micro:
         feats = teacher.backbone.forward_features(mb.global_crops)
-        cls.append(teacher.dino_head.embed(feats.cls))  # (G * b, D)
-        patch.append(teacher.ibot_head.embed(feats.patches[mb.masks]))  # (M_j, D)
+        z, w_dino = teacher.dino_head.embed_and_prototypes(feats.cls)
+        cls.append(z)  # (G * b, D)
+        z, w_ibot = teacher.ibot_head.embed_and_prototypes(feats.patches[mb.masks])
+        patch.append(z)  # (M_j, D)
     t = sched.teacher_temp
-    dino = FactorizedTargets(obj.dino_centering, cls, teacher.dino_head.prototypes(), temperature=t)
-    ibot = FactorizedTargets(obj.ibot_centering, patch, teacher.ibot_head.prototypes(), temperature=t)
+    dino = FactorizedTargets(obj.dino_centering, cls, w_dino, temperature=t)
+    ibot = FactorizedTargets(obj.ibot_centering, patch, w_ibot, temperature=t)
     rows = all_reduce_(torch.tensor(float(sum(len(c) for c in cls)), device=cls[0].device))
     return _TeacherTargets(
         dino_rows=dino,
