@@ -28,7 +28,7 @@ Conventions of the spec (``ExpectedSeries``):
 from __future__ import annotations
 
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -713,16 +713,26 @@ def _add_bad(b: ArchiveWriter, small: tuple[int, int, int], size: int, ct_folder
     def drop_pixels(ds: Dataset, k: int) -> None:
         del ds.PixelData
 
-    phi = b.patient()
-    b.series(
-        "no_pixel_data",
-        small_ct(610),
-        _study_folder(b, phi, "CT_NOPIX"),
-        phi=phi,
-        transfer_syntax=explicit,
-        extra=drop_pixels,
-        reason="no_pixel_data",
-    )
+    def absurd(ds: Dataset, k: int) -> None:
+        ds.Rows = ds.Columns = 60000
+
+    def burned_in(ds: Dataset, k: int) -> None:
+        ds.BurnedInAnnotation = "YES"
+
+    def broken_series(case: str, offset: int, folder: str, extra: Callable[[Dataset, int], None]) -> None:
+        """A small CT whose every instance ``extra`` breaks the same way; the case names its reason."""
+        phi = b.patient()
+        b.series(
+            case,
+            small_ct(offset),
+            _study_folder(b, phi, folder),
+            phi=phi,
+            transfer_syntax=explicit,
+            extra=extra,
+            reason=case,
+        )
+
+    broken_series("no_pixel_data", 610, "CT_NOPIX", drop_pixels)
 
     def private_syntax(ds: Dataset, k: int) -> None:
         ds.file_meta.TransferSyntaxUID = UID(PRIVATE_TRANSFER_SYNTAX)
@@ -761,33 +771,8 @@ def _add_bad(b: ArchiveWriter, small: tuple[int, int, int], size: int, ct_folder
     entry.files.append(b.rel(twin_path))
     entry.n_slices += 1
 
-    def absurd(ds: Dataset, k: int) -> None:
-        ds.Rows = ds.Columns = 60000
-
-    phi = b.patient()
-    b.series(
-        "absurd_dimensions",
-        small_ct(640),
-        _study_folder(b, phi, "CT_HUGE"),
-        phi=phi,
-        transfer_syntax=explicit,
-        extra=absurd,
-        reason="absurd_dimensions",
-    )
-
-    def burned_in(ds: Dataset, k: int) -> None:
-        ds.BurnedInAnnotation = "YES"
-
-    phi = b.patient()
-    b.series(
-        "burned_in_annotation",
-        small_ct(650),
-        _study_folder(b, phi, "CT_BURNED"),
-        phi=phi,
-        transfer_syntax=explicit,
-        extra=burned_in,
-        reason="burned_in_annotation",
-    )
+    broken_series("absurd_dimensions", 640, "CT_HUGE", absurd)
+    broken_series("burned_in_annotation", 650, "CT_BURNED", burned_in)
 
     phi = b.patient()
     nan_volume = small_ct(660).array.copy()
