@@ -89,8 +89,10 @@ class _Rows:
     splits: list[str] = field(default_factory=list)
     modality: list[str] = field(default_factory=list)
     volumes: list[str] = field(default_factory=list)
+    windows: list[str] = field(default_factory=list)
 
-    def add(self, image: np.ndarray, label: float, volume: _Volume) -> None:
+    def add(self, image: np.ndarray, label: float, volume: _Volume, *, window: str = "raw") -> None:
+        self.windows.append(window)
         self.images.append(image)
         self.labels.append(label)
         self.splits.append(volume.split)
@@ -107,6 +109,7 @@ class _Rows:
             modality=self.modality,
             labels=self.labels,
             splits=self.splits,
+            window=self.windows,
             volumes=self.volumes if three_d else None,
             source_volumes=None if three_d else self.volumes,
         )
@@ -179,6 +182,19 @@ def _liver_crop(image: np.ndarray, labels2d: np.ndarray, side: int) -> tuple[np.
     return image[y0 : y0 + side, x0 : x0 + side], labels2d[y0 : y0 + side, x0 : x0 + side]
 
 
+def _soft_tissue(image: np.ndarray, modality: str) -> tuple[np.ndarray, str]:
+    """A lesion crop as stored for the probe: CT in the abdomen window (uint8, ``preset``), MR raw.
+
+    Raw CT is z-scored with bone and air in view, which squeezes the lesion's 55-75 HU of contrast
+    to a shade; the abdomen window (what ingest stores beside raw) shows it as a radiologist sees it.
+    """
+    if modality != "CT":
+        return image, "raw"
+    from radforge.windowing import resolve_window, window_to_uint8
+
+    return window_to_uint8(image.astype(np.float32), resolve_window("abdomen")), "preset"
+
+
 def _lesion_rows(volumes: list[_Volume], *, size: int) -> tuple[_Rows, _Rows]:
     """Liver crops: 2D rows (lesion visible or not, balanced per group) and 3D rows (volume has one)."""
     from radforge.synthetic.phantom import Label
@@ -190,16 +206,17 @@ def _lesion_rows(volumes: list[_Volume], *, size: int) -> tuple[_Rows, _Rows]:
     positives = {"CT": 0, "MR": 0}  # of the group's lesion volume per modality (it comes first)
     for v in volumes:
         crops = [c for z in range(v.array.shape[0]) if (c := _liver_crop(v.array[z], v.labels[z], side))]
-        for image, _ in crops[::3]:  # the 3D track averages a volume's crops: a third is enough
-            vol3d.add(image, float(v.lesion_ml > 0), v)
+        stored = [_soft_tissue(image, v.modality) for image, _ in crops]
+        for image, window in stored[::3]:  # the 3D track averages a volume's crops: a third is enough
+            vol3d.add(image, float(v.lesion_ml > 0), v, window=window)
         if v.lesion_ml > 0:
-            shown = [image for image, labels in crops if (labels == Label.LESION).sum() >= min_px]
+            shown = [i for i, (_, labels) in enumerate(crops) if (labels == Label.LESION).sum() >= min_px]
             positives[v.modality] = len(shown)
-            for image in shown:
-                slices2d.add(image, 1, v)
-        elif crops and positives[v.modality]:  # as many negatives, evenly over the liver
-            for i in np.unique(np.linspace(0, len(crops) - 1, positives[v.modality]).astype(int)):
-                slices2d.add(crops[i][0], 0, v)
+        else:  # as many negatives as the group's lesion volume of this modality gave, evenly spread
+            want = positives[v.modality] if crops else 0
+            shown = np.unique(np.linspace(0, len(crops) - 1, want).astype(int)).tolist()
+        for i in shown:
+            slices2d.add(stored[i][0], int(v.lesion_ml > 0), v, window=stored[i][1])
     return slices2d, vol3d
 
 
