@@ -180,9 +180,9 @@ def load(ref: CheckpointRef) -> dict[str, Any]:
     if not exists(loc):
         raise CheckpointError(f"checkpoint {ref.location.uri} has no {STATE}")
     try:
-        state: dict[str, Any] = torch.load(
-            io.BytesIO(read_bytes(loc)), map_location="cpu", weights_only=False
-        )
+        # weights_only: tensors, numbers, strings and containers, never a callable a pickle names
+        # (checkpoints come from storage a token holder may name: init_from, an eval job's backbone)
+        state: dict[str, Any] = torch.load(io.BytesIO(read_bytes(loc)), map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for truncated / foreign files
         raise CheckpointError(f"checkpoint {loc.uri} cannot be loaded ({type(err).__name__}: {err})") from err
     required = {"step"} | (set() if is_sharded(state) else set(SHARDED_KEYS))
