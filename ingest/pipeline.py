@@ -429,6 +429,7 @@ def _run_ingest_leased(
         samples_per_task=cfg.shards.samples_per_task,
         known_records=known,
         lease=lease,
+        base_seq=catalog.seq,  # the log entry planned against: concurrent claims after it refuse the commit
     )
     # One block (hence one decoding + writing task) per task group: blocks are what spread work
     # over the cluster; batch_size=1 has each call decode one series, and the fused write consumes

@@ -101,6 +101,16 @@ def cmd_dataset_stats(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_dataset_export_index(args: argparse.Namespace) -> int:
+    from radforge.sharder.commit_log import export_index
+    from radforge.storage import resolve
+
+    target, shards = export_index(resolve(args.dataset), resolve(args.out) if args.out else None)
+    result = {"index": target.uri, "shards": shards}
+    print(json.dumps(result) if args.json else f"wrote {target.uri}: {shards} shards")
+    return EXIT_OK
+
+
 def cmd_dataset_export_nifti(args: argparse.Namespace) -> int:
     from radforge.sharder.torch_dataset import read_series_volume, write_nifti
 
@@ -351,6 +361,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     n.add_argument("--json", action="store_true", help="print the summary as one JSON line")
     n.set_defaults(func=cmd_dataset_export_nifti)
+    x = dsub.add_parser(
+        "export-index", help="write the whole root MDS index.json a stock StreamingDataset reads (any size)"
+    )
+    x.add_argument("dataset", metavar="DATASET_URI")
+    x.add_argument("--out", help="where to write it (default DATASET_URI/index.json; shard paths relative)")
+    x.add_argument("--json", action="store_true", help="print the result as one JSON line")
+    x.set_defaults(func=cmd_dataset_export_index)
 
     sv = sub.add_parser("serve", help="run the control plane (API, scheduler, metrics, dashboard)")
     sv.add_argument("--host", help="address to listen on (default 127.0.0.1; others need a token)")

@@ -10,8 +10,9 @@ Lifecycle (Ray Data calls these hooks):
   output rather than adding a copy;
   returns its shard entries and the series records it carried;
 - ``on_write_complete`` (driver, only after every task succeeded): writes the part's series
-  manifest and commits the part by atomically replacing the root index (see :mod:`radforge.sharder.catalog`),
-  after renewing the dataset's write lease (:mod:`radforge.sharder.lease`) when it was given one.
+  manifest and index and commits the part as the next entry of the dataset's commit log (see
+  :mod:`radforge.sharder.commit_log`), after renewing the dataset's write lease
+  (:mod:`radforge.sharder.lease`) when it was given one.
 
 A job that dies before ``on_write_complete`` leaves the committed dataset untouched: its shards
 are unreferenced and the next run removes them.
@@ -38,7 +39,6 @@ from ray.data.block import Block, BlockAccessor
 from ray.data.datasource.datasink import WriteResult
 
 from radforge.sharder.catalog import (
-    INDEX,
     MANIFESTS,
     PARTS,
     Catalog,
@@ -47,11 +47,12 @@ from radforge.sharder.catalog import (
     load_catalog,
     shard_files,
 )
+from radforge.sharder.commit_log import ROOT_INDEX_MAX_SHARDS, append_part, part_index_path, write_part_index
 from radforge.sharder.lease import DatasetLease
 from radforge.sharder.marker import is_marked
 from radforge.sharder.mds import SampleEncoder, ShardWriter
 from radforge.sharder.schema import COLUMNS, SCHEMA_VERSION
-from radforge.storage import Location, ensure_dir, resolve, write_bytes_atomic
+from radforge.storage import Location, ensure_dir, resolve
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +175,8 @@ class MDSDatasink(Datasink[dict[str, Any]]):
         known_records: frozenset[tuple[str, str, str | None]] = frozenset(),
         on_commit: Callable[[dict[str, Any]], None] | None = None,
         lease: DatasetLease | None = None,
+        base_seq: int | None = None,
+        root_index_max_shards: int = ROOT_INDEX_MAX_SHARDS,
     ) -> None:
         self.dataset_uri = dataset_uri
         self.part_id = part_id
@@ -185,6 +188,8 @@ class MDSDatasink(Datasink[dict[str, Any]]):
         self.known_records = known_records
         self.on_commit = on_commit
         self.lease = lease  # the dataset's write lease, held by the driver: renewed before the commit
+        self.base_seq = base_seq  # the log entry the run planned against (concurrent claims after it refuse)
+        self.root_index_max_shards = root_index_max_shards
         self.result: dict[str, Any] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -279,6 +284,8 @@ class MDSDatasink(Datasink[dict[str, Any]]):
             part_info=self.part_info,
             task_returns=returns,
             known_records=self.known_records,
+            base_seq=self.base_seq,
+            root_index_max_shards=self.root_index_max_shards,
         )
         if self.on_commit is not None:
             self.on_commit(self.result)
@@ -296,17 +303,27 @@ def commit_part(
     part_info: dict[str, Any],
     task_returns: list[dict[str, Any]],
     known_records: frozenset[tuple[str, str, str | None]] = frozenset(),
+    base_seq: int | None = None,
+    root_index_max_shards: int = ROOT_INDEX_MAX_SHARDS,
+    layout: str = "log",
 ) -> dict[str, Any]:
-    """Write the part's manifest and commit it into the root index. Returns the part's catalog entry.
+    """Write the part's manifest and index and commit it as the next log entry. Returns its catalog entry.
 
     The manifest records the series this run decided anew: series already ingested by an earlier
     part, and skip/quarantine records identical to ones already committed, are left out. Nothing is
     committed when the part adds no samples and no new records, so re-ingesting an unchanged
     archive changes nothing. ``all_series`` in the result lists every record, for the summary.
+
+    ``base_seq`` is the log entry the run planned against: a concurrent commit after it that
+    ingested one of this part's series refuses this one (:class:`SeriesClaimedError`; see
+    :mod:`radforge.sharder.commit_log`). ``layout="root_index"`` commits the way radforge did
+    before the log (rewriting the whole root index), for the benchmark's "before" figures.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    if layout not in ("log", "root_index"):
+        raise ValueError(f"layout must be 'log' or 'root_index', got {layout!r}")
     all_series = [s for r in task_returns for s in r["series"]]
     series = [
         s
@@ -314,7 +331,7 @@ def commit_part(
         if s["reason"] != "already_ingested"
         and (s["series_key"], s["status"], s["reason"]) not in known_records
     ]
-    shards = [s for r in task_returns for s in r["shards"]]
+    shards = sorted((s for r in task_returns for s in r["shards"]), key=lambda s: s["raw_data"]["basename"])
     samples = sum(r["samples"] for r in task_returns)
     counts: Counter[str] = Counter()
     for r in task_returns:
@@ -332,7 +349,6 @@ def commit_part(
         counts=dict(sorted(counts.items())),
         schema_version=SCHEMA_VERSION,
     )
-    catalog = load_catalog(root)
     if samples == 0 and not series:
         return {**entry, "committed": False, "all_series": all_series}
     series.sort(key=lambda s: s["series_key"])
@@ -341,37 +357,30 @@ def commit_part(
     ensure_dir(root.join(MANIFESTS))
     with manifest.fs.open(manifest.path, "wb") as f:
         pq.write_table(table, f)
-    part_shards = sorted(shards, key=lambda s: s["raw_data"]["basename"])
-    write_part_index(root, part_id, part_shards)
-    catalog.shards = [
-        s for s in catalog.shards if not s["raw_data"]["basename"].startswith(f"{PARTS}/{part_id}/")
-    ] + sorted(shards, key=lambda s: s["raw_data"]["basename"])
-    catalog.parts = [p for p in catalog.parts if p["id"] != part_id] + [entry]
-    commit(root, catalog)
-    _remove_unreferenced(root, part_id, catalog)
+    write_part_index(root, part_id, shards)
+    if layout == "root_index":
+        catalog = load_catalog(root)
+        catalog.shards = [
+            s for s in catalog.shards if not s["raw_data"]["basename"].startswith(f"{PARTS}/{part_id}/")
+        ] + shards
+        catalog.parts = [p for p in catalog.parts if p["id"] != part_id] + [entry]
+        commit(root, catalog)
+    else:
+        entry["index"] = part_index_path(part_id)
+        ingested = frozenset(s["series_key"] for s in series if s["status"] == "ingested")
+        entry["log_seq"] = append_part(
+            root, entry, base_seq=base_seq, ingested=ingested, root_index_max_shards=root_index_max_shards
+        )
+    _remove_unreferenced(root, part_id, shards)
     return {**entry, "committed": True, "all_series": all_series}
 
 
-def write_part_index(root: Location, part_id: str, shards: list[dict[str, Any]]) -> None:
-    """An MDS index inside ``parts/<id>/`` so one part can be read (or mixed) on its own."""
-    prefix = f"{PARTS}/{part_id}/"
-    local = []
-    for shard in shards:
-        entry = json.loads(json.dumps(shard))
-        for kind in ("raw_data", "zip_data"):
-            if entry.get(kind):
-                entry[kind]["basename"] = entry[kind]["basename"].removeprefix(prefix)
-        local.append(entry)
-    data = json.dumps({"version": 2, "shards": local}, sort_keys=True).encode()
-    write_bytes_atomic(root.join(PARTS, part_id, INDEX), data)
-
-
-def _remove_unreferenced(root: Location, part_id: str, catalog: Catalog) -> None:
-    """Delete files of ``part_id`` that the committed index does not reference (failed attempts)."""
+def _remove_unreferenced(root: Location, part_id: str, shards: list[dict[str, Any]]) -> None:
+    """Delete files of ``part_id`` that its committed index does not reference (failed attempts)."""
     part = root.join(PARTS, part_id)
     if not part.fs.exists(part.path):
         return
-    referenced = {f for s in catalog.shards for f in shard_files(s)} | {f"{PARTS}/{part_id}/{INDEX}"}
+    referenced = {f for s in shards for f in shard_files(s)} | {part_index_path(part_id)}
     for path in part.fs.find(part.path):
         rel = root.relative(path)
         if rel not in referenced:
@@ -395,6 +404,22 @@ def remove_orphans(root: Location, catalog: Catalog, *, keep: set[str]) -> list[
             continue
         fs.rm(path, recursive=True)
         removed.append(name)
+    removed += _remove_orphan_manifests(root, catalog, keep=keep)
     if removed:
         log.info("removed %d uncommitted part(s) left by an interrupted run", len(removed))
+    return removed
+
+
+def _remove_orphan_manifests(root: Location, catalog: Catalog, *, keep: set[str]) -> list[str]:
+    """Remove ``manifests/<part>.parquet`` of parts no commit references (a run died after writing it)."""
+    manifests = root.join(MANIFESTS)
+    fs = manifests.fs
+    if not fs.exists(manifests.path):
+        return []
+    removed = []
+    for path in fs.ls(manifests.path, detail=False, refresh=True):
+        name = str(path).rstrip("/").rsplit("/", 1)[-1].removesuffix(".parquet")
+        if is_part_id(name) and name not in catalog.part_ids and name not in keep:
+            fs.rm_file(path)
+            removed.append(name)
     return removed

@@ -14,13 +14,14 @@ For a CT:MR = 3:1 mix, ingest CT and MR into separate datasets (``--set modaliti
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from radforge.sharder.catalog import INDEX, PARTS, load_catalog
-from radforge.storage import exists, resolve
+from radforge.sharder.catalog import INDEX, PARTS, Catalog, load_catalog
+from radforge.storage import Location, exists, read_versioned, resolve
 
 
 class SourceSpec(BaseModel):
@@ -59,46 +60,73 @@ class MixSpec(BaseModel):
         return self
 
 
-def source_root(source: SourceSpec) -> str:
-    """The URI whose ``index.json`` the stream reads: the dataset root or one of its parts."""
+def source_roots(source: SourceSpec, catalog: Catalog) -> list[tuple[str, int]]:
+    """The URIs whose ``index.json`` streams read for ``source``, each with its sample count.
+
+    A part is always one stock MDS dataset. A whole dataset is its root when the root index is
+    current (a dataset below the root-index threshold, or in the root-index layout); otherwise
+    (no root index above the threshold, or one that lags the log) one URI per committed part.
+    ``catalog`` is the dataset's, read once per dataset by the caller.
+    """
     root = resolve(source.uri)
-    catalog = load_catalog(root, must_exist=True)
     if source.part is None:
-        return root.uri
-    if source.part not in catalog.part_ids:
+        if catalog.layout != "log" or _root_index_seq(root) == catalog.seq:
+            return [(root.uri, sum(int(p.get("samples", 0)) for p in catalog.parts))]
+        return [(root.join(PARTS, p["id"]).uri, int(p.get("samples", 0))) for p in catalog.parts]
+    part = next((p for p in catalog.parts if p["id"] == source.part), None)
+    if part is None:
         raise ValueError(
             f"{root.uri} has no committed part {source.part!r}; parts: {', '.join(sorted(catalog.part_ids))}"
         )
-    part = root.join(PARTS, source.part)
-    if not exists(part.join(INDEX)):
+    loc = root.join(PARTS, source.part)
+    if not exists(loc.join(INDEX)):
         raise ValueError(f"part {source.part!r} of {root.uri} has no {INDEX} (written by an older radforge)")
-    return part.uri
+    return [(loc.uri, int(part.get("samples", 0)))]
+
+
+def _root_index_seq(root: Location) -> int | None:
+    """The log entry the root index was written at (``None`` if there is none)."""
+    got = read_versioned(root.join(INDEX))
+    if got is None:
+        return None
+    seq = json.loads(got[0]).get("radforge", {}).get("log_seq")
+    return None if seq is None else int(seq)
 
 
 def build_streams(spec: MixSpec, *, cache_dir: str) -> list[Any]:
-    """One ``streaming.Stream`` per source.
+    """``streaming.Stream``s for the mix: one per source, or one per part of a dataset without a root index.
 
-    Remote sources cache under ``cache_dir``; local ones are read in place.
+    Each dataset's catalog is read once, however many sources name it (linear in sources). A source
+    read as several part streams has its weight split by sample counts: ``proportion`` and
+    ``choose`` in proportion to each part's samples, ``repeat`` unchanged. Remote sources cache
+    under ``cache_dir``; local ones are read in place.
     """
     from streaming import Stream
 
+    catalogs: dict[str, Catalog] = {}
     streams = []
     for source in spec.sources:
-        uri = source_root(source)
-        loc = resolve(uri)
-        remote = None if loc.is_local else uri
-        local = (
-            loc.path
-            if loc.is_local
-            else os.path.join(cache_dir, hashlib.sha256(uri.encode()).hexdigest()[:16])
-        )
-        streams.append(
-            Stream(
-                remote=remote,
-                local=local,
-                proportion=source.proportion,
-                repeat=source.repeat,
-                choose=source.choose,
+        root = resolve(source.uri)
+        if root.uri not in catalogs:
+            catalogs[root.uri] = load_catalog(root, must_exist=True)
+        roots = source_roots(source, catalogs[root.uri])
+        total = sum(n for _, n in roots) or 1
+        for uri, n in roots:
+            share = n / total if len(roots) > 1 else 1.0
+            loc = resolve(uri)
+            remote = None if loc.is_local else uri
+            local = (
+                loc.path
+                if loc.is_local
+                else os.path.join(cache_dir, hashlib.sha256(uri.encode()).hexdigest()[:16])
             )
-        )
+            streams.append(
+                Stream(
+                    remote=remote,
+                    local=local,
+                    proportion=None if source.proportion is None else source.proportion * share,
+                    repeat=source.repeat,
+                    choose=None if source.choose is None else max(1, round(source.choose * share)),
+                )
+            )
     return streams

@@ -80,9 +80,10 @@ def test_incompatible_schema_names_both_versions(
     dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     ds, _ = _copy(dataset, tmp_path)
-    index = json.loads((ds / "index.json").read_text())
-    index["radforge"]["schema_version"] = "7.0"
-    (ds / "index.json").write_text(json.dumps(index))
+    entry_file = ds / "_log" / f"{1:020d}.json"  # the commit log is where readers learn the version
+    entry = json.loads(entry_file.read_text())
+    entry["part"]["schema_version"] = "7.0"
+    entry_file.write_text(json.dumps(entry))
     with pytest.raises(SchemaVersionError, match=r"7\.0.*1\.0"):
         load_catalog(resolve(str(ds)))
     assert main(["dataset", "stats", str(ds)]) == 1
