@@ -89,6 +89,32 @@ def make_private_dir(path: str | os.PathLike[str]) -> None:
     os.chmod(path, PRIVATE_DIR)
 
 
+def own_private_dir(path: str | os.PathLike[str]) -> None:
+    """Make ``path`` a folder of this user's that only they can use, or refuse it.
+
+    For caches at fixed names under a shared /tmp (the trainer's shard cache, the built-in eval
+    suite): another local user could create the folder first, or leave a symbolic link there, and
+    feed the run planted shards or a planted suite. A missing folder is created 0700; an existing
+    one must be a real folder owned by this user (then it is made 0700); anything else raises
+    :class:`FileRefused` naming what is wrong and the setting to change.
+    """
+    try:
+        os.makedirs(path, mode=PRIVATE_DIR, exist_ok=True)
+    except FileExistsError:  # a dangling symbolic link or a file in its place: named below
+        pass
+    info = os.lstat(path)
+    if stat.S_ISLNK(info.st_mode):
+        raise FileRefused(f"cache folder {os.fspath(path)} is a symbolic link: choose another cache_dir")
+    if not stat.S_ISDIR(info.st_mode):
+        raise FileRefused(f"cache folder {os.fspath(path)} is not a folder: choose another cache_dir")
+    if info.st_uid != os.geteuid():
+        raise FileRefused(
+            f"cache folder {os.fspath(path)} is owned by uid {info.st_uid}, not this user "
+            f"({os.geteuid()}): choose another cache_dir"
+        )
+    os.chmod(path, PRIVATE_DIR)
+
+
 def touch_private(path: str | os.PathLike[str]) -> None:
     """Create ``path`` as an empty 0600 file, or make an existing one 0600 (a database, a log)."""
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), PRIVATE_FILE))

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from streaming import StreamingDataLoader, StreamingDataset
 
+from radforge.files import own_private_dir
 from radforge.sharder.mixing import MixSpec, build_streams
 from radforge.trainer.views.multicrop import MaskSampler, MultiCrop, collate_views
 
@@ -126,6 +127,7 @@ def build_loader(
         shuffle_seed=seed,
         cache_limit=cache_limit,
     )
+    own_private_dir(cache_dir)  # a fixed /tmp name: another local user must not have planted it
     dataset = ViewDataset(streams=build_streams(mix, cache_dir=cache_dir), **kwargs)
     return StreamingDataLoader(
         dataset,

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.distributed as dist
 
+from radforge.files import own_private_dir
 from radforge.storage import resolve, write_bytes_atomic
 from radforge.trainer import checkpoint as ckpt
 from radforge.trainer.build import build_run_loader, build_train_state
@@ -320,6 +321,7 @@ def _periodic_knn(cfg: TrainConfig, *, local_rank: int, sharded: bool) -> Period
     recipe = cfg.recipe
     if sharded and local_rank != 0:
         _barrier()
+    own_private_dir(cfg.eval.cache_dir)  # a fixed /tmp name: another local user must not have planted it
     periodic = PeriodicKnn.from_suite(
         cfg.eval.tasks,
         builtin_root=Path(cfg.eval.cache_dir) / "builtin-suite",
