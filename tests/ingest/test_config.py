@@ -64,3 +64,17 @@ def test_salt_is_required_and_never_dumped(monkeypatch: pytest.MonkeyPatch) -> N
     cfg = load_config(overrides={"deid": {"salt": "a-very-secret-salt"}})
     assert cfg.deid.resolved_salt() == b"a-very-secret-salt"
     assert "a-very-secret-salt" not in cfg.model_dump_json()
+
+
+@pytest.mark.parametrize("salt", ["        ", " a b c d e f g ", "\t\tsalty\n\n\n"])
+def test_a_salt_of_mostly_whitespace_is_refused_by_the_cli_path_too(
+    salt: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``radforge ingest`` (no service in front) refuses fewer than 8 non-whitespace salt characters."""
+    monkeypatch.delenv("RADFORGE_SALT", raising=False)
+    cfg = load_config(overrides={"deid": {"salt": salt}})
+    with pytest.raises(ConfigError, match="not whitespace"):
+        cfg.deid.resolved_salt()
+    monkeypatch.setenv("RADFORGE_SALT", salt)
+    with pytest.raises(ConfigError, match="not whitespace"):
+        IngestConfig().deid.resolved_salt()
