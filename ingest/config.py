@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 Plane = Literal["axial", "coronal", "sagittal"]
 SALT_ENV = "RADFORGE_SALT"
+SALT_MIN_CHARACTERS = 8  # not counting whitespace
 MR_WINDOWS = ("raw", "pct")
 
 
@@ -114,10 +115,12 @@ class DeidConfig(_Model):
     def resolved_salt(self) -> bytes:
         """The salt as bytes; refuses to run without one (keys would be guessable)."""
         value = self.salt.get_secret_value() if self.salt else os.environ.get(SALT_ENV)
-        if not value or len(value) < 8:
+        # whitespace or a few characters can be guessed, and with them every pseudonymous key
+        if not value or len("".join(value.split())) < SALT_MIN_CHARACTERS:
             raise ConfigError(
-                f"deid.salt: a salt of at least 8 characters is required; set ${SALT_ENV} "
-                "(keep it secret and stable: series keys and de-duplication depend on it)"
+                f"deid.salt: a salt of at least {SALT_MIN_CHARACTERS} characters that are not whitespace "
+                f"is required; set ${SALT_ENV} (e.g. `openssl rand -hex 32`; keep it secret and stable: "
+                "series keys and de-duplication depend on it)"
             )
         return value.encode()
 

@@ -220,6 +220,6 @@ def test_the_service_refuses_to_start_without_a_salt(tmp_path: Path, monkeypatch
     from radforge.services.app.service import build_service
 
     monkeypatch.delenv("RADFORGE_SALT", raising=False)
-    with pytest.raises(SettingsError, match=r"deid.salt: a salt of at least 8 characters is required"):
+    with pytest.raises(SettingsError, match=r"deid.salt: a salt of at least 8 characters that are not"):
         build_service(load_settings(overrides={"state_dir": str(tmp_path)}, environ={}))
     assert not (tmp_path / "radforge.db").exists()  # refused before anything was created
