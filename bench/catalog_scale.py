@@ -13,7 +13,7 @@ shards (the files themselves are never written: commits and catalog reads never 
 
 Then, per size and layout, in a fresh process each: one more commit of a part of
 ``--commit-shards`` shards through ``commit_part`` (seconds, bytes written by the process's
-``write`` calls from /proc/self/io, peak RSS), and one catalog open (``load_catalog``: seconds,
+``write`` calls from /proc/self/io, peak RSS from VmHWM), and one catalog open (``load_catalog``: seconds,
 peak RSS). The log's checkpoint (written by one commit in CHECKPOINT_EVERY) is measured apart.
 Figures are fitted linearly in N and extrapolated to 3x10^6 shards. Ends with one JSON line.
 
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
 import subprocess
 import sys
@@ -107,6 +106,12 @@ def build(root: Path, *, shards: int, part_shards_n: int, layout: str) -> None:
         commit(loc, Catalog(all_shards, parts))
 
 
+def _peak_rss_kb() -> int:
+    """This process's peak RSS (VmHWM): unlike ``ru_maxrss``, not inherited from the parent across exec."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+
+
 def _io_written() -> int:
     with open("/proc/self/io") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("wchar"))
@@ -136,8 +141,7 @@ def measure(root: str, what: str, layout: str, commit_shards: int) -> dict[str, 
             assert catalog.shards  # the old layout parses every shard entry to open
     seconds = time.perf_counter() - t0
     written = _io_written() - w0
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"s": round(seconds, 4), "bytes": written, "rss_mb": round(rss, 1)}
+    return {"s": round(seconds, 4), "bytes": written, "rss_mb": round(_peak_rss_kb() / 1024, 1)}
 
 
 def fresh(root: Path, what: str, layout: str, commit_shards: int) -> dict[str, Any]:

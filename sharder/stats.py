@@ -46,9 +46,10 @@ def dataset_stats(uri: str) -> dict[str, Any]:
         "dataset_uri": root.uri,
         "schema_version": catalog.schema_version,
         "parts": len(catalog.parts),
-        "shards": len(catalog.shards),
-        "samples": sum(int(s.get("samples", 0)) for s in catalog.shards),
-        "bytes": sum(int((s.get("zip_data") or s["raw_data"])["bytes"]) for s in catalog.shards),
+        # from the parts' catalog entries (what their commits recorded): no part index is read
+        "shards": sum(int(p.get("shards", 0)) for p in catalog.parts),
+        "samples": sum(int(p.get("samples", 0)) for p in catalog.parts),
+        "bytes": sum(int(p.get("bytes", 0)) for p in catalog.parts),
         **{f"by_{f}": dict(sorted(c.items())) for f, c in by.items()},
         "by_archive": dict(sorted(by_archive.items())),
         "series_by_status": dict(sorted(status.items())),

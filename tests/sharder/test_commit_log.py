@@ -268,3 +268,25 @@ def test_a_dataset_in_the_root_index_layout_opens_and_upgrades_on_its_next_commi
     keys = list(read_all(root.path))
     assert len(keys) == len(set(keys)) == 4 * SLICES
     assert verify_dataset(root.uri).ok
+
+
+def test_stats_and_mixing_read_a_dataset_above_the_threshold_without_a_root_index(tmp_path: Path) -> None:
+    from radforge.sharder.mixing import MixSpec, build_streams
+    from radforge.sharder.stats import dataset_stats
+
+    root = resolve(str(tmp_path / "ds"))
+    for n, series in enumerate([["s1", "s2"], ["s3"]]):
+        ret = _write(root, f"p-{n:016x}", series)
+        commit_part(root, part_id=f"p-{n:016x}", part_info={}, task_returns=[ret], root_index_max_shards=0)
+    catalog = load_catalog(root)
+    stats = dataset_stats(root.uri)
+    assert (stats["shards"], stats["samples"]) == (len(catalog.shards), 3 * SLICES)
+    assert stats["bytes"] == sum((s.get("zip_data") or s["raw_data"])["bytes"] for s in catalog.shards)
+    spec = MixSpec.model_validate({"sources": [{"uri": root.uri, "choose": 30}]})
+    streams = build_streams(spec, cache_dir=str(tmp_path / "cache"))
+    parts = ("p-0000000000000000", "p-0000000000000001")
+    assert [s.local for s in streams] == [root.join("parts", p).path for p in parts]
+    assert [s.choose for s in streams] == [20, 10]  # split by the parts' samples (6 and 3)
+    ret = _write(root, "p-0000000000000002", ["s4"])  # a commit below the threshold writes a root index:
+    commit_part(root, part_id="p-0000000000000002", part_info={}, task_returns=[ret])  # one stream again
+    assert [s.local for s in build_streams(spec, cache_dir=str(tmp_path / "cache"))] == [root.path]
