@@ -26,6 +26,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from radforge.files import FileRefused, read_bounded_text
+
 TASK_FILE = "task.json"
 SAMPLES = "samples.parquet"
 LABELS = "labels.parquet"
@@ -74,6 +76,9 @@ class TaskData:
         return len(self.images)
 
 
+INDEX_LIMIT = 64 << 20  # an MDS task's index.json: a few KiB per shard
+
+
 def npy_bytes(array: np.ndarray) -> bytes:
     """``np.save`` bytes of an array (how parquet tasks store images and masks)."""
     buf = io.BytesIO()
@@ -88,9 +93,11 @@ def _from_npy(data: bytes) -> np.ndarray:
 def _read_spec(folder: Path) -> tuple[TaskSpec, dict[str, Any]]:
     path = folder / TASK_FILE
     try:
-        obj = json.loads(path.read_text())
+        obj = json.loads(read_bounded_text(path))
     except FileNotFoundError:
         raise TaskError(f"{path} does not exist: a task folder holds task.json (see docs/eval.md)") from None
+    except FileRefused as err:
+        raise TaskError(f"{path} is not read: {err}") from None
     except ValueError as err:
         raise TaskError(f"{path} is not valid JSON ({err})") from err
     for key, valid in (("track", ("2d", "3d")), ("kind", ("classification", "regression"))):
@@ -186,7 +193,7 @@ def read_mds(local: str | Path) -> list[dict[str, Any]]:
     from streaming.base.format import reader_from_json
 
     root = Path(local)
-    index = json.loads((root / "index.json").read_text())
+    index = json.loads(read_bounded_text(root / "index.json", limit=INDEX_LIMIT))
     out: list[dict[str, Any]] = []
     for shard in index["shards"]:
         reader: Any = reader_from_json(str(root), None, shard)
@@ -323,10 +330,13 @@ def find_tasks(spec: str | Path) -> list[Path]:
         import yaml
 
         try:
-            obj = yaml.safe_load(path.read_text())
+            obj = yaml.safe_load(read_bounded_text(path))
             entries = [Path(p) for p in obj["tasks"]]
         except (ValueError, KeyError, TypeError, yaml.YAMLError) as err:
-            raise TaskError(f"{path} is not a suite file ({{tasks: [folder, ...]}}): {err}") from err
+            # the error's type only: a YAML error quotes the file's lines
+            raise TaskError(
+                f"{path} is not a suite file ({{tasks: [folder, ...]}}): {type(err).__name__}"
+            ) from None
         return [p if p.is_absolute() else (path.parent / p).resolve() for p in entries]
     if (path / TASK_FILE).is_file():
         return [path]
