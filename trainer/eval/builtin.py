@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from radforge.trainer.eval.tasks import TaskSpec, write_parquet_task
+from radforge.trainer.eval.tasks import Kind, TaskSpec, write_parquet_task
 
 logger = logging.getLogger(__name__)
 
@@ -316,7 +316,9 @@ def build_builtin_suite(
         2 * n_volumes, size=size, slices=int(slices * 1.6), z_mm=1.0, seed=seed + 1, prefix="lesion-"
     )
     lesion2d, lesion3d = _lesion_rows(list(lesion_volumes), size=size)
-    clf, reg, present = "classification", "regression", ("absent", "present")
+    clf: Kind = "classification"
+    reg: Kind = "regression"
+    present = ("absent", "present")
     specs = [
         (organ, TaskSpec("organ_2d", "2d", clf, ORGANS, description="organ an axial phantom slice cuts")),
         (modality, TaskSpec("modality_2d", "2d", clf, ("CT", "MR"), description="CT or MR phantom slice")),
