@@ -1,4 +1,4 @@
-"""Sharder: MDS shards written exactly once, and the dataset catalog that lists them.
+"""Sharder: MDS shards written exactly once, and the dataset's commit log and catalog that list them.
 
 The public surface is below; names are imported on first use, so ``import radforge.sharder`` does
 not import Ray (the datasink) or streaming (the mixer).
@@ -12,6 +12,7 @@ from radforge.exports import lazy_exports
 
 if TYPE_CHECKING:
     from radforge.sharder.catalog import Catalog, DatasetError, load_catalog
+    from radforge.sharder.commit_log import SeriesClaimedError, export_index
     from radforge.sharder.datasink import MDSDatasink, commit_part
     from radforge.sharder.mds import SampleEncoder, ShardFormatError, ShardWriter
     from radforge.sharder.mixing import MixSpec, SourceSpec, build_streams
@@ -28,6 +29,7 @@ __all__ = [
     "MixSpec",
     "SampleEncoder",
     "SchemaVersionError",
+    "SeriesClaimedError",
     "ShardFormatError",
     "ShardWriter",
     "SourceSpec",
@@ -35,6 +37,7 @@ __all__ = [
     "build_streams",
     "commit_part",
     "dataset_stats",
+    "export_index",
     "format_stats",
     "load_catalog",
     "verify_dataset",
@@ -46,6 +49,8 @@ __getattr__ = lazy_exports(
         "Catalog": "catalog",
         "DatasetError": "catalog",
         "load_catalog": "catalog",
+        "SeriesClaimedError": "commit_log",
+        "export_index": "commit_log",
         "MDSDatasink": "datasink",
         "commit_part": "datasink",
         "SampleEncoder": "mds",
