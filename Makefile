@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m radforge.services.demo
+	$(PY) -m radforge.demo
 
 # ruff, mypy, import-linter and bandit
 lint: $(STAMP)

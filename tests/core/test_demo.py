@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from radforge.services.demo import main
+from radforge.demo import main
 from radforge.sharder.verify import verify_dataset
 from tests.support import read_all
 
