@@ -1,10 +1,11 @@
 """Jobs on a remote Ray cluster through its Job Submission API (``ray_address: http(s)://HEAD:8265``).
 
 Each job is one Ray job: the entrypoint is the kind's job process (``python -m
-radforge.services.jobs.<kind> --job-dir URI --ray-address auto``), run by Ray's job supervisor on the cluster. The submission id
-(``radforge-<job id>``) is recorded before the submission, so a restarted service re-attaches to
-the job by id and never submits it twice. Status, exit code, stop and logs come from the API; the
-job's progress and result come from its job folder (``jobs_uri``), which both sides reach.
+radforge.services.jobs.<kind> --job-dir URI --ray-address auto``), run by Ray's job supervisor on
+the cluster. The submission id (``radforge-<job id>``) is recorded before the submission, so a
+restarted service re-attaches to the job by id and never submits it twice. Status, exit code, stop
+and logs come from the API; the job's progress and result come from its job folder (``jobs_uri``),
+which both sides reach.
 
 The client is created lazily: a cluster that is down delays launches (they fail with one line)
 and following (retried next tick); it does not stop the service.
