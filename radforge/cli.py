@@ -309,6 +309,51 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# what `radforge env` reports: the distributions radforge's behaviour depends on
+ENV_PACKAGES = (
+    "radforge", "torch", "torchvision", "ray", "mosaicml-streaming", "numpy", "pydicom", "pylibjpeg",
+    "SimpleITK", "nibabel", "pyarrow", "fsspec", "s3fs", "pydantic", "fastapi", "uvicorn",
+    "transformers", "timm", "monai",
+)  # fmt: skip
+
+
+def _version(distribution: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def environment_report() -> dict[str, str]:
+    """Versions of Python, the platform, CUDA (as torch was built) and :data:`ENV_PACKAGES`.
+
+    Read from package metadata, so nothing heavy is imported (torch only for its CUDA build).
+    """
+    import platform
+
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    out.update({name: _version(name) for name in ENV_PACKAGES})
+    if out["torch"] != "not installed":
+        import torch
+
+        out["torch cuda build"] = torch.version.cuda or "none (CPU build)"
+        out["cuda available"] = str(torch.cuda.is_available())
+    return out
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    report = environment_report()
+    if args.json:
+        print(json.dumps(report))
+    else:
+        width = max(map(len, report))
+        for name, value in report.items():
+            print(f"{name:<{width}}  {value}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="radforge",
@@ -316,7 +361,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--debug", action="store_true", help="show the traceback of a failure")
+    parser.add_argument("--version", action="version", version=f"radforge {_version('radforge')}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    env = sub.add_parser("env", help="versions of radforge and the stack it runs on (for bug reports)")
+    env.add_argument("--json", action="store_true", help="one JSON object")
+    env.set_defaults(func=cmd_env)
 
     p = sub.add_parser("ingest", help="ingest a DICOM/NIfTI archive into an MDS dataset (Ray Data job)")
     p.add_argument("source", metavar="SOURCE_URI", help="archive folder or prefix (path, file://, s3://)")
