@@ -39,13 +39,15 @@ from radforge.trainer import (
     train_step,
 )
 from radforge.trainer.eval.backbone import FrozenBackbone
+from radforge.trainer.eval.builtin import DEFAULT_SIZE, PHANTOM_FOV_MM
 from radforge.trainer.eval.metrics import PRIMARY
 from radforge.trainer.eval.report import PairedResult, full_scores
 from radforge.trainer.eval.run import load_suite, run_eval
 from radforge.trainer.export import spec_of
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "recipe-tiny-cpu.yaml"
-SHAPE = (24, 64, 64)  # the suite's phantom size
+SHAPE = (40, DEFAULT_SIZE, DEFAULT_SIZE)  # the suite's anatomy phantoms
+SPACING = (2.5, PHANTOM_FOV_MM / DEFAULT_SIZE, PHANTOM_FOV_MM / DEFAULT_SIZE)
 BATCH = 32
 
 
@@ -55,7 +57,7 @@ def training_slices(n_volumes: int) -> list[tuple[np.ndarray, np.ndarray, dict[s
     for i in range(n_volumes):
         modality = "CT" if i % 2 == 0 else "MR"
         make = ct_phantom if modality == "CT" else mr_phantom
-        vol = make(shape=SHAPE, spacing=(2.5, 1.6, 1.6), seed=1000 + i)
+        vol = make(shape=SHAPE, spacing=SPACING, seed=1000 + i)
         for z in range(2, SHAPE[0] - 2):
             image = vol.array[z].astype(np.int16 if modality == "CT" else np.uint16)
             content = analyse(image, modality=modality)
