@@ -63,21 +63,73 @@ def compute_metrics(kind: str, y: np.ndarray, pred: np.ndarray) -> dict[str, flo
     return classification_metrics(y, pred) if kind == "classification" else regression_metrics(y, pred)
 
 
+def resample_weights(n: int, *, n_boot: int, seed: int) -> np.ndarray:
+    """(n_boot, n) multiplicity of each test sample in each bootstrap resample (seeded draws)."""
+    idx = np.random.default_rng(seed).integers(0, n, (n_boot, n))
+    offsets = (np.arange(n_boot) * n)[:, None]
+    return np.bincount((idx + offsets).ravel(), minlength=n_boot * n).reshape(n_boot, n).astype(np.float64)
+
+
+def _weighted_auc(weights: np.ndarray, positive: np.ndarray, score: np.ndarray) -> np.ndarray:
+    """ROC AUC per row of sample ``weights`` (R, n): P(pos > neg) + P(tie) / 2, NaN without both classes.
+
+    The weighted Mann-Whitney statistic: equal to :func:`auc_binary` on the resample a row describes.
+    """
+    values, inverse = np.unique(score, return_inverse=True)
+    neg_at = np.zeros((weights.shape[0], len(values)))
+    np.add.at(neg_at.T, inverse[~positive], weights[:, ~positive].T)  # negatives' weight per score value
+    below = np.cumsum(neg_at, axis=1) - neg_at
+    per_pos = below[:, inverse[positive]] + 0.5 * neg_at[:, inverse[positive]]
+    w_pos, w_neg = weights[:, positive].sum(1), weights[:, ~positive].sum(1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        auc = (weights[:, positive] * per_pos).sum(1) / (w_pos * w_neg)
+    return np.where((w_pos > 0) & (w_neg > 0), auc, math.nan)
+
+
+def _metrics_on_resamples(
+    kind: str, y: np.ndarray, pred: np.ndarray, weights: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Every metric of :func:`compute_metrics` on each resample (row of ``weights``), vectorised."""
+    n = weights.shape[1]
+    if kind == "regression":
+        err = pred.astype(np.float64) - y
+        mean_y = weights @ y / n
+        sst = (weights * (y[None, :] - mean_y[:, None]) ** 2).sum(1)
+        sse = weights @ (err**2)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r2 = np.where(sst > 0, 1.0 - sse / sst, math.nan)
+        return {"mae": weights @ np.abs(err) / n, "rmse": np.sqrt(sse / n), "r2": r2}
+    c = pred.shape[1]
+    correct = (pred.argmax(1) == y).astype(np.float64)
+    onehot = (y[:, None] == np.arange(c)[None, :]).astype(np.float64)  # (n, C)
+    counts = weights @ onehot  # (R, C) samples of each class in each resample
+    present = counts > 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        recalls = np.where(present, (weights @ (onehot * correct[:, None])) / counts, 0.0)
+    out = {"accuracy": weights @ correct / n, "balanced_accuracy": recalls.sum(1) / present.sum(1)}
+    if c == 2:
+        out["auc"] = _weighted_auc(weights, y == 1, pred[:, 1])
+    else:  # macro one-vs-rest, undefined when a class is missing from the resample
+        per_class = np.stack([_weighted_auc(weights, y == k, pred[:, k]) for k in range(c)], axis=1)
+        out["auc"] = np.where(present.all(1), per_class.mean(1), math.nan)
+    return out
+
+
 def bootstrap_ci(
     kind: str, y: np.ndarray, pred: np.ndarray, *, n_boot: int = N_BOOT, seed: int = 0, alpha: float = ALPHA
 ) -> dict[str, tuple[float, float]]:
-    """Percentile intervals of every metric over ``n_boot`` resamples of the test samples (seeded)."""
-    rng = np.random.default_rng(seed)
-    draws: dict[str, list[float]] = {}
-    for _ in range(n_boot):
-        idx = rng.integers(0, len(y), len(y))
-        for name, value in compute_metrics(kind, y[idx], pred[idx]).items():
-            if not math.isnan(value):
-                draws.setdefault(name, []).append(value)
-    return {
-        name: (float(np.quantile(v, alpha / 2)), float(np.quantile(v, 1 - alpha / 2)))
-        for name, v in draws.items()
-    }
+    """Percentile intervals of every metric over ``n_boot`` resamples of the test samples (seeded).
+
+    Vectorised over resamples (each a row of multiplicities, :func:`resample_weights`); a resample
+    where a metric is undefined (AUC without both classes, R2 of constant targets) is left out.
+    """
+    draws = _metrics_on_resamples(kind, y, pred, resample_weights(len(y), n_boot=n_boot, seed=seed))
+    out = {}
+    for name, values in draws.items():
+        finite = values[np.isfinite(values)]
+        if len(finite):
+            out[name] = (float(np.quantile(finite, alpha / 2)), float(np.quantile(finite, 1 - alpha / 2)))
+    return out
 
 
 @dataclass(frozen=True)
@@ -94,17 +146,6 @@ class PairedDifference:
         """``win`` (interval above zero), ``loss`` (below zero) or ``tie`` (interval contains zero)."""
         lo, hi = self.ci
         return "win" if lo > 0 else "loss" if hi < 0 else "tie"
-
-
-def _primary_on_resamples(kind: str, y: np.ndarray, pred: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """The primary metric on each row of resampled indices ``idx`` (R, n): accuracy or R2 (NaN: constant)."""
-    if kind == "classification":
-        return (pred.argmax(1) == y).astype(np.float64)[idx].mean(1)
-    ys, ps = y[idx].astype(np.float64), pred[idx].astype(np.float64)
-    sse = ((ps - ys) ** 2).sum(1)
-    sst = ((ys - ys.mean(1, keepdims=True)) ** 2).sum(1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(sst > 0, 1.0 - sse / sst, math.nan)
 
 
 def paired_bootstrap(
@@ -129,16 +170,19 @@ def paired_bootstrap(
             f"paired predictions must cover the same test samples: {len(y)} labels, "
             f"{len(pred_a)} and {len(pred_b)} predictions"
         )
-    everything = np.arange(len(y))[None, :]
-    point = _primary_on_resamples(kind, y, pred_a, everything) - _primary_on_resamples(
-        kind, y, pred_b, everything
-    )
-    idx = np.random.default_rng(seed).integers(0, len(y), (n_boot, len(y)))
-    draws = _primary_on_resamples(kind, y, pred_a, idx) - _primary_on_resamples(kind, y, pred_b, idx)
+    metric = PRIMARY[kind]
+
+    def primary(pred: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        return _metrics_on_resamples(kind, y, pred, weights)[metric]
+
+    everything = np.ones((1, len(y)))
+    point = primary(pred_a, everything) - primary(pred_b, everything)
+    weights = resample_weights(len(y), n_boot=n_boot, seed=seed)  # one resample, both metrics on it
+    draws = primary(pred_a, weights) - primary(pred_b, weights)
     draws = draws[np.isfinite(draws)]
     lo, hi = (
         (float(np.quantile(draws, alpha / 2)), float(np.quantile(draws, 1 - alpha / 2)))
         if len(draws)
         else (math.nan, math.nan)
     )
-    return PairedDifference(metric=PRIMARY[kind], diff=float(point[0]), ci=(lo, hi), n_test=len(y))
+    return PairedDifference(metric=metric, diff=float(point[0]), ci=(lo, hi), n_test=len(y))

@@ -11,11 +11,14 @@ from sklearn.metrics import roc_auc_score
 from radforge.trainer.eval.features import SliceFeatures
 from radforge.trainer.eval.fewshot import FULL, few_shot_indices, shot_schedule, strata
 from radforge.trainer.eval.metrics import (
+    _metrics_on_resamples,
     auc_binary,
     bootstrap_ci,
     classification_metrics,
+    compute_metrics,
     paired_bootstrap,
     regression_metrics,
+    resample_weights,
 )
 from radforge.trainer.eval.probes import knn_probe, linear_probe
 from radforge.trainer.eval.report import paired_differences, verdict_lines
@@ -228,3 +231,30 @@ def test_paired_differences_pick_the_backbone_whose_features_hold_the_labels() -
         "interval above zero; loses on 0; the other 2 are inside the noise.",
     ]
     assert paired_differences(results, baseline="absent") == []
+
+
+@pytest.mark.parametrize("kind", ["binary", "multiclass", "regression"])
+def test_vectorised_resamples_equal_the_metrics_of_each_resample(kind: str) -> None:
+    """Each row of multiplicities scores as compute_metrics on the resample it describes (ties included)."""
+    rng = np.random.default_rng(3)
+    n = 60
+    if kind == "regression":
+        y, pred, name = rng.standard_normal(n), rng.standard_normal(n), "regression"
+    else:
+        c = 2 if kind == "binary" else 3
+        y = np.arange(n) % c
+        pred = np.round(rng.dirichlet(np.ones(c), n), 1)  # rounded: tied scores
+        y[:4] = 0  # a rare class in some resamples is missing: AUC undefined there
+        name = "classification"
+    weights = resample_weights(n, n_boot=200, seed=0)
+    assert weights.sum(1).tolist() == [n] * 200
+    got = _metrics_on_resamples(name, y, pred, weights)
+    for r in range(200):
+        idx = np.repeat(np.arange(n), weights[r].astype(int))
+        want = compute_metrics(name, y[idx], pred[idx])
+        for metric, value in want.items():
+            assert got[metric][r] == pytest.approx(value, nan_ok=True, abs=1e-12), (metric, r)
+    ci = bootstrap_ci(name, y, pred, n_boot=200, seed=0)
+    for metric, values in got.items():
+        finite = values[np.isfinite(values)]
+        assert ci[metric] == (float(np.quantile(finite, 0.025)), float(np.quantile(finite, 0.975)))
