@@ -277,6 +277,7 @@ class RadforgeIterableDataset(_SampleSource, IterableDataset[Any]):
     per epoch whatever ``num_workers``. Give the ``DataLoader``'s ``batch_size`` here too: streaming
     deals whole batches to workers (with another value an epoch still yields every sample once).
     Filters skip non-matching samples as they stream by. Other options: :class:`ReadOptions`.
+    One instance may be iterated in this process and by ``DataLoader`` workers in turn.
     """
 
     def __init__(
@@ -289,8 +290,18 @@ class RadforgeIterableDataset(_SampleSource, IterableDataset[Any]):
         **options: Unpack[ReadOptions],
     ) -> None:
         super().__init__(uri, options, shuffle=shuffle, shuffle_seed=seed, batch_size=batch_size)
+        self._pid = os.getpid()
 
     def __iter__(self) -> Iterator[Any]:
+        if os.getpid() != self._pid:
+            # streaming makes per-process state on its first iteration (the barrier's file lock,
+            # a thread pool, an event) and a DataLoader worker forked after this process iterated
+            # inherits it: a lock filelock refuses ("inherited across fork"), a pool whose threads
+            # do not exist here (a hang). Drop them so streaming makes this process its own.
+            vars(self.stream._shared_barrier).pop("lock", None)
+            vars(self.stream).pop("_executor", None)
+            vars(self.stream).pop("_event", None)
+            self._pid = os.getpid()
         for raw in self.stream:
             if self.keep(raw["meta"]):
                 yield self.convert(raw)
