@@ -184,7 +184,10 @@ def append_part(
         _check_claims(root, [e for e in tail if int(e["seq"]) > base_seq], part["id"], ingested)
     for _ in range(COMMIT_ATTEMPTS):
         seq = state.seq + 1
-        same = [e["part"] for e in tail if e["part"]["id"] == part["id"]]  # a re-commit replaces its shards
+        # A re-commit of a part replaces its shards. Only the tail is known here: a part re-committed
+        # from before the checkpoint is counted twice until the next checkpoint recounts (the count
+        # only decides whether a root index is kept).
+        same = [e["part"] for e in tail if e["part"]["id"] == part["id"]]
         replaced = int(same[-1]["shards"]) if same else 0
         total = state.total_shards + int(part["shards"]) - replaced
         entry = {"seq": seq, "op": "add_part", "commit_id": commit_id, "total_shards": total, "part": part}
@@ -363,7 +366,10 @@ def refresh_root_index(root: Location, *, seq: int, total_shards: int, max_shard
     loc = root.join(INDEX)
     if total_shards > max_shards:
         if read_versioned(loc) is not None:
-            loc.fs.rm_file(loc.path)
+            try:
+                loc.fs.rm_file(loc.path)
+            except FileNotFoundError:  # another writer removed it first
+                return
             log.info("dataset %s: %d shards (> %d), root index removed", root.uri, total_shards, max_shards)
         return
     state = read_state(root)
