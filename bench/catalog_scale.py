@@ -204,7 +204,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 build(root, shards=n, part_shards_n=args.part_shards, layout=layout)
                 built = time.perf_counter() - t0
-                row = {"build_s": round(built, 1)}
+                row: dict[str, Any] = {"build_s": round(built, 1)}
                 for what in ("open", "commit") + (("checkpoint",) if layout == "log" else ()):
                     row[what] = fresh(root, what, layout, args.commit_shards)
                 results.setdefault(layout, {})[str(n)] = row
