@@ -43,7 +43,9 @@ import io
 import math
 import os
 import re
+import shutil
 import tempfile
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final, TypedDict, Unpack
@@ -203,17 +205,28 @@ def open_stream(
 
     Checks the schema version first. A local dataset is read in place (streaming decompresses
     shards next to the compressed ones, as training does); a remote one is cached under
-    ``cache_dir`` (default: a new temporary folder, so two readers never share a cache).
+    ``cache_dir`` (default: a new temporary folder, so two readers never share a cache, removed
+    when the stream is garbage-collected in the process that made it).
     """
     from streaming import StreamingDataset
 
     for name, value in _SINGLE_PROCESS_RANKS.items():
         os.environ.setdefault(name, value)
-    if cache_dir is None and not resolve(uri).is_local:
+    temporary = cache_dir is None and not resolve(uri).is_local
+    if temporary:
         cache_dir = tempfile.mkdtemp(prefix="radforge-cache-")
     streams = build_streams(MixSpec(sources=[SourceSpec(uri=uri, part=part)]), cache_dir=cache_dir or "")
     kwargs.setdefault("predownload", 8 * int(kwargs.get("batch_size") or 1))  # streaming's default, unlogged
-    return StreamingDataset(streams=streams, **kwargs)
+    stream = StreamingDataset(streams=streams, **kwargs)
+    if temporary:
+        weakref.finalize(stream, _remove_cache, str(cache_dir), owner=os.getpid())
+    return stream
+
+
+def _remove_cache(folder: str, *, owner: int) -> None:
+    """Remove a temporary cache, only in the process that made it (a forked worker's copy dies first)."""
+    if os.getpid() == owner:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 class ReadOptions(TypedDict, total=False):

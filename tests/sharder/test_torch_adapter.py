@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import math
+import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -265,6 +267,11 @@ def test_a_remote_dataset_reads_like_a_local_one(dataset: tuple, s3_bucket: str)
     filesystem("s3").put(uri, f"{s3_bucket}/ds", recursive=True)
     ds = RadforgeIterableDataset(f"s3://{s3_bucket}/ds", pad_to=PAD, shuffle=False)
     seen: Counter[str] = Counter()
-    for batch in DataLoader(ds, batch_size=4):
+    for batch in DataLoader(ds, batch_size=4, num_workers=2):
         _check_batch(batch, stock, seen)
     assert seen == Counter(list(stock))
+    cache = Path(ds.stream.streams[0].local)
+    assert any(cache.rglob("shard.*.mds")) and cache.is_relative_to(tempfile.gettempdir())
+    del ds, batch
+    gc.collect()
+    assert not cache.parent.exists()  # the temporary cache goes with the dataset
