@@ -384,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_ingest)
 
-    d = sub.add_parser("dataset", help="inspect a dataset: verify, stats")
+    d = sub.add_parser("dataset", help="work with a dataset: verify, stats, export-nifti, export-index")
     dsub = d.add_subparsers(dest="dataset_command", metavar="ACTION", required=True)
     v = dsub.add_parser("verify", help="check every shard against the index and its hashes")
     v.add_argument("dataset", metavar="DATASET_URI")

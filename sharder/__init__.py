@@ -18,6 +18,12 @@ if TYPE_CHECKING:
     from radforge.sharder.mixing import MixSpec, SourceSpec, build_streams
     from radforge.sharder.schema import COLUMNS, SCHEMA_VERSION, SchemaVersionError
     from radforge.sharder.stats import dataset_stats, format_stats
+    from radforge.sharder.torch_dataset import (
+        RadforgeDataset,
+        RadforgeIterableDataset,
+        RadforgeMonaiDataset,
+        RadforgeMonaiIterableDataset,
+    )
     from radforge.sharder.verify import VerifyReport, verify_dataset
 
 __all__ = [
@@ -27,6 +33,10 @@ __all__ = [
     "DatasetError",
     "MDSDatasink",
     "MixSpec",
+    "RadforgeDataset",
+    "RadforgeIterableDataset",
+    "RadforgeMonaiDataset",
+    "RadforgeMonaiIterableDataset",
     "SampleEncoder",
     "SchemaVersionError",
     "SeriesClaimedError",
@@ -64,6 +74,10 @@ __getattr__ = lazy_exports(
         "SchemaVersionError": "schema",
         "dataset_stats": "stats",
         "format_stats": "stats",
+        "RadforgeDataset": "torch_dataset",
+        "RadforgeIterableDataset": "torch_dataset",
+        "RadforgeMonaiDataset": "torch_dataset",
+        "RadforgeMonaiIterableDataset": "torch_dataset",
         "VerifyReport": "verify",
         "verify_dataset": "verify",
     },
