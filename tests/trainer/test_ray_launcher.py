@@ -215,10 +215,11 @@ def test_fsdp2_two_workers_sharded_checkpoints_and_exact_resume(tmp_path: Path, 
     )
     a = read_metrics(str(straight))
     assert ["knn_mean" in r for r in a] == [False, True, False, True]
-    np.testing.assert_equal(
-        {k: v for k, v in a[1].items() if k.startswith("knn_")},
-        knn.evaluate(teacher_backbone(str(step2)).frozen()),
-    )
+    during = {k: v for k, v in a[1].items() if k.startswith("knn_")}
+    after = knn.evaluate(teacher_backbone(str(step2)).frozen())
+    assert during.keys() == after.keys()
+    # the same teacher and neighbours; a regression score's float sums may round differently
+    np.testing.assert_allclose([during[k] for k in after], list(after.values()), rtol=1e-12, atol=1e-12)
 
     resumed = tmp_path / "resumed"
     shutil.copytree(step2, resumed / "checkpoints" / step2.name)
