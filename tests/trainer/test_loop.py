@@ -170,9 +170,10 @@ def test_checkpoint_of_another_model_is_refused(dataset: str, tmp_path: Path) ->
 def test_incompatible_dataset_is_named(dataset: str, tmp_path: Path) -> None:
     copy = tmp_path / "future-ds"
     shutil.copytree(dataset, copy)
-    index = json.loads((copy / "index.json").read_text())
-    index["radforge"]["schema_version"] = "9.0"
-    (copy / "index.json").write_text(json.dumps(index))
+    for entry_file in sorted((copy / "_log").glob("[0-9]*.json")):  # readers learn the version here
+        entry = json.loads(entry_file.read_text())
+        entry["part"]["schema_version"] = "9.0"
+        entry_file.write_text(json.dumps(entry))
     with pytest.raises(SchemaVersionError, match=f"{copy}.*schema 9.0"):
         run_training(tiny_run(str(copy), str(tmp_path / "run"), tmp_path, "steps=1"))
     assert not (tmp_path / "run" / "checkpoints").exists()
