@@ -51,24 +51,48 @@ SPACING = (2.5, PHANTOM_FOV_MM / DEFAULT_SIZE, PHANTOM_FOV_MM / DEFAULT_SIZE)
 BATCH = 32
 
 
-def training_slices(n_volumes: int) -> list[tuple[np.ndarray, np.ndarray, dict[str, Any]]]:
-    """Stored-like axial slices (image, fg, meta) of phantoms from seeds 1000+ (not in the suite)."""
+PLANE_AXES = {"axial": 0, "coronal": 1, "sagittal": 2}  # of a (z, y, x) LPS volume
+
+
+Slice = tuple[np.ndarray, np.ndarray, dict[str, Any]]  # image, foreground map, meta
+
+
+def _slices_of(volume: np.ndarray, *, modality: str, step: int = 1) -> list[Slice]:
+    """Stored-like (image, fg, meta) slices of ``volume`` in all three planes, empty ones left out."""
+    out = []
+    dtype = np.int16 if modality == "CT" else np.uint16
+    for plane, axis in PLANE_AXES.items():
+        n = volume.shape[axis]
+        for i in range(2, n - 2, step):
+            image = np.ascontiguousarray(np.take(volume, i, axis=axis)).astype(dtype)
+            content = analyse(image, modality=modality)
+            if content.box is None:
+                continue
+            box = list(content.box)
+            meta = {"modality": modality, "window": "raw", "fg_patch": 16, "plane": plane, "body_box": box}
+            out.append((image, content.fg, meta))
+    return out
+
+
+def training_slices(n_volumes: int, *, real: bool = True) -> list[Slice]:
+    """Stored-like slices (image, fg, meta) to pretrain on, in all three planes, none from a test volume.
+
+    Phantoms from seeds 1000+ (the suite never uses them) and, with ``real``, the real MR volumes
+    the suite keeps for training (:data:`radforge.trainer.eval.builtin.REAL_SPLITS`: its test and
+    validation volumes are left out): unlabelled pretraining on the suite's training volumes, as
+    a real run pretrains on whatever its archives hold.
+    """
     out = []
     for i in range(n_volumes):
         modality = "CT" if i % 2 == 0 else "MR"
         make = ct_phantom if modality == "CT" else mr_phantom
-        vol = make(shape=SHAPE, spacing=SPACING, seed=1000 + i)
-        for z in range(2, SHAPE[0] - 2):
-            image = vol.array[z].astype(np.int16 if modality == "CT" else np.uint16)
-            content = analyse(image, modality=modality)
-            meta = {
-                "modality": modality,
-                "window": "raw",
-                "fg_patch": 16,
-                "plane": "axial",
-                "body_box": list(content.box) if content.box else None,
-            }
-            out.append((image, content.fg, meta))
+        out += _slices_of(make(shape=SHAPE, spacing=SPACING, seed=1000 + i).array, modality=modality, step=2)
+    if real:
+        from radforge.trainer.eval.builtin import REAL_SPLITS, _real_mr_volumes
+
+        for name, volume in _real_mr_volumes():
+            if REAL_SPLITS.get(name, "train") == "train":
+                out += _slices_of(volume, modality="MR", step=4)
     return out
 
 
@@ -87,13 +111,16 @@ def main() -> None:
     parser.add_argument("--short-steps", type=int, default=60)
     parser.add_argument("--long-steps", type=int, default=200)
     parser.add_argument("--volumes", type=int, default=24, help="phantom volumes to pretrain on")
+    parser.add_argument(
+        "--phantoms-only", action="store_true", help="leave out the suite's real training volumes"
+    )
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path(".bench/pretrain_quality"))
     args = parser.parse_args()
     torch.set_num_threads(2)
     cfg = load_recipe(TINY)
     preprocessing = {"ct_air_hu": cfg.intensity.ct_air_hu, "image_size": cfg.crops.global_size}
-    slices = training_slices(args.volumes)
+    slices = training_slices(args.volumes, real=not args.phantoms_only)
     state = build_train_state(cfg, global_batch_size=BATCH, seed=0)
     multicrop, masks = build_multicrop(cfg), build_mask_sampler(cfg)
     rng = np.random.default_rng(0)
