@@ -305,6 +305,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         ]
         rows += [("seconds", round(outcome.seconds, 1))]
         _print_summary("radforge eval (accuracy, or R2 for regression; full training set)", rows)
+        if outcome.paired:  # against the random-init baseline, on the same test samples
+            from radforge.trainer.eval.report import verdict_lines
+
+            for line in verdict_lines(outcome.paired):
+                print(line)
         print(f"Report: {outcome.report.markdown} (HTML: {outcome.report.html})")
     return EXIT_OK
 

@@ -38,6 +38,7 @@ def test_demo_runs_the_whole_pipeline(
     assert (run / "checkpoints" / latest / "state.pt").is_file()
     assert f"Checkpoint (step 20): {run / 'checkpoints' / latest}" in out  # it says where the checkpoint is
     assert f"Evaluation report: {report / 'report.md'}" in out  # and where the report is
+    assert "Verdict: pretrained beats random_init on " in out  # the paired differences' verdict
 
     # the report is complete: a row per task and probe, a score with an interval for both backbones
     md = (report / "report.md").read_text()
