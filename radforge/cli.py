@@ -101,6 +101,25 @@ def cmd_dataset_stats(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_dataset_list(args: argparse.Namespace) -> int:
+    from radforge.sharder.listing import list_datasets
+    from radforge.storage import resolve
+
+    found = list_datasets(resolve(args.prefix))
+    if args.json:
+        for summary in found:
+            print(json.dumps(summary.to_dict()))
+        return EXIT_OK
+    if not found:
+        print(f"no radforge dataset at or directly below {args.prefix}")
+    for x in found:
+        print(
+            f"{x.uri}  parts {x.parts}, archives {x.archives}, shards {x.shards}, "
+            f"samples {x.samples}, {x.bytes / 1e6:.1f} MB"
+        )
+    return EXIT_OK
+
+
 def cmd_dataset_export_index(args: argparse.Namespace) -> int:
     from radforge.sharder.commit_log import export_index
     from radforge.storage import resolve
@@ -389,8 +408,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_ingest)
 
-    d = sub.add_parser("dataset", help="work with a dataset: verify, stats, export-nifti, export-index")
+    d = sub.add_parser("dataset", help="work with datasets: list, verify, stats, export-nifti, export-index")
     dsub = d.add_subparsers(dest="dataset_command", metavar="ACTION", required=True)
+    ls = dsub.add_parser("list", help="the datasets at a prefix or directly below it, with their totals")
+    ls.add_argument("prefix", metavar="URI_PREFIX")
+    ls.add_argument("--json", action="store_true", help="one JSON object per line")
+    ls.set_defaults(func=cmd_dataset_list)
     v = dsub.add_parser("verify", help="check every shard against the index and its hashes")
     v.add_argument("dataset", metavar="DATASET_URI")
     v.add_argument("--json", action="store_true")

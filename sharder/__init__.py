@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from radforge.sharder.catalog import Catalog, DatasetError, load_catalog
     from radforge.sharder.commit_log import SeriesClaimedError, export_index
     from radforge.sharder.datasink import MDSDatasink, commit_part
+    from radforge.sharder.listing import DatasetSummary, list_datasets
     from radforge.sharder.mds import SampleEncoder, ShardFormatError, ShardWriter
     from radforge.sharder.mixing import MixSpec, SourceSpec, build_streams
     from radforge.sharder.schema import COLUMNS, SCHEMA_VERSION, SchemaVersionError
@@ -31,6 +32,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "Catalog",
     "DatasetError",
+    "DatasetSummary",
     "MDSDatasink",
     "MixSpec",
     "RadforgeDataset",
@@ -49,6 +51,7 @@ __all__ = [
     "dataset_stats",
     "export_index",
     "format_stats",
+    "list_datasets",
     "load_catalog",
     "verify_dataset",
 ]
@@ -61,6 +64,8 @@ __getattr__ = lazy_exports(
         "load_catalog": "catalog",
         "SeriesClaimedError": "commit_log",
         "export_index": "commit_log",
+        "DatasetSummary": "listing",
+        "list_datasets": "listing",
         "MDSDatasink": "datasink",
         "commit_part": "datasink",
         "SampleEncoder": "mds",
