@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import posixpath
+import re
 import threading
 import uuid
 from collections.abc import Iterator
@@ -20,6 +21,24 @@ from typing import Any
 import fsspec
 
 _LOCAL_PROTOCOLS = frozenset({"", "file", "local"})
+
+
+# scheme://userinfo@ (the userinfo goes), then a bare user:password@host (a GCS address), then ?query
+_USERINFO = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://)[^/\s@'\"]+@")
+_BARE_CREDENTIALS = re.compile(r"(^|[\s'\"(=])[^\s/@:'\"]+:[^\s/@'\"]+@")
+_QUERY = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://[^\s?#'\"]*)[?#][^\s'\"]*")
+REDACTED = "***"
+
+
+def redact(text: str) -> str:
+    """``text`` with the credentials and query strings of any URI or address in it replaced by ``***``.
+
+    ``s3://k:s@bucket/x?X-Amz-Signature=...`` -> ``s3://***@bucket/x?***``; ``user:pw@head:6379`` ->
+    ``***@head:6379``. Paths and hosts stay: they say where, and are what an operator needs.
+    """
+    text = _USERINFO.sub(rf"\1{REDACTED}@", text)
+    text = _BARE_CREDENTIALS.sub(rf"\1{REDACTED}@", text)
+    return _QUERY.sub(rf"\1?{REDACTED}", text)
 
 
 def _storage_options(protocol: str) -> dict[str, Any]:

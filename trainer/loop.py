@@ -23,7 +23,6 @@ wrapper would not see. Large models are sharded with FSDP2 (:mod:`radforge.train
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -37,7 +36,6 @@ import torch
 import torch.distributed as dist
 
 from radforge.files import own_private_dir
-from radforge.storage import resolve, write_bytes_atomic
 from radforge.trainer import checkpoint as ckpt
 from radforge.trainer.build import build_run_loader, build_train_state
 from radforge.trainer.data import set_single_process_env
@@ -51,16 +49,21 @@ from radforge.trainer.parallel import (
     scatter_full_state,
     shard_network,
 )
-from radforge.trainer.run_config import TrainConfig
+from radforge.trainer.run_config import TrainConfig, config_sha256
 from radforge.trainer.shm import release_resume_memory, remove_stale_shared_memory
 from radforge.trainer.step import TrainState, train_step
+
+# the JSONL readers moved with the writer to trackers; importers of radforge.trainer.loop keep them
+from radforge.trainer.trackers import METRICS as METRICS
+from radforge.trainer.trackers import MetricsTail as MetricsTail
+from radforge.trainer.trackers import Trackers, open_trackers
+from radforge.trainer.trackers import read_metrics as read_metrics
 
 if TYPE_CHECKING:
     from radforge.trainer.eval.periodic import PeriodicKnn
 
 logger = logging.getLogger(__name__)
 
-METRICS = "metrics"
 # train_step's metrics copied into each JSONL record (docs/training.md lists every field)
 REPORTED = (
     "loss", "dino", "ibot", "koleo", "sigreg", "lr", "weight_decay", "momentum", "teacher_temp",
@@ -209,77 +212,25 @@ def _epochs(loader: Any) -> Generator[dict[str, Any], None, None]:
             raise RuntimeError("the dataset yields no full batch per rank: lower batch.global_size")
 
 
-def _metrics_files(output: str) -> list[tuple[int, str]]:
-    """(first step, path) of every JSONL file under ``output``/metrics, by first step."""
-    root = resolve(output).join(METRICS)
-    fs = root.fs
-    fs.invalidate_cache(root.path)
-    if not fs.exists(root.path):
-        return []
-    files = []
-    for path in fs.ls(root.path, detail=False):
-        name = str(path).rsplit("/", 1)[-1]
-        if name.endswith(".jsonl") and name.split("-", 1)[0].isdigit():
-            files.append((int(name.split("-", 1)[0]), str(path)))
-    return sorted(files)
-
-
-class MetricsWriter:
-    """Buffers per-step records; writes them as one JSONL object per flush (stores cannot append).
-
-    Files are ``metrics/FIRST-LAST.jsonl``. A run that resumes from step N first deletes files
-    starting after N (written by the attempt that crashed), so re-run steps are never shadowed.
-    """
-
-    def __init__(self, output: str, *, resumed_from: int | None = None) -> None:
-        self.root = resolve(output).join(METRICS)
-        self.pending: list[dict[str, Any]] = []
-        if resumed_from is not None:
-            for first, path in _metrics_files(output):
-                if first > resumed_from:
-                    self.root.fs.rm(path)
-
-    def add(self, record: dict[str, Any]) -> None:
-        self.pending.append(record)
-
-    def flush(self) -> None:
-        if not self.pending:
-            return
-        first, last = self.pending[0]["step"], self.pending[-1]["step"]
-        text = "".join(json.dumps(r) + "\n" for r in self.pending)
-        write_bytes_atomic(self.root.join(f"{first:08d}-{last:08d}.jsonl"), text.encode())
-        self.pending = []
-
-
-def read_metrics(output: str) -> list[dict[str, Any]]:
-    """Every flushed per-step record under ``output``, by step (a re-run step keeps its newest record)."""
-    root = resolve(output).join(METRICS)
-    by_step: dict[int, dict[str, Any]] = {}
-    for _, path in _metrics_files(output):
-        with root.fs.open(path, "rb") as f:
-            for line in f.read().decode().splitlines():
-                rec = json.loads(line)
-                by_step[int(rec["step"])] = rec
-    return [by_step[s] for s in sorted(by_step)]
-
-
-class MetricsTail:
-    """Records of metrics files new under ``output`` since the last :meth:`poll` (a Ray run's progress)."""
-
-    def __init__(self, output: str) -> None:
-        self.output = output
-        self.seen: set[str] = set()
-
-    def poll(self) -> list[dict[str, Any]]:
-        root = resolve(self.output).join(METRICS)
-        new: list[dict[str, Any]] = []
-        for _, path in _metrics_files(self.output):
-            if path in self.seen:
-                continue
-            self.seen.add(path)
-            with root.fs.open(path, "rb") as f:
-                new += [json.loads(line) for line in f.read().decode().splitlines()]
-        return sorted(new, key=lambda r: int(r["step"]))
+def _open_trackers(cfg: TrainConfig, config_yaml: str, *, resumed_from: int | None) -> Trackers:
+    """JSONL metrics plus ``metrics.trackers`` (rank 0); MLflow gets the run's headline settings as params."""
+    m = cfg.metrics
+    params = {
+        "steps": cfg.steps,
+        "global_batch": cfg.batch.global_size,
+        "model": cfg.recipe.model.size,
+        "seed": cfg.seed,
+        "config_sha256": config_sha256(config_yaml),
+    }
+    return open_trackers(
+        cfg.output,
+        names=m.trackers,
+        resumed_from=resumed_from,
+        tensorboard_folder=m.tensorboard_dir,
+        mlflow_tracking_uri=m.mlflow_tracking_uri,
+        mlflow_experiment=m.mlflow_experiment,
+        params=params,
+    )
 
 
 def _global_keys(micro_keys: list[list[str]], *, rank: int, world: int) -> list[str]:
@@ -398,7 +349,7 @@ def run_training(
 
     evaluates = _evaluates(cfg, rank=rank, sharded=sharded)
     periodic: PeriodicKnn | None = None  # loaded at the first due step: runs that stop before pay nothing
-    writer = MetricsWriter(cfg.output, resumed_from=resumed_from) if rank == 0 else None
+    writer = _open_trackers(cfg, config_yaml, resumed_from=resumed_from) if rank == 0 else None
     crops, patch = recipe.crops, recipe.model.patch_size
     tokens_per_image = crops.global_count * (crops.global_size // patch) ** 2 + (
         crops.local_count * (crops.local_size // patch) ** 2
@@ -459,7 +410,7 @@ def run_training(
             records.append(record)
             checkpoint_now = state.step % cfg.checkpoint.every == 0 or state.step == cfg.steps
             if writer is not None:
-                writer.add(record)
+                writer.log(record)
                 if checkpoint_now or state.step % cfg.metrics.flush_every == 0:
                     writer.flush()
                 if on_step is not None:
@@ -486,7 +437,12 @@ def run_training(
                     on_checkpoint(published, record)
         _barrier()  # every rank has its last batch: none reads the resume segment again
         release_resume_memory(loader)
+        if writer is not None:
+            writer.close()
+            writer = None
     finally:
+        if writer is not None:  # the run failed: MLflow marks its run so
+            writer.close(failed=True)
         batches.close()  # stops the loader processes
         del batches, loader
         if own_group and world == 1:

@@ -9,6 +9,7 @@ field, e.g. ``batch.global_size=64`` or ``recipe.optim.base_lr=1e-3``), resolved
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from radforge.config import ConfigError, LayeredConfig, load_model, read_yaml_mapping
 from radforge.sharder.mixing import MixSpec
 from radforge.trainer.recipe import RecipeConfig
+from radforge.trainer.trackers import TrackerName, tensorboard_dir
 
 
 class TrainConfigError(ConfigError):
@@ -117,6 +119,11 @@ class MetricsConfig(_Section):
 
     sample_keys: bool = False  # record every sample key of each step (tests, audits; large for big batches)
     flush_every: int = Field(10, ge=1)  # steps per JSONL file (and at every checkpoint); stores cannot append
+    # the same per-step fields also to these (radforge.trainer.trackers; extra radforge[trackers])
+    trackers: tuple[TrackerName, ...] = ()
+    tensorboard_dir: str | None = None  # a local folder; None: OUTPUT/tensorboard (a local output only)
+    mlflow_tracking_uri: str | None = None  # None: MLFLOW_TRACKING_URI, else MLflow's default
+    mlflow_experiment: str = "radforge"  # created when missing; the MLflow run is named after the output
 
 
 class EvalConfig(_Section):
@@ -174,6 +181,8 @@ class TrainConfig(_Section):
             counts = range(self.workers, self.workers + 1)
         for n in counts:
             self.batch.plan(n)
+        if "tensorboard" in self.metrics.trackers and self.metrics.tensorboard_dir is None:
+            tensorboard_dir(self.output, None)  # an object-store output needs a local folder named
         return self
 
     @property
@@ -186,6 +195,11 @@ class TrainConfig(_Section):
     def to_yaml(self) -> str:
         """The resolved config as YAML (saved next to every checkpoint)."""
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def config_sha256(config_yaml: str) -> str:
+    """The hash that names a resolved config: sha256 of its YAML as saved next to every checkpoint."""
+    return hashlib.sha256(config_yaml.encode()).hexdigest()
 
 
 def load_train_config(path: str | Path | None = None, *, overrides: Sequence[str] = ()) -> TrainConfig:

@@ -14,7 +14,10 @@ import secrets
 from collections.abc import Iterable
 from pathlib import Path
 
+# redaction is core (trainer reports redact dataset URIs too); services import it from here
+from radforge.storage import REDACTED as REDACTED
 from radforge.storage import canonical_uri, resolve
+from radforge.storage import redact as redact
 
 TOKEN_MIN_LENGTH = 16
 LOOPBACK_NAMES = frozenset({"localhost", "ip6-localhost"})
@@ -46,24 +49,6 @@ def generated_token(path: Path) -> str:
     path.touch(mode=0o600)
     path.write_text(token + "\n")
     return token
-
-
-# scheme://userinfo@ (the userinfo goes), then a bare user:password@host (a GCS address), then ?query
-_USERINFO = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://)[^/\s@'\"]+@")
-_BARE_CREDENTIALS = re.compile(r"(^|[\s'\"(=])[^\s/@:'\"]+:[^\s/@'\"]+@")
-_QUERY = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://[^\s?#'\"]*)[?#][^\s'\"]*")
-REDACTED = "***"
-
-
-def redact(text: str) -> str:
-    """``text`` with the credentials and query strings of any URI or address in it replaced by ``***``.
-
-    ``s3://k:s@bucket/x?X-Amz-Signature=...`` -> ``s3://***@bucket/x?***``; ``user:pw@head:6379`` ->
-    ``***@head:6379``. Paths and hosts stay: they say where, and are what an operator needs.
-    """
-    text = _USERINFO.sub(rf"\1{REDACTED}@", text)
-    text = _BARE_CREDENTIALS.sub(rf"\1{REDACTED}@", text)
-    return _QUERY.sub(rf"\1?{REDACTED}", text)
 
 
 def credentials_in_address(address: str) -> bool:
