@@ -130,6 +130,49 @@ def cmd_dataset_export_index(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_dataset_compact(args: argparse.Namespace) -> int:
+    from radforge.sharder.compact import MIB, compact_dataset
+
+    summary = compact_dataset(
+        args.dataset,
+        target_shard_bytes=max(1, round(args.target_shard_mb * MIB)),
+        min_shard_bytes=None if args.min_shard_mb is None else round(args.min_shard_mb * MIB),
+        compression=args.compression,
+    )
+    if args.json:
+        print(json.dumps(summary.to_dict(), sort_keys=True))
+        return EXIT_OK
+    print(
+        f"{summary.dataset_uri}: shards {summary.shards_before} -> {summary.shards_after}, "
+        f"parts {summary.parts_before} -> {summary.parts_after} ({len(summary.compactions)} compaction(s), "
+        f"{summary.seconds:.1f} s); replaced parts stay until `radforge dataset vacuum`"
+    )
+    return EXIT_OK
+
+
+def _duration(text: str) -> float:
+    from radforge.sharder.vacuum import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def cmd_dataset_vacuum(args: argparse.Namespace) -> int:
+    from radforge.sharder.vacuum import vacuum_dataset
+
+    summary = vacuum_dataset(args.dataset, older_than_s=args.older_than)
+    if args.json:
+        print(json.dumps(summary.to_dict(), sort_keys=True))
+        return EXIT_OK
+    print(
+        f"{summary.dataset_uri}: removed {len(summary.removed)} replaced part(s), "
+        f"{len(summary.waiting)} within the grace period, {len(summary.orphans)} orphan(s)"
+    )
+    return EXIT_OK
+
+
 def cmd_dataset_export_nifti(args: argparse.Namespace) -> int:
     from radforge.sharder.torch_dataset import read_series_volume, write_nifti
 
@@ -408,7 +451,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_ingest)
 
-    d = sub.add_parser("dataset", help="work with datasets: list, verify, stats, export-nifti, export-index")
+    d = sub.add_parser(
+        "dataset", help="work with datasets: list, verify, stats, export-nifti, export-index, compact, vacuum"
+    )
     dsub = d.add_subparsers(dest="dataset_command", metavar="ACTION", required=True)
     ls = dsub.add_parser("list", help="the datasets at a prefix or directly below it, with their totals")
     ls.add_argument("prefix", metavar="URI_PREFIX")
@@ -446,6 +491,22 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--out", help="where to write it (default DATASET_URI/index.json; shard paths relative)")
     x.add_argument("--json", action="store_true", help="print the result as one JSON line")
     x.set_defaults(func=cmd_dataset_export_index)
+    c = dsub.add_parser("compact", help="rewrite small shards into large ones (one commit per run of parts)")
+    c.add_argument("dataset", metavar="DATASET_URI")
+    c.add_argument("--target-shard-mb", type=float, default=256.0, help="shard size before compression")
+    c.add_argument(
+        "--min-shard-mb", type=float, help="parts whose mean stored shard is smaller are rewritten (target/4)"
+    )
+    c.add_argument("--compression", help="codec of the new shards (default: that of the shards replaced)")
+    c.add_argument("--json", action="store_true", help="print the summary as one JSON line")
+    c.set_defaults(func=cmd_dataset_compact)
+    vac = dsub.add_parser("vacuum", help="delete files of parts compacted away more than a grace period ago")
+    vac.add_argument("dataset", metavar="DATASET_URI")
+    vac.add_argument(
+        "--older-than", type=_duration, default=3600.0, help="grace period: 90s, 30m, 1h (default), 2d"
+    )
+    vac.add_argument("--json", action="store_true", help="print the summary as one JSON line")
+    vac.set_defaults(func=cmd_dataset_vacuum)
 
     sv = sub.add_parser("serve", help="run the control plane (API, scheduler, metrics, dashboard)")
     sv.add_argument("--host", help="address to listen on (default 127.0.0.1; others need a token)")
@@ -504,10 +565,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0, help="seed of the random-init backbone")
     e.add_argument("--json", action="store_true", help="print full-set metrics as one JSON line")
     e.set_defaults(func=cmd_eval)
+
+    from radforge.cli_jobs import add_parsers as add_client_parsers
+
+    add_client_parsers(sub)  # jobs, sources: a client of `radforge serve` (radforge/client.py)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from radforge.client import ClientError
     from radforge.config import ConfigError
     from radforge.ingest.errors import SourceError
     from radforge.sharder.catalog import DatasetError
@@ -526,7 +592,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _reader_gone()
     except ConfigError as e:
         return _fail(f"invalid configuration: {e}", EXIT_USAGE, debug=args.debug)
-    except (SourceError, DatasetError, SchemaVersionError) as e:
+    except (SourceError, DatasetError, SchemaVersionError, ClientError) as e:
         return _fail(str(e), EXIT_FAILED, debug=args.debug)
     except KeyboardInterrupt:
         return _fail("interrupted", EXIT_INTERRUPTED, debug=args.debug)
