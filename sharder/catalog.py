@@ -64,8 +64,10 @@ class Catalog:
         root: Location | None = None,
         seq: int = 0,
         layout: str = "empty",
+        replaced: set[str] | None = None,
     ) -> None:
         self._shards = shards
+        self.replaced = replaced or set()  # parts a compaction replaced, kept until vacuum
         self.parts = parts if parts is not None else []
         self.schema_version = schema_version
         self.root = root
@@ -113,7 +115,9 @@ def load_catalog(root: Location, *, must_exist: bool = False, check_schema: bool
         if check_schema:
             for p in parts:
                 check_compatible(p.get("schema_version"), where=root.uri)
-        return Catalog(None, parts, version, root=root, seq=state.seq, layout="log")
+        return Catalog(
+            None, parts, version, root=root, seq=state.seq, layout="log", replaced=set(state.replaced)
+        )
     catalog = load_root_index(root, check_schema=check_schema)
     if catalog is None:
         if must_exist:

@@ -48,6 +48,7 @@ SEQ_DIGITS = 20
 CHECKPOINT_EVERY = 100  # entries between checkpoints: a reader reads at most about this many entries
 ROOT_INDEX_MAX_SHARDS = 10_000  # above this many shards no root index.json is kept (export-index makes one)
 LAST_CHECKPOINT = "_last_checkpoint.json"
+COMPACT = "compact"  # the op of an entry that replaces parts by one compacted part (sharder/compact.py)
 COMMIT_ATTEMPTS = 1000  # lost races before a commit gives up (each loss means another writer committed)
 ROOT_INDEX_ATTEMPTS = 8  # conditional replaces of the root index lost to other writers before giving up
 
@@ -71,21 +72,49 @@ def part_index_path(part_id: str) -> str:
 
 @dataclass
 class LogState:
-    """The folded log up to entry ``seq``: committed parts by id (commit order; a re-commit moves last)."""
+    """The folded log up to entry ``seq``: committed parts by id (commit order; a re-commit moves last).
+
+    ``replaced`` records the parts a compaction replaced (id -> the replacing part, entry and Unix
+    time): their files stay for readers of older versions until ``vacuum`` removes them.
+    """
 
     seq: int = 0
     parts: dict[str, dict[str, Any]] = field(default_factory=dict)
     total_shards: int = 0
+    replaced: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def fold(self, entry: dict[str, Any]) -> None:
         part = entry["part"]
+        if entry.get("op") == COMPACT:
+            self._fold_compact(entry)
+            return
         old = self.parts.pop(part["id"], None)
         self.parts[part["id"]] = part
+        self.replaced.pop(part["id"], None)
         self.total_shards += int(part["shards"]) - (int(old["shards"]) if old else 0)
         self.seq = int(entry["seq"])
 
+    def _fold_compact(self, entry: dict[str, Any]) -> None:
+        """The new part takes the place of the first part it replaces; the replaced ones leave."""
+        part, gone = entry["part"], set(entry["replaces"])
+        ids = list(self.parts)
+        at = next((i for i, pid in enumerate(ids) if pid in gone), len(ids))  # tail-only state: none known
+        order = [pid for pid in ids[:at] if pid not in gone] + [part["id"]]
+        order += [pid for pid in ids[at:] if pid not in gone]
+        parts = {**self.parts, part["id"]: part}
+        self.parts = {pid: parts[pid] for pid in order}
+        for pid in entry["replaces"]:
+            self.replaced[pid] = {"by": part["id"], "seq": int(entry["seq"]), "at": float(entry["at"])}
+        self.total_shards += int(part["shards"]) - int(entry["replaced_shards"])
+        self.seq = int(entry["seq"])
+
     def to_checkpoint(self) -> dict[str, Any]:
-        return {"seq": self.seq, "total_shards": self.total_shards, "parts": list(self.parts.values())}
+        return {
+            "seq": self.seq,
+            "total_shards": self.total_shards,
+            "parts": list(self.parts.values()),
+            "replaced": self.replaced,
+        }
 
 
 def _read(loc: Location) -> dict[str, Any] | None:
@@ -147,6 +176,7 @@ def read_tail(
                 raise DatasetError(f"{checkpoint_loc(root, cp).uri} is missing (named by the log's hint)")
             state.seq, state.total_shards = int(obj["seq"]), int(obj["total_shards"])
             state.parts = {p["id"]: p for p in obj["parts"]}
+            state.replaced = dict(obj.get("replaced", {}))
     entries = []
     while upto is None or state.seq < upto:
         entry = _read(entry_loc(root, state.seq + 1))
@@ -242,6 +272,8 @@ def _check_claims(
 
     for e in entries:
         other = e["part"]
+        if e.get("op") == COMPACT:
+            continue  # a compaction rewrites committed parts: it claims no series anew
         if other["id"] == part_id:
             raise SeriesClaimedError(
                 f"part {part_id} was committed by another writer meanwhile (log entry {e['seq']})"
@@ -322,6 +354,9 @@ def write_part_index(root: Location, part_id: str, shards: list[dict[str, Any]])
         local.append(entry)
     data = json.dumps({"version": 2, "shards": local}, sort_keys=True).encode()
     write_bytes_atomic(root.join(part_index_path(part_id)), data)
+    from radforge.sharder.shard_table import write_part_table  # the same shards as arrays, for the loader
+
+    write_part_table(root, part_id, shards)
 
 
 def part_shards(root: Location, part_id: str) -> list[dict[str, Any]]:
