@@ -213,11 +213,53 @@ class EvalJobCreate(BaseModel):
         return self.model_dump(mode="json", exclude={"priority"})
 
 
+class CompactJobCreate(BaseModel):
+    """Compact a dataset: rewrite its small shards into large ones (``radforge dataset compact`` as a job).
+
+    The compaction is its own commit (docs/data-format.md, "Compaction and vacuum"): it runs beside
+    ingest jobs of the same dataset, and the replaced files stay until ``radforge dataset vacuum``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["compact"] = Field(description="job kind")
+    dataset_uri: str = Field(min_length=1, max_length=2048, description="dataset root")
+    target_shard_mb: float = Field(
+        256.0, gt=0, le=1 << 16, description="size new shards fill up to, before compression (MiB)"
+    )
+    min_shard_mb: float | None = Field(
+        None, gt=0, description="parts whose mean stored shard is smaller are rewritten (default: target / 4)"
+    )
+    compression: str | None = Field(
+        None, max_length=32, description="codec of the new shards, e.g. zstd:3 (default: that of the input)"
+    )
+    priority: int = Field(0, ge=-1000, le=1000, description="higher starts first")
+
+    @field_validator("dataset_uri")
+    @classmethod
+    def _canonical_uri(cls, v: str) -> str:
+        return _uri(v)
+
+    @field_validator("compression")
+    @classmethod
+    def _known_codec(cls, v: str | None) -> str | None:
+        from radforge.sharder.mds import parse_compression
+
+        parse_compression(v)  # ShardFormatError (a ValueError) names the valid codecs
+        return v
+
+    def spec(self) -> dict[str, Any]:
+        """The spec as stored: every setting, defaults included."""
+        return self.model_dump(mode="json", exclude={"priority"})
+
+
 # Job kinds whose command is not part of this build, with the reason: a request for one gets a
 # clear 422 (radforge.services.app.main) instead of "unknown kind". None at present.
 PLANNED_KINDS: dict[str, str] = {}
 
-JobCreate = Annotated[IngestJobCreate | TrainJobCreate | EvalJobCreate, Field(discriminator="kind")]
+JobCreate = Annotated[
+    IngestJobCreate | TrainJobCreate | EvalJobCreate | CompactJobCreate, Field(discriminator="kind")
+]
 
 
 class JobRecord(BaseModel):

@@ -2,9 +2,9 @@
 
 A kind is a stored spec model plus the module its job process runs (``python -m MODULE --job-dir
 DIR --ray-address ADDR``; the process reads ``spec.json`` and follows :mod:`radforge.services.jobs.progress`).
-The kinds are ingest (:mod:`radforge.services.jobs.ingest`), train (:mod:`radforge.services.jobs.train`) and
-eval
-(:mod:`radforge.services.jobs.eval`); a kind named before its command exists goes in ``PLANNED_KINDS``
+The kinds are ingest (:mod:`radforge.services.jobs.ingest`), train (:mod:`radforge.services.jobs.train`),
+eval (:mod:`radforge.services.jobs.eval`) and compact (:mod:`radforge.services.jobs.compact`); a kind
+named before its command exists goes in ``PLANNED_KINDS``
 (:mod:`radforge.services.app.models`), which gets a clear 422. Jobs that write one output (a training run, an
 eval report) hold ``output:<uri>``, so a train and an eval job never write the same folder at once.
 """
@@ -17,8 +17,20 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from radforge.services.app.models import EVAL_BUILTIN_TASKS, EvalJobCreate, IngestJobCreate, TrainJobSpec
-from radforge.services.jobs.specs import Allowlists, prepare_eval, prepare_ingest, prepare_train
+from radforge.services.app.models import (
+    EVAL_BUILTIN_TASKS,
+    CompactJobCreate,
+    EvalJobCreate,
+    IngestJobCreate,
+    TrainJobSpec,
+)
+from radforge.services.jobs.specs import (
+    Allowlists,
+    prepare_compact,
+    prepare_eval,
+    prepare_ingest,
+    prepare_train,
+)
 from radforge.storage import canonical_uri
 
 
@@ -69,6 +81,11 @@ def eval_locks(spec: EvalJobCreate) -> frozenset[str]:
     return frozenset({output_lock(spec.output_uri)})
 
 
+def compact_locks(spec: CompactJobCreate) -> frozenset[str]:
+    """One compaction per dataset at a time; ingests of it run beside it (the log orders the commits)."""
+    return frozenset({f"compact:{canonical_uri(spec.dataset_uri)}"})
+
+
 INGEST = JobKind(
     name="ingest",
     spec_model=IngestJobCreate,
@@ -97,4 +114,13 @@ EVAL = JobKind(
     redact_roots=lambda s: [] if s.tasks == EVAL_BUILTIN_TASKS else [s.tasks],
 )
 
-KINDS: dict[str, JobKind] = {k.name: k for k in (INGEST, TRAIN, EVAL)}
+COMPACT = JobKind(
+    name="compact",
+    spec_model=CompactJobCreate,
+    module="radforge.services.jobs.compact",
+    prepare=prepare_compact,
+    locks=compact_locks,
+    redact_roots=lambda s: [],  # datasets hold salted keys only
+)
+
+KINDS: dict[str, JobKind] = {k.name: k for k in (INGEST, TRAIN, EVAL, COMPACT)}

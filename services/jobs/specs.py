@@ -17,6 +17,7 @@ from radforge.config import merge_mappings, parse_overrides
 from radforge.files import FileRefused, read_bounded
 from radforge.services.app.models import (
     EVAL_BUILTIN_TASKS,
+    CompactJobCreate,
     EvalJobCreate,
     IngestJobCreate,
     TrainJobCreate,
@@ -234,4 +235,10 @@ def prepare_eval(spec: EvalJobCreate, allow: Allowlists) -> EvalJobCreate:
     if spec.tasks != EVAL_BUILTIN_TASKS:
         _check("tasks", spec.tasks, allow.datasets, "datasets")
     _check("output_uri", spec.output_uri, allow.datasets, "datasets")
+    return spec
+
+
+def prepare_compact(spec: CompactJobCreate, allow: Allowlists) -> CompactJobCreate:
+    """A compaction runs as submitted once its dataset is inside ``allowed_datasets``."""
+    _check("dataset_uri", spec.dataset_uri, allow.datasets, "datasets")
     return spec
