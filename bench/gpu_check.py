@@ -56,7 +56,7 @@ import torch
 
 from radforge.trainer import ViewBatch, build_train_state, load_recipe, train_step
 from radforge.trainer.flops import PEAK_FLOPS, step_flops
-from radforge.trainer.parallel import compile_blocks, shard_network
+from radforge.trainer.parallel import compile_blocks, compile_heads, scatter_full_state, shard_network
 from radforge.trainer.recipe import RecipeConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -228,12 +228,23 @@ def _weights(net: torch.nn.Module) -> dict[str, torch.Tensor]:
 # ---- 1. precision ---------------------------------------------------------------------------------
 
 
-def _precision_variant(check: Check, cfg: RecipeConfig, kind: str, batch: int) -> dict[str, Any]:
-    """One step from the common weights in one precision: loss terms, CLS identity, update, EMA identity."""
+def _precision_variant(
+    check: Check, cfg: RecipeConfig, kind: str, batch: int, *, initial: dict[str, torch.Tensor] | None = None
+) -> dict[str, Any]:
+    """One step from the common weights in one precision: loss terms, CLS identity, update, EMA identity.
+
+    ``initial`` (the fp32 variant's initial student) is loaded into student and teacher: a sharded
+    network initialises from other draws, and only the same weights make the differences a
+    measurement of precision.
+    """
     shard = one_rank_shard(check.device, param_dtype=torch.bfloat16) if kind == "fsdp2_bf16" else None
     if kind == "fp32":
         cfg = cfg.model_copy(update={"compute": cfg.compute.model_copy(update={"precision": "fp32"})})
     state = build_train_state(cfg, global_batch_size=batch, device=check.device, seed=0, shard=shard)
+    if initial is not None:
+        buffers = {n: b for n, b in state.student.named_buffers()}
+        scatter_full_state(state.student, {**initial, **buffers})
+        scatter_full_state(state.teacher, {**initial, **buffers})
     if kind == "bf16_autocast":
         state.autocast_dtype = torch.bfloat16  # build_train_state sets it on CUDA only; CPU autocast works
     state.step = state.schedules.total_steps // 2  # past warm-up and the frozen prototypes: a real update
@@ -268,7 +279,8 @@ def phase_precision(check: Check) -> dict[str, Any]:
     result.update(recipe="recipe-vit-b.yaml", batch=batch)
     variants = {}
     for kind in ("fp32", "bf16_autocast", "fsdp2_bf16"):
-        variants[kind] = _precision_variant(check, cfg, kind, batch)
+        initial = variants["fp32"]["before"] if kind != "fp32" else None
+        variants[kind] = _precision_variant(check, cfg, kind, batch, initial=initial)
         result[kind] = variants[kind]["out"]
     ref = variants["fp32"]
     for name, v in variants.items():
@@ -650,6 +662,7 @@ def phase_profile(check: Check) -> dict[str, Any]:
     activities = [ProfilerActivity.CUDA] if check.cuda else [ProfilerActivity.CPU]
     with profile(activities=activities) as prof:
         timed_steps(check, state, views, warmup=0, steps=2)
+
     def self_time(e: Any) -> float:
         return e.self_device_time_total if check.cuda else e.self_cpu_time_total
 
@@ -672,21 +685,35 @@ def phase_profile(check: Check) -> dict[str, Any]:
     kwargs = {"backend": "eager"} if check.dry else {}
     # compile_blocks switches off inductor's comprehensive padding (torch 2.11 fails its own stride
     # assertion on ViT-L's padded SwiGLU matmul without that): this phase is its check on a GPU
-    for key, ckpt in (("vit_l_compiled", True), ("vit_l_compiled_no_checkpointing", False)):
-        cfg = check.recipe("recipe-vit-l.yaml", f"model.activation_checkpointing={str(ckpt).lower()}")
+    # "tuned": no checkpointing, the heads and DINO/iBOT losses compiled too (compute.compile_heads)
+    # and the fused AdamW kernel; its device time by kernel family shows what is left to win
+    variants = (
+        ("vit_l_compiled", True, False),
+        ("vit_l_compiled_no_checkpointing", False, False),
+        ("vit_l_tuned", False, True),
+    )
+    for key, ckpt, tuned in variants:
+        overrides = [f"model.activation_checkpointing={str(ckpt).lower()}"]
+        if tuned and check.cuda:
+            overrides.append("compute.fused_optimizer=true")
+        cfg = check.recipe("recipe-vit-l.yaml", *overrides)
         if check.cuda:
             torch.cuda.reset_peak_memory_stats(check.device)
         state = build_train_state(cfg, global_batch_size=big, device=check.device, seed=0)
         state.step = state.schedules.total_steps // 2
         compile_blocks(state.student, **kwargs)
         compile_blocks(state.teacher, **kwargs)
+        if tuned:
+            compile_heads(state.student, state.objective, **kwargs)
         views = synthetic_views(cfg, big, device=check.device)
-        times = timed_steps(check, state, views, warmup=2, steps=1 if check.dry else 5)
+        times = timed_steps(check, state, views, warmup=3 if tuned else 2, steps=1 if check.dry else 5)
         t = statistics.median(times)
         flops = step_flops(cfg, images=big)
         result[key] = {
             "batch": big,
             "activation_checkpointing": ckpt,
+            "compiled_heads_and_losses": tuned,
+            "fused_optimizer": cfg.compute.fused_optimizer,
             "step_ms": round(1e3 * t, 2),
             "images_per_s": round(big / t, 1),
             "mfu": round(flops / t / peak, 4) if peak else None,
@@ -694,6 +721,20 @@ def phase_profile(check: Check) -> dict[str, Any]:
         if check.cuda:
             peak_mem = torch.cuda.max_memory_allocated(check.device)
             result[key]["peak_mem_gib"] = round(peak_mem / 2**30, 2)
+        if tuned:
+            with profile(activities=activities) as prof:
+                timed_steps(check, state, views, warmup=0, steps=1)
+            shares: dict[str, float] = {}
+            for e in prof.key_averages():
+                shares[kernel_family(e.key)] = shares.get(kernel_family(e.key), 0.0) + self_time(e)
+            total = sum(shares.values()) or 1.0
+            result[key]["time_share"] = {
+                k: round(v / total, 3) for k, v in sorted(shares.items(), key=lambda kv: -kv[1])
+            }
+            (check.out / "profile_vit_l_tuned.txt").write_text(
+                prof.key_averages().table(sort_by=sort, row_limit=40)
+            )
+            del prof
         del state, views
         _free(check)
     result["ok"] = True
@@ -766,27 +807,37 @@ def markdown(result: dict[str, Any]) -> str:
             for k in ("vit_b", "vit_l", "vit_g_fsdp2"):
                 x = r.get(k, {})
                 if x.get("fits"):
-                    rows.append(f"{k} b{x['batch']}: {x['step_ms']} ms, {x['images_per_s']} img/s, "
-                                f"MFU {x['mfu']}, {x['peak_mem_gib']} GiB")
+                    rows.append(
+                        f"{k} b{x['batch']}: {x['step_ms']} ms, {x['images_per_s']} img/s, "
+                        f"MFU {x['mfu']}, {x['peak_mem_gib']} GiB"
+                    )
                 else:
                     rows.append(f"{k}: {x.get('error', 'not run')}")
             return "; ".join(rows) + f" (peak: {r['peak_source']})"
         if name == "data_wait":
-            return (f"data wait {r['data_wait_fraction']:.1%} with {r['loader_workers']} loader workers, "
-                    f"{r['images_per_s']} img/s (step alone {r['step_only_images_per_s']})")
+            return (
+                f"data wait {r['data_wait_fraction']:.1%} with {r['loader_workers']} loader workers, "
+                f"{r['images_per_s']} img/s (step alone {r['step_only_images_per_s']})"
+            )
         if name == "learning":
-            return (f"passed {r['passed']}: loss {r['first']['loss']} -> {r['last']['loss']}, "
-                    f"cls_std {r['last']['cls_std']}, teacher entropy {r['last']['teacher_entropy']}")
+            return (
+                f"passed {r['passed']}: loss {r['first']['loss']} -> {r['last']['loss']}, "
+                f"cls_std {r['last']['cls_std']}, teacher entropy {r['last']['teacher_entropy']}"
+            )
         if name == "resume":
             return f"bit-exact {r['bit_exact']} (loss diff {r['loss_max_diff']:.1e})"
         if name == "profile":
             c = r["vit_l_compiled"]
             share = ", ".join(f"{k} {v:.0%}" for k, v in r["time_share"].items())
-            return (f"vit_l b{r['batch']} device time: {share}; compiled b{c['batch']}: {c['step_ms']} ms, "
-                    f"{c['images_per_s']} img/s, MFU {c['mfu']}")
+            return (
+                f"vit_l b{r['batch']} device time: {share}; compiled b{c['batch']}: {c['step_ms']} ms, "
+                f"{c['images_per_s']} img/s, MFU {c['mfu']}"
+            )
         if name == "compile":
-            return (f"eager {r['eager_step_ms']} ms, compiled {r['compiled_step_ms']} ms "
-                    f"(x{r['speedup']}), compile {r['compile_s']} s")
+            return (
+                f"eager {r['eager_step_ms']} ms, compiled {r['compiled_step_ms']} ms "
+                f"(x{r['speedup']}), compile {r['compile_s']} s"
+            )
         return ""
 
     env = result["environment"]

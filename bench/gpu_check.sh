@@ -5,6 +5,8 @@
 # radforge's import namespace is laid out as links in /tmp/ns, as `make lint` does for mypy.
 #
 #   bench/gpu_check.sh OUT_DIR [--budget-s 420] [--phases precision,recipes] [--dry-run]
+#   BENCH_MODULE=bench.pretrain_sweep bench/gpu_check.sh OUT_DIR train --data D --out OUT_DIR
+#     (another bench module in the same environment: its arguments as given, no --out added)
 set -euo pipefail
 out=${1:?usage: bench/gpu_check.sh OUT_DIR [gpu_check args]}
 shift
@@ -33,4 +35,7 @@ ln -s "$repo/bench" "$ns/bench"
 # from $ns, not the repository root: there the core folder radforge/ would shadow the namespace
 cd "$ns"
 export PYTHONPATH="$ns:$site${PYTHONPATH:+:$PYTHONPATH}"
+if [ -n "${BENCH_MODULE:-}" ]; then
+  PYTHONUNBUFFERED=1 exec "$python" -m "$BENCH_MODULE" "$@"
+fi
 PYTHONUNBUFFERED=1 exec "$python" -m bench.gpu_check --out "$out" "$@"

@@ -17,7 +17,7 @@ from radforge.trainer.heads import DINOHead, Network
 from radforge.trainer.losses import Centering, DINOLoss, IBOTLoss, KoLeoLoss, SigRegLoss
 from radforge.trainer.models.vit import VIT_SIZES, VisionTransformer
 from radforge.trainer.optim import param_groups
-from radforge.trainer.parallel import compile_blocks, fsdp_gradient_sync, scatter_full_state
+from radforge.trainer.parallel import compile_blocks, compile_heads, fsdp_gradient_sync, scatter_full_state
 from radforge.trainer.recipe import RecipeConfig
 from radforge.trainer.schedules import Schedules, scaled_lr
 from radforge.trainer.step import LossWeights, Objective, TrainState
@@ -205,11 +205,14 @@ def build_train_state(
     if cfg.compute.compile_blocks:
         compile_blocks(student)
         compile_blocks(teacher)
+    objective = build_objective(cfg, device=device)
+    if cfg.compute.compile_heads:  # the teacher's heads run embed_and_prototypes under no_grad: left eager
+        compile_heads(student, objective)
     on_gpu = torch.device(device).type == "cuda"
     return TrainState(
         student=student,
         teacher=teacher,
-        objective=build_objective(cfg, device=device),
+        objective=objective,
         optimizer=build_optimizer(cfg, student),
         schedules=build_schedules(cfg, global_batch_size=global_batch_size),
         clip_grad=cfg.optim.clip_grad,

@@ -160,3 +160,17 @@ def compile_blocks(network: Network, **compile_kwargs: Any) -> Network:
     for block in network.backbone.blocks:
         block.compile(**compile_kwargs)
     return network
+
+
+def compile_heads(network: Network, objective: Any, **compile_kwargs: Any) -> None:
+    """``torch.compile`` the network's heads and the DINO/iBOT losses in place.
+
+    On a GPU the step's eager remainder after compiled blocks is mostly elementwise work over
+    ``tokens x prototypes`` logits: the heads' normalisations, the fp32 casts, log-softmax and the
+    products with the teacher's targets. Compiling fuses it. Shapes are dynamic (the number of
+    masked patches changes every batch), so they are compiled with ``dynamic=True``: one graph, no
+    recompilation per batch. ``objective`` is the step's :class:`~radforge.trainer.step.Objective`.
+    """
+    heads = [network.dino_head] if network.shared_head else [network.dino_head, network.ibot_head]
+    for module in [*heads, objective.dino, objective.ibot]:
+        module.compile(dynamic=True, **compile_kwargs)

@@ -30,7 +30,7 @@ from radforge.trainer import (
     load_recipe,
     train_step,
 )
-from radforge.trainer.parallel import compile_blocks, shard_network
+from radforge.trainer.parallel import compile_blocks, compile_heads, shard_network
 
 torch.set_num_threads(2)
 TINY = Path(__file__).resolve().parents[2] / "configs" / "recipe-tiny-cpu.yaml"
@@ -203,6 +203,19 @@ def test_compiled_blocks_match_eager(batch: ViewBatch) -> None:
         compile_blocks(state.teacher, backend="eager")
         compiled = state.teacher.backbone(x)
     torch.testing.assert_close(compiled, eager)
+
+
+def test_compiled_heads_and_losses_match_eager(batch: ViewBatch) -> None:
+    """compute.compile_heads: the same two steps (losses, every term, updated weights) as eager."""
+    eager = build_train_state(recipe(), global_batch_size=6, seed=0)
+    compiled = build_train_state(recipe(), global_batch_size=6, seed=0)
+    compile_heads(compiled.student, compiled.objective, backend="eager")
+    assert compiled.student.dino_head._compiled_call_impl is not None  # the hook really installed
+    for a, b in zip(run_two_steps(eager, batch), run_two_steps(compiled, batch), strict=True):
+        for k in ("loss", "dino", "ibot", "koleo", "sigreg"):
+            assert a[k] == pytest.approx(b[k], rel=1e-6, abs=1e-7), k
+    for p, q in zip(eager.student.parameters(), compiled.student.parameters(), strict=True):
+        torch.testing.assert_close(p, q)
 
 
 def test_analytic_step_flops_match_torch_flop_counter(batch: ViewBatch) -> None:

@@ -73,6 +73,16 @@ class ViewBatch:
     def batch_size(self) -> int:
         return self.global_crops.shape[0] // self.n_global
 
+    def pin_memory(self) -> ViewBatch:
+        """The batch in page-locked memory (a DataLoader with ``pin_memory=True`` calls this)."""
+        return ViewBatch(
+            global_crops=self.global_crops.pin_memory(),
+            local_crops=self.local_crops.pin_memory(),
+            masks=self.masks.pin_memory(),
+            n_global=self.n_global,
+            n_local=self.n_local,
+        )
+
     def to(self, device: torch.device | str, *, non_blocking: bool = False) -> ViewBatch:
         """The batch on ``device``."""
         return ViewBatch(
