@@ -22,8 +22,21 @@ import pyarrow as pa
 
 from radforge.ingest.assemble import load_dicom_volume, load_nifti_volume
 from radforge.ingest.config import IngestConfig
-from radforge.ingest.discover import Header, list_objects, read_header
+from radforge.ingest.discover import Header, list_entries, read_header
 from radforge.ingest.errors import IngestError, Reason, SourceError, Status
+from radforge.ingest.inventory import (
+    GroupRecord,
+    Reuse,
+    group_pseudonym,
+    group_record,
+    kept_attrs,
+    listing_fingerprint,
+    load_inventory,
+    next_inventory,
+    plan_context,
+    plan_reuse,
+    save_inventory,
+)
 from radforge.ingest.operator_report import check_report_location, write_operator_report
 from radforge.ingest.partition import (
     SLICE_PIXELS,
@@ -35,15 +48,18 @@ from radforge.ingest.partition import (
 from radforge.ingest.series import PlanRules, SeriesPlan, group_key, plan_group
 from radforge.ingest.slicer import SliceCounts, volume_samples
 from radforge.runtime import cluster_cpus, ensure_ray, tune_data_executor, tune_worker_allocator
-from radforge.sharder.catalog import MANIFESTS, load_catalog
+from radforge.sharder.catalog import MANIFESTS, DatasetError, load_catalog
+from radforge.sharder.commit_log import SeriesClaimedError
 from radforge.sharder.datasink import MDSDatasink, count_key, rows_block
-from radforge.sharder.lease import DatasetLease
+from radforge.sharder.lease import ArchiveLease, PartLease
 from radforge.sharder.marker import check_destination, mark_dataset
 from radforge.sharder.mds import SampleEncoder
 from radforge.sharder.schema import COLUMNS
 from radforge.storage import Location, resolve
 
 log = logging.getLogger(__name__)
+
+REPLAN_ATTEMPTS = 8  # commits refused by concurrent claims before a run gives up (each re-plan shrinks it)
 
 
 @dataclass
@@ -64,6 +80,9 @@ class IngestSummary:
     bytes_written: int = 0
     seconds: float = 0.0
     phase_seconds: dict[str, float] = field(default_factory=dict)
+    headers_read: int = 0  # objects whose header this run read (see radforge.ingest.inventory)
+    headers_reused: int = 0  # objects planned from the archive's inventory, header not read
+    replans: int = 0  # commits refused because a concurrent run committed some of its series first
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -92,10 +111,26 @@ def _read_headers(batch: pd.DataFrame, *, root: Location) -> pd.DataFrame:
     )
 
 
-def _plan(batch: pd.DataFrame, *, salt: bytes, already: frozenset[str], rules: PlanRules) -> pd.DataFrame:
+def _plan(
+    batch: pd.DataFrame,
+    *,
+    salt: bytes,
+    already: frozenset[str],
+    rules: PlanRules,
+    record: frozenset[str] | None = None,
+) -> pd.DataFrame:
+    """Plan one group; with ``record`` (the optional attributes kept), also its inventory record."""
     headers = [Header.from_row(json.loads(t)) for t in batch["header"]]
     plans = plan_group(headers, salt=salt, already_ingested=already, rules=rules)
-    nbytes = sum(h.size for h in headers)  # stands in for the pixels of a NIfTI volume (one object)
+    frame = _plan_frame(plans, nbytes=sum(h.size for h in headers))
+    if record is not None:
+        rec = group_record(headers, plans, salt=salt, keep_attrs=record)
+        frame["inventory"] = [rec.to_json() if rec is not None and i == 0 else "" for i in range(len(plans))]
+    return frame
+
+
+def _plan_frame(plans: list[SeriesPlan], *, nbytes: int) -> pd.DataFrame:
+    """One row per plan; ``nbytes`` (the group's objects) stands in for the pixels of a NIfTI volume."""
     return pd.DataFrame(
         {
             "series_key": [p.series_key for p in plans],
@@ -287,6 +322,8 @@ def _plan_series(
     cpus: int,
     task_cost: int,
     with_plans: bool = False,
+    reused: pd.DataFrame | None = None,
+    record: frozenset[str] | None = None,
 ) -> tuple[pd.DataFrame, Any]:
     """Group headers into series plans: ``(series_key and pending of each, a dataset of task blocks)``.
 
@@ -296,37 +333,83 @@ def _plan_series(
     and hands the plans to Ray already cut into balanced tasks, heaviest first: no hash shuffle, no
     repartition, no extra Ray Data execution (each costs a tenth of a second or more). Both call
     the same pure :func:`radforge.ingest.series.plan_group`.
+
+    ``headers`` is None when no header is read; ``reused`` holds the plans taken from the
+    archive's inventory (:func:`_reused_frame`); with ``record``, the frame has an ``inventory``
+    column (a group's record on its first row, see :func:`_plan`).
     """
     import ray
 
+    extra = ["plan"] if with_plans else []
+    extra += ["inventory"] if record is not None else []
+    kwargs = {"salt": salt, "already": already, "rules": rules, "record": record}
     if distributed:
-        plans = (
-            headers.groupby("group")
-            .map_groups(
-                _plan, fn_kwargs={"salt": salt, "already": already, "rules": rules}, batch_format="pandas"
-            )
-            .materialize()
-        )
-        columns = ["series_key", "pending", "cost", *(["plan"] if with_plans else [])]
-        keys = plans.select_columns(columns).to_pandas()
+        plans = headers.groupby("group").map_groups(_plan, fn_kwargs=kwargs, batch_format="pandas")
+        if reused is not None and len(reused):
+            # Arrow, as map_groups' own blocks: a repartition does not mix block types
+            plans = plans.union(ray.data.from_arrow(pa.Table.from_pandas(reused, preserve_index=False)))
+        plans = plans.materialize()
+        keys = plans.select_columns(["series_key", "pending", "cost", *extra]).to_pandas()
         n_tasks = decode_task_count(int(keys["cost"].sum()), len(keys), cpus, target=task_cost)
         return keys, plans.repartition(max(1, n_tasks))
     groups: dict[str, list[str]] = {}
-    for batch in headers.iter_batches(batch_format="pandas", batch_size=4096):
+    for batch in headers.iter_batches(batch_format="pandas", batch_size=4096) if headers is not None else []:
         for group, text in zip(batch["group"], batch["header"], strict=True):
             groups.setdefault(group, []).append(text)
-    frames = [
-        _plan(pd.DataFrame({"header": texts}), salt=salt, already=already, rules=rules)
-        for _, texts in sorted(groups.items())
-    ]
+    frames = [_plan(pd.DataFrame({"header": texts}), **kwargs) for _, texts in sorted(groups.items())]
+    frames += [reused] if reused is not None and len(reused) else []
     table = (
         pd.concat(frames, ignore_index=True)
         if frames
-        else pd.DataFrame({"series_key": [], "pending": [], "cost": [], "plan": []})
+        else pd.DataFrame({"series_key": [], "pending": [], "cost": [], "plan": [], "inventory": []})
     )
     tasks = decode_task_groups(table["cost"].tolist(), cpus, target=task_cost)
     blocks = [table.iloc[idx].reset_index(drop=True) for idx in tasks] or [table]
-    return table[["series_key", "pending", *(["plan"] if with_plans else [])]], ray.data.from_pandas(blocks)
+    return table[["series_key", "pending", *extra]], ray.data.from_pandas(blocks)
+
+
+def _reused_frame(reuse: Reuse, *, already: frozenset[str], record: bool) -> pd.DataFrame | None:
+    """The plans of the groups taken from the inventory, as :func:`_plan` frames (no record: kept as is)."""
+    frames = [_plan_frame(plans, nbytes=nbytes) for _, plans, nbytes in reuse.plans(already)]
+    if not frames:
+        return None
+    table = pd.concat(frames, ignore_index=True)
+    if record:
+        table["inventory"] = ""
+    return table
+
+
+def _header_rows(objects: list[tuple[str, int]], *, root: Location, cfg: IngestConfig, cpus: int) -> Any:
+    """A Ray dataset of the headers of ``objects`` (columns ``group``, ``header``); None if there are none."""
+    import ray
+
+    if not objects:
+        return None
+    per_task = header_files_per_task(len(objects), cpus, cap=cfg.ray.header_files_per_task)
+    items = ray.data.from_items(
+        [{"path": p, "size": s} for p, s in objects],
+        override_num_blocks=max(1, -(-len(objects) // per_task)),  # one task per block
+    )
+    return items.map_batches(
+        _read_headers,  # type: ignore[arg-type]  # keyword arguments arrive through fn_kwargs
+        fn_kwargs={"root": root},
+        batch_size=cfg.ray.header_batch_size,
+        batch_format="pandas",
+    )
+
+
+def _headers_to_read(reuse: Reuse, *, root: Location, cfg: IngestConfig, cpus: int, salt: bytes) -> Any:
+    """Headers of the objects the inventory does not cover, and of reused groups that new objects joined.
+
+    Which groups new objects join is known only once their headers are read: those groups'
+    members are read too (:meth:`radforge.ingest.inventory.Reuse.release`).
+    """
+    headers = _header_rows(list(reuse.read), root=root, cfg=cfg, cpus=cpus)
+    if headers is None or not reuse.groups:
+        return headers
+    headers = headers.materialize()
+    joined = reuse.release(group_pseudonym(salt, g) for g in headers.unique("group"))
+    return headers.union(_header_rows(joined, root=root, cfg=cfg, cpus=cpus)) if joined else headers
 
 
 def run_ingest(
@@ -345,20 +428,33 @@ def run_ingest(
 
     ``sink_cls`` lets callers (tests injecting faults, alternative sinks) subclass the datasink;
     ``on_plan(series)`` is told how many series were planned, before any is decoded (progress).
-    The destination must be new, empty or a radforge dataset (else ``NotADatasetError``), and the
-    run holds the dataset's write lease from before it reads the catalog until after its commit
-    (``DatasetBusyError`` if another writer holds it; see :mod:`radforge.sharder.lease`).
+    The destination must be new, empty or a radforge dataset (else ``NotADatasetError``). Runs of
+    different archives write one dataset at once: the run holds its archive's lease from before it
+    reads the catalog until after its commit (``DatasetBusyError`` if another run of the same
+    archive holds it; see :mod:`radforge.sharder.lease`), and when a concurrent run committed some
+    of its series first (:class:`SeriesClaimedError`), it plans again against the log and writes
+    only the rest (``replans`` in the summary).
     """
     cfg.deid.resolved_salt()  # a run that cannot start must not create a dataset
     dst = resolve(dataset_uri)
     report = check_report_location(operator_report, dst) if operator_report else None
     check_destination(dst)  # someone else's data: refused before anything is written there
-    with DatasetLease(dst) as lease:
+    archive_id = cfg.archive_id or default_archive_id(resolve(source_uri))
+    with ArchiveLease(dst, archive_id) as lease:
         mark_dataset(dst)
-        summary = _run_ingest_leased(
-            source_uri, dst.uri, cfg, sink_cls=sink_cls, on_plan=on_plan, lease=lease, report=report
-        )
-    return summary
+        for replans in range(REPLAN_ATTEMPTS):
+            try:
+                summary = _run_ingest_leased(
+                    source_uri, dst.uri, cfg, sink_cls=sink_cls, on_plan=on_plan, lease=lease, report=report
+                )
+                summary.replans = replans
+                return summary
+            except SeriesClaimedError as e:
+                log.info("a concurrent run committed series of this one first; planning again: %s", e)
+    raise DatasetError(
+        f"{dst.uri}: concurrent runs committed series of archive {archive_id!r} first {REPLAN_ATTEMPTS} "
+        "times in a row; nothing of it was committed: run it again"
+    )
 
 
 def _run_ingest_leased(
@@ -368,53 +464,52 @@ def _run_ingest_leased(
     *,
     sink_cls: type[MDSDatasink],
     on_plan: Callable[[int], None] | None,
-    lease: DatasetLease,
+    lease: ArchiveLease,
     report: Location | None = None,
 ) -> IngestSummary:
-    """The ingest run itself, holding the dataset's write lease (the sink renews it before committing)."""
-    import ray
+    """One planned and written attempt, holding its archive's lease and, while it writes, its part's.
 
+    The sink renews both just before committing.
+    """
     t0 = time.perf_counter()
     salt = cfg.deid.resolved_salt()
     src, dst = resolve(source_uri), resolve(dataset_uri)
     archive_id = cfg.archive_id or default_archive_id(src)
-    objects = list_objects(src)
+    entries = list_entries(src)
+    objects = [(p, s) for p, s, _ in entries]
     phases: dict[str, float] = {"list": time.perf_counter() - t0}
     catalog = load_catalog(dst)
     _check_writable(dst)
     recorded = _recorded_series(dst, catalog)
     already = frozenset(k for k, (status, _) in recorded.items() if status == Status.INGESTED.value)
     known = frozenset((k, s, r) for k, (s, r) in recorded.items())
+    keep = kept_attrs(keep_sex=cfg.deid.keep_sex, keep_age_bucket=cfg.deid.keep_age_bucket)
+    context = plan_context(salt, cfg.plan_rules(), keep)
+    inventory = load_inventory(dst, src.uri)
+    reuse = plan_reuse(inventory, entries, salt=salt, context=context, already=already)
 
     ensure_ray(cfg.ray.address, num_cpus=cfg.ray.num_cpus)
     tune_data_executor()
     cpus = cluster_cpus()
-    per_task = header_files_per_task(len(objects), cpus, cap=cfg.ray.header_files_per_task)
-    items = ray.data.from_items(
-        [{"path": p, "size": s} for p, s in objects],
-        override_num_blocks=max(1, -(-len(objects) // per_task)),  # one task per block
-    )
-    headers = items.map_batches(
-        _read_headers,  # type: ignore[arg-type]  # keyword arguments arrive through fn_kwargs
-        fn_kwargs={"root": src},
-        batch_size=cfg.ray.header_batch_size,
-        batch_format="pandas",
-    )
     t_plan = time.perf_counter()
+    headers = _headers_to_read(reuse, root=src, cfg=cfg, cpus=cpus, salt=salt)
     keys, task_blocks = _plan_series(
         headers,
         salt=salt,
         already=already,
         rules=cfg.plan_rules(),
         with_plans=report is not None,
-        distributed=len(objects) >= cfg.ray.distributed_grouping_min_objects,
+        distributed=len(reuse.read) >= cfg.ray.distributed_grouping_min_objects,
         cpus=cpus,
         task_cost=cfg.ray.slices_per_task * SLICE_PIXELS,
+        reused=_reused_frame(reuse, already=already, record=True),
+        record=keep,
     )
     pending = sorted(keys.loc[keys["pending"], "series_key"])
     if on_plan is not None:
         on_plan(len(keys))
     part_id = part_id_for(archive_id, cfg.content_hash(), pending)
+    part_lease = PartLease(dst, part_id)  # the part's liveness record, taken just before its first file
     sink = sink_cls(
         dst.uri,
         part_id=part_id,
@@ -428,7 +523,7 @@ def _run_ingest_leased(
         size_limit=cfg.shards.size_limit,
         samples_per_task=cfg.shards.samples_per_task,
         known_records=known,
-        lease=lease,
+        leases=(lease, part_lease),  # renewed before the commit: it refuses if either was taken over
         base_seq=catalog.seq,  # the log entry planned against: concurrent claims after it refuse the commit
     )
     # One block (hence one decoding + writing task) per task group: blocks are what spread work
@@ -442,9 +537,15 @@ def _run_ingest_leased(
     )
     phases["headers_and_plan"] = time.perf_counter() - t_plan
     t_write = time.perf_counter()
-    samples.write_datasink(sink)
+    with part_lease:  # held until after the commit: orphan cleanup of other runs spares the part
+        samples.write_datasink(sink)
     phases["decode_and_write"] = time.perf_counter() - t_write
     result = sink.result or {}
+    # Only now, after the datasink completed: a failed run leaves no inventory behind.
+    fresh = [GroupRecord.from_json(text) for text in keys["inventory"] if text]
+    fingerprint = listing_fingerprint(entries)
+    if fresh or inventory is None or (inventory.fingerprint, inventory.context) != (fingerprint, context):
+        save_inventory(dst, src.uri, next_inventory(reuse, fresh, context=context, fingerprint=fingerprint))
     series = result.get("all_series", [])
     if report is not None:  # opt-in, outside the dataset: the only output that names objects
         sources = {
@@ -471,6 +572,8 @@ def _run_ingest_leased(
         bytes_written=int(result.get("bytes", 0)),
         seconds=round(time.perf_counter() - t0, 3),
         phase_seconds={k: round(v, 3) for k, v in phases.items()},
+        headers_read=len(reuse.read),
+        headers_reused=reuse.reused_objects,
     )
 
 

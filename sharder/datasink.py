@@ -3,7 +3,8 @@
 Lifecycle (Ray Data calls these hooks):
 
 - ``on_write_start`` (driver): removes orphans of runs that died before their commit (radforge's
-  part folders only, in a marked dataset: see :mod:`radforge.sharder.marker`);
+  part folders only, in a marked dataset: see :mod:`radforge.sharder.marker`; never a part a live
+  writer holds the lease of: see :func:`remove_orphans`);
 - ``write`` (one Ray task per group of blocks): writes that task's (already MDS-encoded) samples
   with :class:`radforge.sharder.mds.ShardWriter` into a staging folder, then publishes them under a
   folder named after a hash of the task's sample keys, so a retried task overwrites its own
@@ -11,8 +12,8 @@ Lifecycle (Ray Data calls these hooks):
   returns its shard entries and the series records it carried;
 - ``on_write_complete`` (driver, only after every task succeeded): writes the part's series
   manifest and index and commits the part as the next entry of the dataset's commit log (see
-  :mod:`radforge.sharder.commit_log`), after renewing the dataset's write lease
-  (:mod:`radforge.sharder.lease`) when it was given one.
+  :mod:`radforge.sharder.commit_log`), after renewing the write leases it was given (its
+  archive's and its part's: :mod:`radforge.sharder.lease`).
 
 A job that dies before ``on_write_complete`` leaves the committed dataset untouched: its shards
 are unreferenced and the next run removes them.
@@ -48,7 +49,7 @@ from radforge.sharder.catalog import (
     shard_files,
 )
 from radforge.sharder.commit_log import ROOT_INDEX_MAX_SHARDS, append_part, part_index_path, write_part_index
-from radforge.sharder.lease import DatasetLease
+from radforge.sharder.lease import ORPHAN_GRACE_S, DatasetBusyError, Lease, PartLease
 from radforge.sharder.marker import is_marked
 from radforge.sharder.mds import SampleEncoder, ShardWriter
 from radforge.sharder.schema import COLUMNS, SCHEMA_VERSION
@@ -174,7 +175,7 @@ class MDSDatasink(Datasink[dict[str, Any]]):
         samples_per_task: int | None = None,
         known_records: frozenset[tuple[str, str, str | None]] = frozenset(),
         on_commit: Callable[[dict[str, Any]], None] | None = None,
-        lease: DatasetLease | None = None,
+        leases: tuple[Lease, ...] = (),
         base_seq: int | None = None,
         root_index_max_shards: int = ROOT_INDEX_MAX_SHARDS,
     ) -> None:
@@ -187,14 +188,14 @@ class MDSDatasink(Datasink[dict[str, Any]]):
         self.samples_per_task = samples_per_task
         self.known_records = known_records
         self.on_commit = on_commit
-        self.lease = lease  # the dataset's write lease, held by the driver: renewed before the commit
+        self.leases = leases  # held by the driver (archive, part): each renewed before the commit
         self.base_seq = base_seq  # the log entry the run planned against (concurrent claims after it refuse)
         self.root_index_max_shards = root_index_max_shards
         self.result: dict[str, Any] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["lease"] = None  # write tasks get a copy of the sink; the lease stays on the driver
+        state["leases"] = ()  # write tasks get a copy of the sink; the leases stay on the driver
         return state
 
     # ---- driver: before any task -------------------------------------------------------------
@@ -276,8 +277,8 @@ class MDSDatasink(Datasink[dict[str, Any]]):
     # ---- driver: after every task succeeded ----------------------------------------------------
     def on_write_complete(self, write_result: WriteResult[dict[str, Any]]) -> None:
         returns = [r for r in write_result.write_returns if r is not None]
-        if self.lease is not None:
-            self.lease.fence()  # refuses if another writer took the dataset over
+        for lease in self.leases:
+            lease.fence()  # refuses if another writer took this archive or this part over
         self.result = commit_part(
             resolve(self.dataset_uri),
             part_id=self.part_id,
@@ -387,39 +388,67 @@ def _remove_unreferenced(root: Location, part_id: str, shards: list[dict[str, An
             part.fs.rm_file(path)
 
 
-def remove_orphans(root: Location, catalog: Catalog, *, keep: set[str]) -> list[str]:
-    """Remove part folders that no commit references (left by runs that died). Returns their ids.
+def remove_orphans(
+    root: Location, catalog: Catalog, *, keep: set[str], grace_s: float = ORPHAN_GRACE_S
+) -> list[str]:
+    """Remove parts that no commit references and no live writer writes (left by runs that died).
 
-    Only in a marked dataset, and only folders named like a radforge part (:func:`is_part_id`):
-    anything else under ``parts/`` is someone else's and stays.
+    Returns their ids. Only in a marked dataset, and only part folders and manifests named like a
+    radforge part (:func:`is_part_id`): anything else under ``parts/`` is someone else's and stays.
+    Other writers may be writing parts right now: each candidate is removed only after taking its
+    part lease (:class:`radforge.sharder.lease.PartLease`) itself, which succeeds only when nobody
+    holds it or its holder is gone (its pid is gone on this node, or its heartbeat is older than
+    ``grace_s``), and only if the log, read again after every such claim, still does not list it:
+    a writer commits before it lets go of its part lease, so a committed part is never removed.
     """
-    parts = root.join(PARTS)
-    fs = parts.fs
-    if not is_marked(root) or not fs.exists(parts.path):
+    if not is_marked(root):
         return []
+    found = _part_names(root.join(PARTS), suffix="") | _part_names(root.join(MANIFESTS), suffix=".parquet")
+    claims: list[tuple[str, PartLease]] = []
     removed = []
-    for path in fs.ls(parts.path, detail=False):
-        name = path.rstrip("/").rsplit("/", 1)[-1]
-        if not is_part_id(name) or name in catalog.part_ids or name in keep:
-            continue
-        fs.rm(path, recursive=True)
-        removed.append(name)
-    removed += _remove_orphan_manifests(root, catalog, keep=keep)
+    try:
+        for part_id in sorted(found - catalog.part_ids - catalog.replaced - keep):  # replaced: vacuum's
+            claim = PartLease(root, part_id)
+            try:
+                claim.acquire(grace_s=grace_s)
+            except DatasetBusyError:
+                continue  # a live writer's part
+            claim.start_heartbeat()  # removing a large part can outlast a ttl
+            claims.append((part_id, claim))
+        latest = load_catalog(root) if claims else None  # read after the claims
+        committed = latest.part_ids | latest.replaced if latest else set()
+        for part_id, _ in claims:
+            if part_id not in committed:
+                _remove_part(root, part_id)
+                removed.append(part_id)
+    finally:
+        for _, claim in claims:
+            claim.release()
     if removed:
-        log.info("removed %d uncommitted part(s) left by an interrupted run", len(removed))
+        log.info("removed %d uncommitted part(s) left by interrupted runs", len(removed))
     return removed
 
 
-def _remove_orphan_manifests(root: Location, catalog: Catalog, *, keep: set[str]) -> list[str]:
-    """Remove ``manifests/<part>.parquet`` of parts no commit references (a run died after writing it)."""
-    manifests = root.join(MANIFESTS)
-    fs = manifests.fs
-    if not fs.exists(manifests.path):
-        return []
-    removed = []
-    for path in fs.ls(manifests.path, detail=False, refresh=True):
-        name = str(path).rstrip("/").rsplit("/", 1)[-1].removesuffix(".parquet")
-        if is_part_id(name) and name not in catalog.part_ids and name not in keep:
-            fs.rm_file(path)
-            removed.append(name)
-    return removed
+def _part_names(folder: Location, *, suffix: str) -> set[str]:
+    """Part ids named by the entries of ``folder`` (``<part><suffix>``), listed afresh."""
+    fs = folder.fs
+    try:
+        entries = fs.ls(folder.path, detail=False, refresh=True)  # other writers' objects too
+    except FileNotFoundError:
+        return set()
+    names = [str(p).rstrip("/").rsplit("/", 1)[-1] for p in entries]
+    return {
+        n.removesuffix(suffix) for n in names if n.endswith(suffix) and is_part_id(n.removesuffix(suffix))
+    }
+
+
+def _remove_part(root: Location, part_id: str) -> None:
+    """Delete an uncommitted part's folder and manifest (whichever exist)."""
+    folder, manifest = root.join(PARTS, part_id), root.join(MANIFESTS, f"{part_id}.parquet")
+    folder.fs.invalidate_cache(folder.path)
+    if folder.fs.exists(folder.path):
+        folder.fs.rm(folder.path, recursive=True)
+    try:
+        manifest.fs.rm_file(manifest.path)
+    except FileNotFoundError:
+        pass

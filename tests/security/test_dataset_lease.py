@@ -1,4 +1,7 @@
-"""The dataset's write lease on real storage (local disk and a moto S3 server): races, takeover, loss.
+"""An archive's write lease on real storage (local disk and a moto S3 server): races, takeover, loss.
+
+Runs of different archives write one dataset at once (the commit log serialises their commits); two
+runs of one archive never do: each holds the archive's lease in the dataset (``ArchiveLease``).
 
 Writers race from real threads released together by a barrier; "stale" is a lease whose expiry
 has passed (a writer with ``ttl_s=0`` is stale at once) or whose holder, a real process on this
@@ -20,11 +23,11 @@ from pathlib import Path
 import pytest
 
 from radforge.sharder.lease import (
-    LEASE,
+    ArchiveLease,
     DatasetBusyError,
-    DatasetLease,
     LeaseLostError,
     LeaseRecord,
+    archive_lease_loc,
     read_lease,
 )
 from radforge.storage import Location, create_exclusive, exists, resolve
@@ -32,6 +35,7 @@ from radforge.storage import Location, create_exclusive, exists, resolve
 REPO = Path(__file__).parents[2]
 RACERS = 6
 ROUNDS = 4
+ARCHIVE = "hospital-a-2026-11"
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -42,10 +46,14 @@ def root(request: pytest.FixtureRequest, tmp_path: Path) -> Location:
     return resolve(str(tmp_path / "ds"))
 
 
-def _race(take: Callable[[], DatasetLease]) -> tuple[list[DatasetLease], list[str]]:
+def _held(root: Location) -> LeaseRecord | None:
+    return read_lease(archive_lease_loc(root, ARCHIVE))
+
+
+def _race(take: Callable[[], ArchiveLease]) -> tuple[list[ArchiveLease], list[str]]:
     """Run ``take`` on RACERS threads released at once: (winners, refusal messages)."""
     barrier = threading.Barrier(RACERS)
-    winners: list[DatasetLease] = []
+    winners: list[ArchiveLease] = []
     refused: list[str] = []
     errors: list[BaseException] = []
 
@@ -69,61 +77,61 @@ def _race(take: Callable[[], DatasetLease]) -> tuple[list[DatasetLease], list[st
 
 def test_exactly_one_of_racing_writers_takes_a_free_lease(root: Location) -> None:
     for _ in range(ROUNDS):
-        winners, refused = _race(lambda: DatasetLease(root).acquire())
+        winners, refused = _race(lambda: ArchiveLease(root, ARCHIVE).acquire())
         assert len(winners) == 1 and len(refused) == RACERS - 1
-        held = read_lease(root)
+        held = _held(root)
         assert held is not None and held.owner == winners[0].owner
         assert all("is busy" in m and f"pid {held.pid}" in m and "\n" not in m for m in refused)
         winners[0].release()
-        assert not exists(root.join(LEASE))
+        assert not exists(archive_lease_loc(root, ARCHIVE))
 
 
 def test_a_stale_lease_is_taken_over_by_exactly_one_of_racing_writers(root: Location) -> None:
     for _ in range(ROUNDS):
-        dead = DatasetLease(root, job_id="job-dead", ttl_s=0).acquire()  # expired as soon as written
-        winners, refused = _race(lambda: DatasetLease(root, job_id="job-new").acquire())
+        dead = ArchiveLease(root, ARCHIVE, job_id="job-dead", ttl_s=0).acquire()  # expired as soon as written
+        winners, refused = _race(lambda: ArchiveLease(root, ARCHIVE, job_id="job-new").acquire())
         assert len(winners) == 1 and len(refused) == RACERS - 1
-        held = read_lease(root)
+        held = _held(root)
         assert held is not None and held.owner == winners[0].owner and held.job_id == "job-new"
         # The writer that stalled past its expiry finds out at its next renewal and never commits.
         with pytest.raises(LeaseLostError, match="taken over"):
             dead.fence()
         dead.release()  # does not delete the new holder's lease
-        assert read_lease(root) == held
+        assert _held(root) == held
         winners[0].release()
 
 
 def test_a_live_lease_is_never_taken_over(root: Location) -> None:
-    holder = DatasetLease(root, job_id="job-1").acquire()
-    before = read_lease(root)
+    holder = ArchiveLease(root, ARCHIVE, job_id="job-1").acquire()
+    before = _held(root)
     with pytest.raises(DatasetBusyError, match="job job-1"):
-        DatasetLease(root).acquire()
-    assert read_lease(root) == before
+        ArchiveLease(root, ARCHIVE).acquire()
+    assert _held(root) == before
     holder.fence()  # still ours
     holder.release()
-    DatasetLease(root).acquire().release()  # free again
+    ArchiveLease(root, ARCHIVE).acquire().release()  # free again
 
 
 def test_the_heartbeat_keeps_the_lease_alive(root: Location) -> None:
-    with DatasetLease(root, ttl_s=2.0) as lease:
-        first = read_lease(root)
+    with ArchiveLease(root, ARCHIVE, ttl_s=2.0) as lease:
+        first = _held(root)
         assert first is not None
         deadline = time.monotonic() + 30
-        while (now := read_lease(root)) is not None and now.heartbeat_at == first.heartbeat_at:
+        while (now := _held(root)) is not None and now.heartbeat_at == first.heartbeat_at:
             assert time.monotonic() < deadline, "the heartbeat never renewed the lease"
             time.sleep(0.05)
         assert now is not None and now.expires_at > first.expires_at and now.owner == lease.owner
         assert now.acquired_at == first.acquired_at
-    assert read_lease(root) is None  # released on exit
+    assert _held(root) is None  # released on exit
 
 
 HOLD_AND_WAIT = textwrap.dedent(
     """
     import signal, sys
-    from radforge.sharder.lease import DatasetLease
+    from radforge.sharder.lease import ArchiveLease
     from radforge.storage import resolve
 
-    DatasetLease(resolve(sys.argv[1])).acquire()
+    ArchiveLease(resolve(sys.argv[1]), sys.argv[2]).acquire()
     print("held", flush=True)
     signal.pause()  # until the test kills it
     """
@@ -132,7 +140,7 @@ HOLD_AND_WAIT = textwrap.dedent(
 
 def test_the_lease_of_a_killed_writer_on_this_node_is_taken_over_at_once(root: Location) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-c", HOLD_AND_WAIT, root.uri],
+        [sys.executable, "-c", HOLD_AND_WAIT, root.uri, ARCHIVE],
         cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO)},
         stdout=subprocess.PIPE,
@@ -141,13 +149,13 @@ def test_the_lease_of_a_killed_writer_on_this_node_is_taken_over_at_once(root: L
     # the holder says so once it holds the lease (a line on its stdout; EOF if it died first)
     line = proc.stdout.readline()  # type: ignore[union-attr]
     assert line == b"held\n", proc.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
-    dead = read_lease(root)
+    dead = _held(root)
     assert dead is not None and dead.pid == proc.pid and dead.expires_at > time.time()
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
 
-    lease = DatasetLease(root).acquire()  # not expired, but its holder is provably gone
-    assert read_lease(root) == lease.record
+    lease = ArchiveLease(root, ARCHIVE).acquire()  # not expired, but its holder is provably gone
+    assert _held(root) == lease.record
     lease.release()
 
 
@@ -164,7 +172,24 @@ def test_a_lease_from_another_node_waits_for_its_expiry(root: Location) -> None:
         heartbeat_at=now,
         expires_at=now + 600,
     )
-    create_exclusive(root.join(LEASE), foreign.to_bytes())
+    create_exclusive(archive_lease_loc(root, ARCHIVE), foreign.to_bytes())
     with pytest.raises(DatasetBusyError, match="held by node-7 pid"):
-        DatasetLease(root).acquire()
-    assert read_lease(root) == foreign
+        ArchiveLease(root, ARCHIVE).acquire()
+    assert _held(root) == foreign
+
+
+def test_two_archives_lease_one_dataset_at_once_and_an_alias_takes_the_same_lease(
+    root: Location, tmp_path: Path
+) -> None:
+    if root.is_local:
+        os.symlink(root.path, tmp_path / "alias")
+        alias = resolve(str(tmp_path / "alias"))
+    else:
+        alias = resolve(f"s3a://{root.path}/")
+    first = ArchiveLease(root, ARCHIVE, job_id="job-a").acquire()
+    other = ArchiveLease(alias, "hospital-b-2026-11").acquire()  # another archive: runs beside it
+    with pytest.raises(DatasetBusyError, match="job job-a"):
+        ArchiveLease(alias, ARCHIVE).acquire()  # the same archive through another spelling: refused
+    assert _held(root) == first.record
+    other.release()
+    first.release()

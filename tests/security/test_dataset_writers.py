@@ -1,13 +1,18 @@
-"""One writer at a time, whoever writes: aliases of one dataset and a CLI beside another writer.
+"""Writers of one dataset, whoever writes: aliases of one dataset and a CLI beside another writer.
 
 Attack (issue 14, attack 4): two ingests of the same series into one dataset at once, through a
 symlink alias (local) or a second spelling of the URI (S3), and a CLI ingest while another
-writer (a service job, here a real ingest process) holds the dataset. Before the fix both ran:
+writer (a service job, here a real ingest process) writes the dataset. Before the fix both ran:
 duplicated keys, and shards deleted under the other writer (``dataset verify`` failed).
+
+Since issue 15 runs of different archives write one dataset at once: two archives holding the same
+series both run, and the commit log serialises them (the later commit is refused, that run plans
+again and finds nothing left: it commits nothing). Two runs of the same archive still never run
+together, through any spelling: the second is refused by the archive's lease, in one line.
 
 Each writer is a real process running the real ingest against the session's Ray. Both are held
 at the start of their write (after planning) until the other has arrived there or ended, so that
-without a lock they would certainly both plan on the same committed catalog.
+both certainly plan on the same committed catalog.
 """
 
 from __future__ import annotations
@@ -59,6 +64,7 @@ WRITER = textwrap.dedent(
         cfg = load_config(overrides={"shards": {"size_limit": 16384, "samples_per_task": 8}})
         summary = run_ingest(source, dataset, cfg, sink_cls=Rendezvous)
         result = {"committed": summary.committed, "samples": summary.samples_written}
+        result["replans"] = summary.replans
     except DatasetError as e:
         result = {"error": type(e).__name__, "message": str(e)}
     finally:
@@ -104,19 +110,34 @@ def archives(tmp_path: Path) -> tuple[Path, Path]:
     return first, second
 
 
-def _check_one_wrote(results: list[dict], dataset: str, read: dict) -> None:
+def _check_one_wrote(results: list[dict], dataset: str, read: dict, *, same_archive: bool = True) -> None:
+    """One run committed every sample once; the other was refused (same archive) or, a run of another
+    archive holding the same series, was serialised through the log: refused at commit, it planned
+    again and committed nothing."""
     committed = [r for r in results if r.get("committed")]
-    refused = [r for r in results if "error" in r]
-    assert len(committed) == 1 and len(refused) == 1, results
-    assert refused[0]["error"] == "DatasetBusyError" and "\n" not in refused[0]["message"]
+    others = [r for r in results if not r.get("committed")]
+    assert len(committed) == 1 and len(others) == 1, results
+    if same_archive:
+        assert others[0]["error"] == "DatasetBusyError" and "\n" not in others[0]["message"]
+    else:
+        assert others[0] == {"committed": False, "samples": 0, "replans": 1}, others
     report = verify_dataset(dataset)
     assert report.ok, report.to_dict()
     assert len(read) == committed[0]["samples"] == report.samples  # read_all refuses duplicate keys
 
 
-@pytest.mark.parametrize("storage", ["local-symlink", "s3"])
+@pytest.mark.parametrize(
+    ("storage", "same_archive"),
+    [("local-symlink", False), ("s3", False), ("local-symlink", True)],  # same archive on s3: the lease tests
+    ids=["local-symlink-two-archives", "s3-two-archives", "local-symlink-same-archive"],
+)
 def test_two_ingests_through_aliases_of_one_dataset_never_interleave(
-    ray_local: None, archives: tuple[Path, Path], tmp_path: Path, storage: str, request: pytest.FixtureRequest
+    ray_local: None,
+    archives: tuple[Path, Path],
+    tmp_path: Path,
+    storage: str,
+    same_archive: bool,
+    request: pytest.FixtureRequest,
 ) -> None:
     if storage == "s3":
         bucket = request.getfixturevalue("s3_bucket")
@@ -129,14 +150,14 @@ def test_two_ingests_through_aliases_of_one_dataset_never_interleave(
     work.mkdir()
     procs = {
         "a": _writer(archives[0], dataset, work, "a", "b"),
-        "b": _writer(archives[1], alias, work, "b", "a"),
+        "b": _writer(archives[0 if same_archive else 1], alias, work, "b", "a"),
     }
     results = [_finish(proc, work, name) for name, proc in procs.items()]
     read = read_all(tmp_path / "cache", remote=dataset) if storage == "s3" else read_all(dataset)
-    _check_one_wrote(results, dataset, read)
+    _check_one_wrote(results, dataset, read, same_archive=same_archive)
 
 
-def test_cli_ingest_beside_another_writer_is_refused_in_one_line(
+def test_cli_ingest_of_an_archive_another_writer_is_ingesting_is_refused_in_one_line(
     ray_local: None, archives: tuple[Path, Path], tmp_path: Path
 ) -> None:
     import ray
@@ -147,8 +168,8 @@ def test_cli_ingest_beside_another_writer_is_refused_in_one_line(
     writer = _writer(archives[0], dataset, work, "job", "cli")
     _wait_for(work / "job.arrived", writer)  # the job holds the dataset, planned, about to write
     address = ray.get_runtime_context().gcs_address
-    cli = subprocess.run(
-        [sys.executable, "-m", "radforge.cli", "ingest", str(archives[1]), dataset, "--json"]
+    cli = subprocess.run(  # the same archive (a run of another archive would go ahead: see above)
+        [sys.executable, "-m", "radforge.cli", "ingest", str(archives[0]), dataset, "--json"]
         + ["--set", f"ray.address={address}", "--set", "shards.size_limit=16384"],
         cwd=REPO,
         capture_output=True,

@@ -13,7 +13,7 @@ from radforge.ingest.config import load_config
 from radforge.ingest.pipeline import part_id_for, run_ingest
 from radforge.sharder.catalog import Catalog, commit, is_part_id, load_catalog
 from radforge.sharder.datasink import MDSDatasink, remove_orphans
-from radforge.sharder.lease import LEASE, LeaseLostError, read_lease
+from radforge.sharder.lease import LEASES, LeaseLostError, archive_lease_loc, read_lease
 from radforge.sharder.marker import (
     MARKER,
     DestinationState,
@@ -35,7 +35,8 @@ def test_destination_states(tmp_path: Path) -> None:
     assert destination_state(root) is DestinationState.EMPTY  # not there yet
     (tmp_path / "new").mkdir()
     assert destination_state(root) is DestinationState.EMPTY
-    (tmp_path / "new" / LEASE).write_bytes(b"{}")  # another writer is creating the dataset
+    (tmp_path / "new" / LEASES).mkdir()  # another writer is creating the dataset
+    (tmp_path / "new" / LEASES / "archive-0.json").write_bytes(b"{}")
     assert destination_state(root) is DestinationState.EMPTY
     (tmp_path / "new" / "thesis.tex").write_bytes(b"x")
     assert destination_state(root) is DestinationState.FOREIGN
@@ -122,15 +123,15 @@ def test_canonical_uri_names_aliases_of_one_location_alike(tmp_path: Path) -> No
 
 
 class TakenOverSink(MDSDatasink):
-    """Another writer takes the dataset's lease over while this run writes (as after a long stall)."""
+    """Another writer takes the archive's lease over while this run writes (as after a long stall)."""
 
     def on_write_start(self, schema: Any = None) -> None:
         super().on_write_start(schema)
-        assert self.lease is not None
-        record = read_lease(resolve(self.dataset_uri))
+        archive_lease = self.leases[0]
+        record = read_lease(archive_lease.loc)
         assert record is not None
         stolen = json.dumps({**record.__dict__, "owner": "another-writer", "pid": 1}).encode()
-        write_bytes_atomic(resolve(self.dataset_uri).join(LEASE), stolen)
+        write_bytes_atomic(archive_lease.loc, stolen)
 
 
 def test_a_run_whose_lease_was_taken_over_does_not_commit(ray_local: None, tmp_path: Path) -> None:
@@ -138,7 +139,7 @@ def test_a_run_whose_lease_was_taken_over_does_not_commit(ray_local: None, tmp_p
     ds = tmp_path / "ds"
     run_ingest(str(make_archive(tmp_path / "a", n_ct=1, n_mr=0, seed=1)), str(ds), cfg)
     index = (ds / "index.json").read_bytes()
-    assert read_lease(resolve(str(ds))) is None  # released after the commit
+    assert read_lease(archive_lease_loc(resolve(str(ds)), "a")) is None  # released after the commit
     assert (ds / MARKER).exists()
 
     with pytest.raises(LeaseLostError, match="taken over"):
@@ -146,15 +147,16 @@ def test_a_run_whose_lease_was_taken_over_does_not_commit(ray_local: None, tmp_p
         run_ingest(str(second), str(ds), cfg, sink_cls=TakenOverSink)
     assert (ds / "index.json").read_bytes() == index
     assert len(load_catalog(resolve(str(ds))).parts) == 1
-    held = read_lease(resolve(str(ds)))
+    held = read_lease(archive_lease_loc(resolve(str(ds)), "b"))
     assert held is not None and held.owner == "another-writer"  # the loser left the winner's lease
+    assert not list((ds / LEASES).glob("part-*.json"))  # its part's liveness record went with the run
 
 
 def test_a_destination_in_a_missing_bucket_is_one_clear_error(moto_server: str) -> None:
     from radforge.sharder.catalog import DatasetError
-    from radforge.sharder.lease import DatasetLease
+    from radforge.sharder.lease import ArchiveLease
 
     root = resolve("s3://rf-no-such-bucket/datasets/ct")
     assert check_destination(root) is DestinationState.EMPTY
     with pytest.raises(DatasetError, match=r"^destination s3://rf-no-such-bucket/\S+ is not writable"):
-        DatasetLease(root).acquire()
+        ArchiveLease(root, "a").acquire()
