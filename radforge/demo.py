@@ -2,10 +2,11 @@
 
 Builds a sample archive (real DICOM/NIfTI files shipped in PyPI packages plus a synthetic export
 with planted identifying values), starts a local Ray bound to 127.0.0.1, ingests the archive into
-an MDS dataset in a local folder (the object store), verifies it, prints what it holds,
-pretrains a tiny ViT on it on the CPU (Ray Train), then evaluates the pretrained teacher against a
-random-init backbone of the same shape on the built-in task suite (frozen features, linear and kNN
-probes, few-shot curves) and prints where the report is.
+an MDS dataset in a local folder (the object store), verifies it, prints what it holds, compacts
+its small shards into large ones (printing the shard count before and after), pretrains a tiny
+ViT on it on the CPU (Ray Train), then evaluates the pretrained teacher against a random-init
+backbone of the same shape on the built-in task suite (frozen features, linear and kNN probes,
+few-shot curves) and prints where the report is.
 """
 
 from __future__ import annotations
@@ -57,11 +58,15 @@ def main(argv: list[str] | None = None) -> int:
     status = cli(["dataset", "stats", str(dataset)])
     if status:
         return status
+    console.print("[bold]5. compacting[/] the write tasks' small shards into large ones (a new commit)")
+    status = cli(["dataset", "compact", str(dataset)])
+    if status:
+        return status
     console.print(
         f"\nDataset ready at {dataset} — a stock streaming.StreamingDataset(local='{dataset}') reads it."
     )
     run = root / "run"
-    console.print(f"[bold]5. pretraining a tiny ViT[/] on the dataset (CPU, Ray Train) into {run}")
+    console.print(f"[bold]6. pretraining a tiny ViT[/] on the dataset (CPU, Ray Train) into {run}")
     status = cli(
         [
             "train",
@@ -84,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nCheckpoint (step {ref.step}): {ref.location.uri}")
     report = root / "eval"
     console.print(
-        f"[bold]6. evaluating[/] the pretrained teacher against a random-init ViT of the same shape "
+        f"[bold]7. evaluating[/] the pretrained teacher against a random-init ViT of the same shape "
         f"on the built-in suite (frozen features; linear and kNN probes; few-shot) into {report}"
     )
     status = cli(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,8 @@ def test_demo_runs_the_whole_pipeline(
     out = capsys.readouterr().out
     dataset, run, report = tmp_path / "dataset", tmp_path / "run", tmp_path / "eval"
     assert verify_dataset(str(dataset)).ok
+    before, after = map(int, re.search(r"shards (\d+) -> (\d+)", out).groups())  # type: ignore[union-attr]
+    assert after < before  # compacted before training (the write tasks' small shards)
     samples = read_all(dataset)
     assert {s["meta"]["modality"] for s in samples.values()} == {"CT", "MR"}
     latest = json.loads((run / "checkpoints" / "latest").read_text())["dir"]

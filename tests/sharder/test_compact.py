@@ -362,3 +362,56 @@ def test_cli_compact_and_vacuum(tmp_path: Path, capsys: pytest.CaptureFixture[st
     with pytest.raises(SystemExit):
         cli_main(["dataset", "vacuum", root.uri, "--older-than", "soon"])
     assert "'soon'" in capsys.readouterr().err
+
+
+# ---- over a real ingest: claims, the training loader --------------------------------------------------
+@pytest.fixture(scope="module")
+def compacted(tmp_path_factory: pytest.TempPathFactory, ray_local: None) -> tuple[Path, str]:
+    """The training tests' tiny ingest (14 samples in small shards), compacted into shards of 32 KiB."""
+    from tests.trainer.support import ingest_tiny
+
+    root = tmp_path_factory.mktemp("compacted")
+    dataset = ingest_tiny(root, str(root / "ds"))
+    summary = compact_dataset(dataset, target_shard_bytes=32 << 10, min_shard_bytes=32 << 10)
+    assert 1 < summary.shards_after < summary.shards_before
+    return root / "archive", dataset
+
+
+def test_an_ingest_after_compaction_skips_the_series_it_holds(compacted: tuple[Path, str]) -> None:
+    from radforge.ingest.config import load_config
+    from radforge.ingest.pipeline import run_ingest
+    from tests.trainer.support import SHARDS
+
+    archive, dataset = compacted
+    seq = read_state(resolve(dataset)).seq
+
+    again = run_ingest(str(archive), dataset, load_config(overrides=SHARDS))
+
+    assert not again.committed and again.samples_written == 0
+    assert again.by_reason == {"already_ingested": 3}
+    assert read_state(resolve(dataset)).seq == seq
+
+
+def test_loader_resume_and_elastic_shrink_over_a_compacted_dataset(
+    compacted: tuple[Path, str], tmp_path: Path
+) -> None:
+    """Global batch 4 in micro-batches of 2 over the compacted dataset: 2 ranks (torchrun) run step 1
+    and checkpoint, then the run shrinks to 1 process (accumulating 2), resumes and runs step 2. Both
+    steps have the samples, in order, and the losses of one process that ran steps 1-2 straight."""
+    from radforge.trainer.loop import read_metrics, run_training
+    from tests.trainer.support import tiny_run
+    from tests.trainer.test_ray_launcher import _torchrun, assert_same_run
+
+    _, dataset = compacted
+    common = ("batch.micro_size=2", "checkpoint.every=1", "data.loader_workers=0")
+    run_training(tiny_run(dataset, str(tmp_path / "ref"), tmp_path, *common, "steps=2"))
+    elastic = tmp_path / "elastic"
+    _torchrun(elastic, dataset, tmp_path, *common, "batch.global_size=4", "steps=1")
+
+    shrunk = run_training(tiny_run(dataset, str(elastic), tmp_path, *common, "steps=2"))
+
+    assert shrunk.resumed_from == 1
+    records = read_metrics(str(elastic))
+    assert [(r["world_size"], r["accumulation"]) for r in records] == [(2, 1), (1, 2)]
+    assert_same_run(read_metrics(str(tmp_path / "ref")), records, steps=[1, 2])
+    assert len({k for r in records for k in r["keys"]}) == 8  # 14 samples: no key twice in an epoch
