@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 # First read of an object: enough for nearly every DICOM header; longer headers are read whole.
 HEADER_CHUNK = 64 * 1024
+# The detail of a header that could not be read at all (storage error): worth another try later.
+IO_FAILURE = "object cannot be read"
 
 
 @dataclass
@@ -117,7 +119,13 @@ def is_nifti(path: str) -> bool:
 
 def list_objects(root: Location) -> list[tuple[str, int]]:
     """Every object below ``root`` as (relative path, size), sorted; SourceError if none or missing."""
+    return [(path, size) for path, size, _ in list_entries(root)]
+
+
+def list_entries(root: Location) -> list[tuple[str, int, str | None]]:
+    """Every object below ``root`` as (relative path, size, version), sorted; see :func:`object_version`."""
     fs = root.fs
+    fs.invalidate_cache(root.path)  # object stores: a re-scan must see the objects as they are now
     if not fs.exists(root.path):
         raise SourceError(f"source {root.uri} does not exist")
     if fs.isfile(root.path):
@@ -127,11 +135,23 @@ def list_objects(root: Location) -> list[tuple[str, int]]:
     for path, info in found.items():
         if info.get("type", "file") != "file":
             continue
-        objects.append((root.relative(path), int(info.get("size") or 0)))
+        objects.append((root.relative(path), int(info.get("size") or 0), object_version(info)))
     if not objects:
         raise SourceError(f"source {root.uri} holds no objects")
     objects.sort()
     return objects
+
+
+def object_version(info: dict[str, Any]) -> str | None:
+    """What changes when an object's bytes change, from its listing: the ETag, else the mtime.
+
+    None when the filesystem gives neither (such objects are always read again).
+    """
+    for key in ("ETag", "etag", "mtime", "LastModified", "last_modified", "updated"):
+        value = info.get(key)
+        if value is not None and value != "":
+            return f"{key}={value}"
+    return None
 
 
 def _floats(value: Any, n: int) -> list[float] | None:
@@ -404,5 +424,5 @@ def read_header(root: Location, path: str, size: int) -> Header:
             size=size,
             kind="unreadable",
             reason=Reason.UNREADABLE.value,
-            detail=f"object cannot be read ({type(e).__name__})",
+            detail=f"{IO_FAILURE} ({type(e).__name__})",
         )
