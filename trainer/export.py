@@ -30,7 +30,7 @@ import torch
 import yaml
 
 import radforge.trainer.models as models_package
-from radforge.storage import Location, exists, resolve, write_bytes_atomic
+from radforge.storage import Location, exists, redact, resolve, write_bytes_atomic
 from radforge.trainer import checkpoint as ckpt
 from radforge.trainer.build import build_backbone
 from radforge.trainer.export_formats import ExportError, write_hf, write_timm
@@ -48,6 +48,7 @@ from radforge.trainer.models.backbone import (
     vit_from_spec,
 )
 from radforge.trainer.recipe import RecipeConfig
+from radforge.trainer.run_config import run_provenance
 
 logger = logging.getLogger(__name__)
 
@@ -64,12 +65,15 @@ class TeacherBackbone:
     spec: BackboneSpec
     state: dict[str, torch.Tensor]  # weights, names as radforge.trainer.models.VisionTransformer
     preprocessing: dict[str, Any]  # input mapping the run trained with
-    source: dict[str, Any]  # checkpoint URI and step
+    source: dict[str, Any]  # checkpoint URI and step, the run's datasets, configured steps, config hash
 
     def frozen(self) -> FrozenBackbone:
         """The frozen module with these weights."""
         where = str(self.source["checkpoint"])
-        return FrozenBackbone.from_state(self.spec, self.state, where=where, preprocessing=self.preprocessing)
+        pre = self.preprocessing
+        model = FrozenBackbone.from_state(self.spec, self.state, where=where, preprocessing=pre)
+        model.source = dict(self.source)
+        return model
 
 
 @dataclass(frozen=True)
@@ -128,7 +132,12 @@ def teacher_backbone(checkpoint: str) -> TeacherBackbone:
         spec=spec,
         state={k: v.contiguous() for k, v in state.items() if k not in TRAINING_ONLY},
         preprocessing={"ct_air_hu": recipe.intensity.ct_air_hu, "image_size": recipe.crops.global_size},
-        source={"checkpoint": ref.location.uri, "step": int(saved["step"]), "network": "teacher"},
+        source={
+            "checkpoint": redact(ref.location.uri),
+            "step": int(saved["step"]),
+            "network": "teacher",
+            **run_provenance(saved["config"]),  # datasets (redacted), configured steps, config hash
+        },
     )
 
 

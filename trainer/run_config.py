@@ -13,13 +13,14 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from radforge.config import ConfigError, LayeredConfig, load_model, read_yaml_mapping
 from radforge.sharder.mixing import MixSpec
+from radforge.storage import redact
 from radforge.trainer.recipe import RecipeConfig
 from radforge.trainer.trackers import TrackerName, tensorboard_dir
 
@@ -200,6 +201,21 @@ class TrainConfig(_Section):
 def config_sha256(config_yaml: str) -> str:
     """The hash that names a resolved config: sha256 of its YAML as saved next to every checkpoint."""
     return hashlib.sha256(config_yaml.encode()).hexdigest()
+
+
+def run_provenance(config_yaml: str) -> dict[str, Any]:
+    """What a report says about the run a resolved config describes: datasets, steps, config hash.
+
+    Read from the YAML tree, not validated: a checkpoint of an older radforge still has a provenance.
+    Dataset URIs are redacted (credentials and query strings); ``None`` where the config lacks a field.
+    """
+    tree = yaml.safe_load(config_yaml) or {}
+    sources = ((tree.get("data") or {}).get("mix") or {}).get("sources") or []
+    return {
+        "datasets": [redact(str(s.get("uri"))) for s in sources if isinstance(s, dict)],
+        "steps": tree.get("steps"),
+        "config_sha256": config_sha256(config_yaml),
+    }
 
 
 def load_train_config(path: str | Path | None = None, *, overrides: Sequence[str] = ()) -> TrainConfig:

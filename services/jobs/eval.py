@@ -5,8 +5,9 @@ Runs ``radforge eval``'s machinery (:func:`radforge.trainer.eval.run.evaluate`) 
 its shape unless ``random_init`` is false, on the built-in suite or the given task folders; the
 report goes to ``output_uri``. Progress follows :mod:`radforge.services.jobs.progress`: ``progress.json`` at
 each phase (loading, extracting, probing, reporting) with (backbone, task) evaluations done of
-all. It ends with ``result.json`` (report paths and the primary metric per backbone, task and
-probe: task names and numbers only) or ``error.json`` (one line).
+all. It ends with ``result.json`` (report paths, the primary metric per backbone, task and probe,
+the verdict against the baseline and the paired differences: task names and numbers only) or
+``error.json`` (one line).
 
 The evaluation runs in this process, on its CPU, as ``radforge eval`` does: ``--ray-address`` is
 accepted for the job contract every kind follows, and not used.
@@ -44,7 +45,7 @@ ERROR_MAX_CHARS = 300
 def eval_result(outcome: EvalOutcome) -> dict[str, Any]:
     """The job's PHI-free summary of an evaluation: report paths and primary metrics, no samples."""
     from radforge.trainer.eval.metrics import PRIMARY
-    from radforge.trainer.eval.report import headline_scores
+    from radforge.trainer.eval.report import headline_scores, verdicts
 
     report = outcome.report
     return {
@@ -56,6 +57,10 @@ def eval_result(outcome: EvalOutcome) -> dict[str, Any]:
         "backbones": sorted({r.backbone for r in outcome.results}),
         "primary_metric": {r.task: PRIMARY[r.kind] for r in outcome.results},
         "scores": headline_scores(outcome.results),
+        # against the random-init baseline (empty without one): probes won / lost / tied per backbone,
+        # and each (task, probe)'s difference with its paired 95% interval
+        "verdict": [v.to_dict() for v in verdicts(outcome.paired)],
+        "paired_differences": [p.to_dict() for p in outcome.paired],
         "seconds": round(outcome.seconds, 3),
     }
 

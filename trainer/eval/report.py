@@ -1,12 +1,16 @@
-"""The evaluation report: ``results.json``, ``report.md``, ``report.html`` and few-shot plots (PNG).
+"""The evaluation report: ``results.json``, ``report.md``, ``report.html`` and plots (PNG).
 
-The main table has one row per (task, probe) and one column per backbone: the task's primary
-metric (accuracy, or R2 for regression) on the full training set with its 95% bootstrap interval.
-With a baseline (the random-init backbone of ``radforge eval --random-init``), a "paired differences"
-table gives, per task and probe, each backbone's primary metric minus the baseline's on the same test
-samples with a paired bootstrap 95% interval, and a verdict line counts the probes won with the
-interval excluding zero. A further table lists every metric. Each task gets a plot of the primary
-metric against the number of shots (mean and min-max over seeds), one line per backbone and probe.
+The report opens with the verdict: per backbone, how many probes (task x probe) it wins against
+the baseline (the random-init backbone of ``radforge eval --random-init``) with the paired 95%
+interval above zero, loses, or ties (:func:`verdict_lines`, the lines ``radforge eval`` prints). Then
+the per-task deltas: each backbone's primary metric (accuracy, or R2 for regression) minus the
+baseline's on the same test samples, with a paired bootstrap 95% interval, as a table and a plot.
+Then the scores (one row per task and probe, one column per backbone: the primary metric on the full
+training set with its 95% bootstrap interval), the provenance of each backbone (checkpoint, step of
+the configured steps, the run's datasets with credentials redacted, the run config's sha256, the
+weights' hash, the shape), the settings, one few-shot plot per task (primary metric against shots,
+mean and min-max over seeds) and every metric. Each backbone has one colour in every plot and in the
+HTML tables (:func:`backbone_colours`; the baseline is grey).
 """
 
 from __future__ import annotations
@@ -29,6 +33,14 @@ RESULTS = "results.json"
 MARKDOWN = "report.md"
 HTML = "report.html"
 PLOTS = "plots"
+DELTAS_PLOT = "paired-differences.png"  # under PLOTS, beside the few-shot plots ({task}.png)
+BASELINE_COLOUR = "#7f7f7f"
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
+# provenance columns in this order; other keys follow, sorted
+PROVENANCE = (
+    "source", "checkpoint", "step", "steps", "datasets", "config_sha256", "weights", "embed_dim", "depth",
+    "patch", "input",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -39,7 +51,8 @@ class Report:
     markdown: Path
     html: Path
     results: Path
-    plots: dict[str, Path]  # task -> PNG
+    plots: dict[str, Path]  # task -> few-shot PNG
+    deltas_plot: Path | None = None  # the per-task deltas (with a baseline)
 
 
 @dataclass(frozen=True)
@@ -109,28 +122,78 @@ def paired_differences(
     return out
 
 
-def verdict_lines(paired: Sequence[PairedResult]) -> list[str]:
-    """One line per backbone: probes won / lost with the paired interval excluding zero, of all."""
-    lines = []
+@dataclass(frozen=True)
+class Verdict:
+    """One backbone against the baseline: probes won / lost with the paired interval excluding zero."""
+
+    backbone: str
+    baseline: str
+    wins: int
+    losses: int
+    probes: int  # task x probe pairs compared
+
+    @property
+    def ties(self) -> int:
+        return self.probes - self.wins - self.losses
+
+    def line(self) -> str:
+        """The sentence ``radforge eval`` prints and the report opens with."""
+        return (
+            f"Verdict: {self.backbone} beats {self.baseline} on {self.wins} of {self.probes} probes (task x "
+            f"probe) with the paired 95% interval above zero; loses on {self.losses}; the other {self.ties} "
+            "are inside the noise."
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (snake_case keys), the sentence included."""
+        return {
+            "backbone": self.backbone,
+            "baseline": self.baseline,
+            "wins": self.wins,
+            "losses": self.losses,
+            "ties": self.ties,
+            "probes": self.probes,
+            "line": self.line(),
+        }
+
+
+def verdicts(paired: Sequence[PairedResult]) -> list[Verdict]:
+    """One :class:`Verdict` per compared backbone, in the order of ``paired``."""
+    out = []
     for name in dict.fromkeys(p.backbone for p in paired):
         mine = [p for p in paired if p.backbone == name]
         wins = sum(p.difference.verdict == "win" for p in mine)
         losses = sum(p.difference.verdict == "loss" for p in mine)
-        lines.append(
-            f"Verdict: {name} beats {mine[0].baseline} on {wins} of {len(mine)} probes (task x probe) with "
-            f"the paired 95% interval above zero; loses on {losses}; the other {len(mine) - wins - losses} "
-            "are inside the noise."
-        )
-    return lines
+        out.append(Verdict(name, mine[0].baseline, wins=wins, losses=losses, probes=len(mine)))
+    return out
 
 
-def _paired_table(paired: Sequence[PairedResult]) -> list[list[str]]:
+def verdict_lines(paired: Sequence[PairedResult]) -> list[str]:
+    """One line per backbone: probes won / lost with the paired interval excluding zero, of all."""
+    return [v.line() for v in verdicts(paired)]
+
+
+def backbone_colours(names: Sequence[str], *, baseline: str | None = None) -> dict[str, str]:
+    """One colour per backbone for every plot and table: the baseline grey, the others in ``names`` order."""
+    others = [n for n in names if n != baseline]
+    colours = {n: PALETTE[i % len(PALETTE)] for i, n in enumerate(others)}
+    if baseline is not None and baseline in names:
+        colours[baseline] = BASELINE_COLOUR
+    return colours
+
+
+def _interval(ci: tuple[float, float]) -> str:
+    return f"[{ci[0]:+.3f}, {ci[1]:+.3f}]" if all(map(math.isfinite, ci)) else "n/a"
+
+
+def _paired_table(paired: Sequence[PairedResult], tasks: Sequence[str]) -> list[list[str]]:
+    """Per-task deltas: one row per (task, probe, backbone), in the suite's task order."""
     rows = [["task", "probe", "backbone", "metric", "n test", "difference", "paired 95% interval", "verdict"]]
-    for p in paired:
+    order = {t: i for i, t in enumerate(tasks)}
+    for p in sorted(paired, key=lambda p: order.get(p.task, len(order))):
         d = p.difference
-        interval = f"[{d.ci[0]:+.3f}, {d.ci[1]:+.3f}]" if all(map(math.isfinite, d.ci)) else "n/a"
         diff = f"{d.diff:+.3f}" if math.isfinite(d.diff) else "n/a"
-        rows.append([p.task, p.probe, p.backbone, d.metric, str(d.n_test), diff, interval, d.verdict])
+        rows.append([p.task, p.probe, p.backbone, d.metric, str(d.n_test), diff, _interval(d.ci), d.verdict])
     return rows
 
 
@@ -153,19 +216,28 @@ def curves(
     return out
 
 
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def plot_task(
     task: str,
     lines: dict[tuple[str, str], list[tuple[int | str, float, float, float]]],
     *,
     metric: str,
     path: Path,
+    colours: dict[str, str],
 ) -> Path:
-    """One few-shot figure: primary metric vs shots (log2 axis; 'full' last)."""
-    import matplotlib
+    """One few-shot figure: primary metric vs shots (log2 axis; 'full' last).
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    One colour per backbone (``colours``), solid lines for the linear probe, dashed for kNN.
+    """
+    plt = _pyplot()
     shots = sorted(
         {p[0] for pts in lines.values() for p in pts}, key=lambda s: math.inf if s == FULL else float(s)
     )
@@ -173,24 +245,63 @@ def plot_task(
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     for (backbone, probe), pts in sorted(lines.items()):
         xs = [pos[p[0]] for p in pts]
+        colour = colours.get(backbone)
         ax.plot(
             xs,
             [p[1] for p in pts],
             marker="o",
             label=f"{backbone} / {probe}",
             linestyle="-" if probe == "linear" else "--",
+            color=colour,
         )
-        ax.fill_between(xs, [p[2] for p in pts], [p[3] for p in pts], alpha=0.15)
+        ax.fill_between(xs, [p[2] for p in pts], [p[3] for p in pts], alpha=0.15, color=colour)
     ax.set_xticks(range(len(shots)), [str(s) for s in shots])
     ax.set_xlabel("training examples per class (per target bin for regression)")
     ax.set_ylabel(metric)
     ax.set_title(task)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_deltas(
+    paired: Sequence[PairedResult], tasks: Sequence[str], *, path: Path, colours: dict[str, str]
+) -> Path:
+    """Per-task deltas as a forest plot: one row per (task, probe), a line at zero.
+
+    Each backbone's difference from the baseline is a dot in its colour, its paired 95% interval a bar.
+    """
+    plt = _pyplot()
+    order = {t: i for i, t in enumerate(tasks)}
+    rows = sorted(dict.fromkeys((p.task, p.probe) for p in paired), key=lambda r: (order.get(r[0], 0), r[1]))
+    names = list(dict.fromkeys(p.backbone for p in paired))
+    fig, ax = plt.subplots(figsize=(6, 1.2 + 0.35 * len(rows)), dpi=100)
+    step = 0.6 / max(len(names), 1)
+    for j, name in enumerate(names):
+        ys, xs, lo, hi = [], [], [], []
+        for p in paired:
+            if p.backbone == name and all(map(math.isfinite, (p.difference.diff, *p.difference.ci))):
+                ys.append(rows.index((p.task, p.probe)) + (j - (len(names) - 1) / 2) * step)
+                xs.append(p.difference.diff)
+                lo.append(p.difference.diff - p.difference.ci[0])
+                hi.append(p.difference.ci[1] - p.difference.diff)
+        ax.errorbar(xs, ys, xerr=[lo, hi], fmt="o", color=colours.get(name), capsize=3, label=name)
+    ax.axvline(0.0, color="black", linewidth=0.8)
+    ax.set_yticks(range(len(rows)), [f"{t} / {p}" for t, p in rows])
+    ax.invert_yaxis()
+    baseline = paired[0].baseline if paired else ""
+    ax.set_xlabel(f"primary metric minus {baseline}'s (paired 95% interval)")
+    ax.grid(alpha=0.3, axis="x")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _save(fig: Any, path: Path) -> Path:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png")
-    plt.close(fig)
+    fig.clf()
+    _pyplot().close(fig)
     return path
 
 
@@ -230,16 +341,61 @@ def _tables(
     return main, detail
 
 
+def _provenance_table(backbones: dict[str, dict[str, Any]]) -> list[list[str]]:
+    keys = {k for v in backbones.values() for k in v}
+    columns = [k for k in PROVENANCE if k in keys] + sorted(keys - set(PROVENANCE))
+    rows = [["backbone", *columns]]
+    for name, info in backbones.items():
+        cells = []
+        for k in columns:
+            v = info.get(k, "")
+            if k == "step" and info.get("steps") is not None:
+                v = f"{v} of {info['steps']}"
+            cells.append(", ".join(map(str, v)) if isinstance(v, list) else "" if v is None else str(v))
+        rows.append([name, *cells])
+    if "steps" in columns:  # shown with the step
+        i = columns.index("steps") + 1
+        rows = [r[:i] + r[i + 1 :] for r in rows]
+    return rows
+
+
 def _markdown_table(rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
     lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]
     return "\n".join(lines)
 
 
-def _html_table(rows: list[list[str]]) -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in rows[0])
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows[1:])
+def _html_table(rows: list[list[str]], colours: dict[str, str] | None = None) -> str:
+    """A table; a cell (or heading) that names a backbone gets that backbone's colour swatch."""
+
+    def cell(tag: str, text: str) -> str:
+        colour = (colours or {}).get(text)
+        swatch = f'<span class="swatch" style="background:{colour}"></span>' if colour else ""
+        return f"<{tag}>{swatch}{html.escape(text)}</{tag}>"
+
+    head = "".join(cell("th", c) for c in rows[0])
+    body = "".join("<tr>" + "".join(cell("td", c) for c in r) + "</tr>" for r in rows[1:])
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+INTRO = (
+    "Frozen backbones, probes on the full training set: primary metric with its 95% bootstrap "
+    "interval over test samples (accuracy for classification, R2 for regression; higher is better)."
+)
+PAIRED_INTRO = (
+    "Each backbone minus the baseline on the same test samples (primary metric, full training set), "
+    "with a paired bootstrap 95% interval: test indices resampled once per draw, both metrics on it. "
+    "win / loss: the interval excludes zero; tie: it does not."
+)
+NO_BASELINE = (
+    "No verdict: no baseline was evaluated (radforge eval --random-init adds the random-init backbone "
+    "a pretrained one must beat)."
+)
+STYLE = (
+    "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;font:13px sans-serif}"
+    ".swatch{display:inline-block;width:10px;height:10px;margin-right:5px;border-radius:2px}"
+    ".verdict{font-size:15px}"
+)
 
 
 def write_report(
@@ -253,106 +409,78 @@ def write_report(
 ) -> Report:
     """Write results, tables and plots under ``folder``; ``backbones`` maps names to their provenance.
 
-    ``paired`` (from :func:`paired_differences`) adds the paired-differences table and verdict lines.
+    ``paired`` (from :func:`paired_differences`) gives the verdict lines the report opens with and
+    the per-task deltas; without it the report says no baseline was evaluated.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     names = list(backbones)
+    tasks = list(dict.fromkeys(r.task for r in results))
+    colours = backbone_colours(names, baseline=paired[0].baseline if paired else None)
     plots = {}
     for task, lines in curves(results).items():
         kind = next(r.kind for r in results if r.task == task)
-        plots[task] = plot_task(task, lines, metric=PRIMARY[kind], path=folder / PLOTS / f"{task}.png")
+        path = folder / PLOTS / f"{task}.png"
+        plots[task] = plot_task(task, lines, metric=PRIMARY[kind], path=path, colours=colours)
+    deltas_plot = (
+        plot_deltas(paired, tasks, path=folder / PLOTS / DELTAS_PLOT, colours=colours) if paired else None
+    )
     main, detail = _tables(results, names)
+    deltas = _paired_table(paired, tasks)
+    provenance = _provenance_table(backbones)
+    opening = verdict_lines(paired) or [NO_BASELINE]
     results_path = folder / RESULTS
     results_path.write_text(
         json.dumps(
             {
                 "backbones": backbones,
+                "colours": colours,
                 "settings": settings,
-                "paired_differences": [p.to_dict() for p in paired],
                 "verdicts": verdict_lines(paired),
+                "verdict": [v.to_dict() for v in verdicts(paired)],
+                "paired_differences": [p.to_dict() for p in paired],
                 "results": [r.to_dict() for r in results],
             },
             indent=1,
             default=str,
         )
     )
-    intro = (
-        "Frozen backbones, probes on the full training set: primary metric with its 95% bootstrap "
-        "interval over test samples (accuracy for classification, R2 for regression; higher is better)."
-    )
-    paired_intro = (
-        "Each backbone minus the baseline on the same test samples (primary metric, full training set), "
-        "with a paired bootstrap 95% interval: test indices resampled once per draw, both metrics on it. "
-        "win / loss: the interval excludes zero; tie: it does not."
-    )
-    paired_md = (
-        [
-            "## Paired differences",
-            "",
-            paired_intro,
-            "",
-            *verdict_lines(paired),
-            "",
-            _markdown_table(_paired_table(paired)),
-            "",
-        ]
-        if paired
-        else []
-    )
-    paired_html = (
-        [
-            "<h2>Paired differences</h2>",
-            f"<p>{html.escape(paired_intro)}</p>",
-            *[f"<p><b>{html.escape(line)}</b></p>" for line in verdict_lines(paired)],
-            _html_table(_paired_table(paired)),
-        ]
-        if paired
-        else []
-    )
-    provenance = [["backbone", *sorted({k for v in backbones.values() for k in v})]]
-    provenance += [[n, *[str(backbones[n].get(k, "")) for k in provenance[0][1:]]] for n in names]
-    md = [
-        f"# {title}",
-        "",
-        intro,
-        "",
-        _markdown_table(main),
-        "",
-        *paired_md,
-        "## Backbones",
-        "",
-        _markdown_table(provenance),
-        "",
-        "## Settings",
-        "",
-        "```json",
-        json.dumps(settings, indent=1),
-        "```",
-        "",
-        "## Few-shot curves",
-        "",
-    ]
-    md += [f"![{t}]({PLOTS}/{t}.png)" for t in plots]
+    deltas_rel = f"{PLOTS}/{DELTAS_PLOT}"
+    colour_note = "Colours: " + ", ".join(f"{n} {c}" for n, c in colours.items()) + " (every plot)."
+    md = [f"# {title}", "", *[f"**{line}**" for line in opening], ""]
+    if paired:
+        md += ["## Per-task deltas", "", PAIRED_INTRO, "", _markdown_table(deltas), ""]
+        md += [f"![paired differences]({deltas_rel})", ""]
+    md += ["## Scores", "", INTRO, "", _markdown_table(main), "", colour_note, ""]
+    md += ["## Provenance", "", _markdown_table(provenance), ""]
+    md += ["## Settings", "", "```json", json.dumps(settings, indent=1), "```", ""]
+    md += ["## Few-shot curves", "", *[f"![{t}]({PLOTS}/{t}.png)" for t in plots]]
     md += ["", "## All metrics (full training set)", "", _markdown_table(detail), ""]
     (folder / MARKDOWN).write_text("\n".join(md))
-    style = "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;font:13px sans-serif}"
-    body = [
-        f"<h1>{html.escape(title)}</h1>",
-        f"<p>{html.escape(intro)}</p>",
-        _html_table(main),
-        *paired_html,
-        "<h2>Backbones</h2>",
-        _html_table(provenance),
-        "<h2>Settings</h2>",
-        f"<pre>{html.escape(json.dumps(settings, indent=1))}</pre>",
-        "<h2>Few-shot curves</h2>",
-    ]
+
+    body = [f"<h1>{html.escape(title)}</h1>"]
+    body += [f'<p class="verdict"><b>{html.escape(line)}</b></p>' for line in opening]
+    if paired:
+        body += [
+            "<h2>Per-task deltas</h2>",
+            f"<p>{html.escape(PAIRED_INTRO)}</p>",
+            _html_table(deltas, colours),
+        ]
+        body += [f'<img src="{deltas_rel}" alt="paired differences">']
+    body += ["<h2>Scores</h2>", f"<p>{html.escape(INTRO)}</p>", _html_table(main, colours)]
+    body += ["<h2>Provenance</h2>", _html_table(provenance, colours)]
+    body += ["<h2>Settings</h2>", f"<pre>{html.escape(json.dumps(settings, indent=1))}</pre>"]
+    body += ["<h2>Few-shot curves</h2>"]
     body += [f'<img src="{PLOTS}/{t}.png" alt="{html.escape(t)}">' for t in plots]
-    body += ["<h2>All metrics (full training set)</h2>", _html_table(detail)]
+    body += ["<h2>All metrics (full training set)</h2>", _html_table(detail, colours)]
     page = f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-    page += f"<style>{style}</style></head><body>{''.join(body)}</body></html>"
+    page += f"<style>{STYLE}</style></head><body>{''.join(body)}</body></html>"
     (folder / HTML).write_text(page)
     return Report(
-        folder=folder, markdown=folder / MARKDOWN, html=folder / HTML, results=results_path, plots=plots
+        folder=folder,
+        markdown=folder / MARKDOWN,
+        html=folder / HTML,
+        results=results_path,
+        plots=plots,
+        deltas_plot=deltas_plot,
     )

@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from radforge.storage import redact
 from radforge.trainer.eval.backbone import FrozenBackbone
 from radforge.trainer.eval.builtin import build_builtin_suite
 from radforge.trainer.eval.features import extract_features
@@ -51,6 +52,9 @@ def load_backbones(
 ) -> tuple[dict[str, FrozenBackbone], dict[str, dict[str, object]]]:
     """Backbones by name (export folders or checkpoints) and their provenance for the report.
 
+    The provenance is what the export's ``config.json`` (or the checkpoint's run config) says: the
+    checkpoint, its step, the run's configured steps, its datasets and its config's sha256.
+
     With ``random_init`` a backbone of the first one's shape, initialised as training starts
     (seeded), is added as :data:`RANDOM_INIT`: the baseline a pretraining run must beat.
     """
@@ -61,7 +65,10 @@ def load_backbones(
     if random_init and RANDOM_INIT in sources:
         raise ValueError(f"the backbone name {RANDOM_INIT!r} is taken by the random-init baseline")
     backbones = {name: load_for_eval(path) for name, path in sources.items()}
-    provenance: dict[str, dict[str, object]] = {name: {"source": path} for name, path in sources.items()}
+    # the run behind each: checkpoint, step, the run's datasets (redacted), configured steps, config hash
+    provenance: dict[str, dict[str, object]] = {
+        name: {"source": redact(path), **backbones[name].source} for name, path in sources.items()
+    }
     if random_init:
         first = next(iter(backbones.values()))
         backbones[RANDOM_INIT] = random_backbone(first.spec, seed=seed, preprocessing=first.preprocessing)

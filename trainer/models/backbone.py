@@ -152,6 +152,7 @@ class FrozenBackbone(VisionTransformer):
         self.requires_grad_(False)
         self.eval()
         self.weights_hash = ""  # set by load_state
+        self.source: dict[str, Any] = {}  # where the weights came from (an export's config.json "source")
 
     @classmethod
     def from_state(
@@ -254,4 +255,5 @@ def load_backbone(path: str | Path, *, device: str | torch.device = "cpu") -> Fr
     model = FrozenBackbone.from_state(
         spec, state, where=str(weights_path), preprocessing=cfg.get("preprocessing")
     )
+    model.source = dict(cfg.get("source") or {})
     return model.to(device)

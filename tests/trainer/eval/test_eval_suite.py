@@ -295,8 +295,8 @@ def test_eval_command_writes_a_report(
         assert p["diff"] == pytest.approx(full[p["probe"], "tiny"] - full[p["probe"], "random_init"])
         assert p["ci"][0] <= p["diff"] <= p["ci"][1] and p["verdict"] in ("win", "loss", "tie")
     markdown = (out / "report.md").read_text()
-    assert "## Paired differences" in markdown and written["verdicts"][0] in markdown
-    assert "Paired differences" in (out / "report.html").read_text()
+    assert "## Per-task deltas" in markdown and written["verdicts"][0] in markdown
+    assert "Per-task deltas" in (out / "report.html").read_text()
     assert (out / "plots" / "plane_2d.png").stat().st_size > 1000
     assert cli_main(["eval", "--backbone", str(tmp_path), "--tasks", "builtin", "--out", str(out)]) == 1
     assert "no checkpoint at" in capsys.readouterr().err
