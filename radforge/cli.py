@@ -41,21 +41,23 @@ def _print_summary(title: str, rows: list[tuple[str, Any]]) -> None:
     Console().print(table)
 
 
-def _enable_ray_data_progress() -> None:
-    import ray.data
-
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = sys.stderr.isatty()
-
-
 def cmd_ingest(args: argparse.Namespace) -> int:
+    from radforge.cli_progress import ingest_progress
     from radforge.config import parse_overrides
     from radforge.ingest.config import IngestConfig, load_config
     from radforge.ingest.pipeline import run_ingest
 
     cfg: IngestConfig = load_config(args.config, overrides=parse_overrides(args.set or []))
-    _enable_ray_data_progress()
-    summary = run_ingest(args.source, args.dataset, cfg, operator_report=args.operator_report)
+    cfg.deid.resolved_salt()  # a missing salt fails before Ray starts
+    with ingest_progress(cfg.ray, verbose=args.verbose) as hooks:
+        summary = run_ingest(
+            args.source,
+            args.dataset,
+            cfg,
+            operator_report=args.operator_report,
+            sink_cls=hooks.sink_cls,
+            on_plan=hooks.on_plan,
+        )
     if args.json:
         print(json.dumps(summary.to_dict(), sort_keys=True))
     else:
@@ -267,12 +269,12 @@ def _train(cfg: Any, *, no_ray: bool, as_json: bool) -> int:
 
         with progress:
             summary = run_training(cfg, on_step=on_step)
-        rows: list[tuple[str, Any]] = [
+        rows: list[tuple[str, Any]] = [  # snake_case keys: --json prints them as they are
             ("steps", summary.step),
-            ("resumed from", summary.resumed_from),
+            ("resumed_from", summary.resumed_from),
             ("checkpoint", summary.checkpoint),
-            ("images/s", round(summary.images_per_s, 2)),
-            ("data-wait fraction", round(summary.data_wait_fraction, 4)),
+            ("images_per_s", round(summary.images_per_s, 2)),
+            ("data_wait_fraction", round(summary.data_wait_fraction, 4)),
         ]
     else:
         import threading
@@ -306,7 +308,7 @@ def _train(cfg: Any, *, no_ray: bool, as_json: bool) -> int:
     if as_json:
         print(json.dumps(dict(rows)))
     else:
-        _print_summary("radforge train", rows)
+        _print_summary("radforge train", [(k.replace("_", " "), v) for k, v in rows])
     return EXIT_OK
 
 
@@ -315,20 +317,28 @@ def cmd_export(args: argparse.Namespace) -> int:
     from radforge.trainer.export import FORMATS, ExportError, export_backbone
 
     formats = args.format or list(FORMATS)
+    hub = None
     try:
         result = export_backbone(args.checkpoint, args.out, formats=formats)
+        if args.push_to_hub:
+            from radforge.trainer.export_formats import push_to_hub
+
+            hub = push_to_hub(result.folder, args.push_to_hub, private=args.private)
     except (CheckpointError, ExportError) as e:
         print(f"radforge: {e}", file=sys.stderr)
         return EXIT_FAILED
     if args.json:
-        print(json.dumps(dataclasses.asdict(result)))
+        print(json.dumps({**dataclasses.asdict(result), "hub": hub and dataclasses.asdict(hub)}))
     else:
         rows = [("folder", result.folder), ("step", result.step), ("sha256", result.sha256)]
-        _print_summary("radforge export", rows + [(f"format {k}", v) for k, v in result.formats.items()])
+        rows += [(f"format {k}", v) for k, v in result.formats.items()]
+        rows += [("hub commit", hub.commit_url)] if hub else []
+        _print_summary("radforge export", rows)
     return EXIT_OK
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from radforge.cli_progress import eval_progress
     from radforge.trainer.checkpoint import CheckpointError
     from radforge.trainer.eval.backbone import BackboneLoadError
     from radforge.trainer.eval.report import full_scores
@@ -340,18 +350,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
         name, _, path = item.rpartition("=")
         sources[name or backbone_name(path)] = path
     try:
-        outcome = evaluate(
-            sources,
-            args.tasks,
-            out=args.out,
-            cache=args.cache,
-            random_init=args.random_init,
-            seed=args.seed,
-            probes=[p.strip() for p in args.probes.split(",") if p.strip()],
-            seeds=args.seeds,
-            max_shots=args.max_shots,
-            n_boot=args.bootstrap,
-        )
+        with eval_progress() as on_progress:  # a bar over the (backbone, task) evaluations, on stderr
+            outcome = evaluate(
+                sources,
+                args.tasks,
+                out=args.out,
+                cache=args.cache,
+                random_init=args.random_init,
+                seed=args.seed,
+                probes=[p.strip() for p in args.probes.split(",") if p.strip()],
+                seeds=args.seeds,
+                max_shots=args.max_shots,
+                n_boot=args.bootstrap,
+                on_progress=on_progress,
+            )
     except (CheckpointError, BackboneLoadError, TaskError, ValueError) as e:
         print(f"radforge: {e}", file=sys.stderr)
         return EXIT_FAILED
@@ -405,8 +417,8 @@ def environment_report() -> dict[str, str]:
     if out["torch"] != "not installed":
         import torch
 
-        out["torch cuda build"] = torch.version.cuda or "none (CPU build)"
-        out["cuda available"] = str(torch.cuda.is_available())
+        out["torch_cuda_build"] = torch.version.cuda or "none (CPU build)"
+        out["cuda_available"] = str(torch.cuda.is_available())
     return out
 
 
@@ -443,6 +455,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--set", action="append", metavar="KEY=VALUE", help="override a setting, e.g. planes=[axial,coronal]"
     )
     p.add_argument("--json", action="store_true", help="print the summary as one JSON line")
+    p.add_argument(  # SUPPRESS: given before the command (radforge -v ingest), it is not reset here
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="Ray's INFO lines too"
+    )
     p.add_argument(
         "--operator-report",
         metavar="URI",
@@ -543,6 +558,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["native", "hf", "timm"],
         help="a format to write; repeat for several (default: all three)",
     )
+    x.add_argument(
+        "--push-to-hub",
+        metavar="REPO",
+        help="then upload OUT to this Hugging Face model repo (created if missing; token: HF_TOKEN or login)",
+    )
+    x.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
     x.add_argument("--json", action="store_true", help="print the summary as one JSON line")
     x.set_defaults(func=cmd_export)
 

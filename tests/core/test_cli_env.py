@@ -23,7 +23,7 @@ def test_env_reports_the_stack(capsys: pytest.CaptureFixture[str]) -> None:
     assert report["radforge"] == version("radforge")
     assert report["torch"] == version("torch") and report["ray"] == version("ray")
     assert report["mosaicml-streaming"] == version("mosaicml-streaming")
-    assert report["cuda available"] in {"True", "False"}
+    assert report["cuda_available"] in {"True", "False"}
     assert main(["env"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert any(line.split()[:2] == ["pydicom", version("pydicom")] for line in lines)

@@ -197,7 +197,7 @@ def test_cli_train_in_process(dataset: str, tmp_path: Path, capsys: pytest.Captu
     assert code == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["steps"] == 2 and summary["checkpoint"] == str(out / "checkpoints" / "step-00000002")
-    assert summary["images/s"] > 0
+    assert summary["images_per_s"] > 0
 
 
 def test_cli_train_rejects_bad_override(capsys: pytest.CaptureFixture[str]) -> None:

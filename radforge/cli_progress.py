@@ -1,0 +1,198 @@
+"""Progress the ``radforge`` command shows on stderr: ingest (series, slices, slices/s) and eval (tasks).
+
+What a bar says is a pure function (:func:`ingest_status`, :func:`eval_status`); the rest is
+wiring. An ingest's progress comes from its write tasks: each reports what it wrote to a small
+counter actor (as the control plane's ingest job does, services/jobs/ingest.py), and a thread on
+the driver turns the counts into the bar twice a second. Ray Data's own progress bars are off
+while ours is shown, and Ray's INFO lines are hidden unless ``-v``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger(__name__)
+REFRESH_S = 0.5  # how often the driver reads the counter actor
+RAY_LOGGERS = ("ray", "ray.data")  # their console handlers print INFO lines by default
+
+
+def ingest_status(
+    *, series_done: int, series_total: int | None, slices: int, samples: int, decode_seconds: float | None
+) -> str:
+    """The words beside the ingest bar, e.g. ``series 2/3  120 slices  360 samples  41.2 slices/s``.
+
+    ``series_total`` is None until the series are planned; ``decode_seconds`` is the time since
+    then (the rate is over the decoding and writing only: listing and planning come first).
+    """
+    if series_total is None:
+        return "listing the archive, reading headers, planning series"
+    text = f"series {series_done}/{series_total}  {slices} slices  {samples} samples"
+    if decode_seconds and slices:
+        text += f"  {slices / decode_seconds:.1f} slices/s"
+    return text
+
+
+def eval_status(phase: str, done: int, total: int) -> str:
+    """The words beside the eval bar: the phase, and (backbone, task) evaluations done of all."""
+    return f"{phase} {done}/{total} evaluations" if total else phase
+
+
+class ProgressCounter:
+    """Totals reported by ingest write tasks (the body of a Ray actor)."""
+
+    def __init__(self) -> None:
+        self.totals = {"series": 0, "slices": 0, "samples": 0}
+
+    def add(self, counts: dict[str, int]) -> None:
+        for key, value in counts.items():
+            self.totals[key] += int(value)
+
+    def snapshot(self) -> dict[str, int]:
+        return dict(self.totals)
+
+
+def counting_sink(counter: Any) -> type:
+    """The project's MDS datasink, each write task reporting its series, slices and samples to ``counter``."""
+    from radforge.sharder.datasink import MDSDatasink
+
+    class CountingSink(MDSDatasink):
+        def write(self, blocks: Any, ctx: Any) -> dict[str, Any]:
+            out = super().write(blocks, ctx)
+            series = out["series"]
+            slices = sum(int(s.get("slices_kept", 0)) + int(s.get("slices_dropped", 0)) for s in series)
+            counter.add.remote({"series": len(series), "slices": slices, "samples": out["samples"]})
+            return out
+
+    return CountingSink
+
+
+def quiet_ray_logs() -> None:
+    """Ray's INFO lines off the console (its log files keep them); its warnings and errors still show."""
+    import ray.data  # noqa: F401  # configures the ray.data logger on import: after it, not before
+
+    for name in RAY_LOGGERS:
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                handler.setLevel(logging.WARNING)
+    # "progress bars disabled": they are, for ours
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+
+
+def _progress(title: str) -> Any:
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn(f"[bold]{title}"),
+        BarColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+    )
+
+
+@contextmanager
+def _logs_above(progress: Any) -> Iterator[None]:
+    """Log lines printed above a live bar on a terminal (rich's proxy of stderr), not through it."""
+    handlers = [
+        h
+        for h in logging.getLogger().handlers
+        if type(h) is logging.StreamHandler and h.stream is sys.__stderr__ and progress.console.is_terminal
+    ]
+    with progress:
+        for h in handlers:
+            h.setStream(sys.stderr)  # rich's proxy while the bar is live
+        try:
+            yield
+        finally:
+            for h in handlers:
+                h.setStream(sys.__stderr__)
+
+
+@dataclass
+class IngestHooks:
+    """What :func:`radforge.ingest.pipeline.run_ingest` takes to report progress."""
+
+    sink_cls: type
+    on_plan: Callable[[int], None]
+
+
+@contextmanager
+def ingest_progress(ray_config: Any, *, verbose: bool) -> Iterator[IngestHooks]:
+    """A live bar over an ingest's series on stderr, fed by its write tasks; yields the hooks to pass on.
+
+    ``ray_config`` is the ingest's ``ray`` settings: the counter actor lives where the ingest runs.
+    """
+    import ray
+    import ray.data
+
+    from radforge.runtime import ensure_ray
+
+    if not verbose:
+        quiet_ray_logs()
+    ray.data.DataContext.get_current().enable_progress_bars = False  # ours instead
+    ensure_ray(ray_config.address, num_cpus=ray_config.num_cpus)  # as run_ingest does: it finds this one
+    counter: Any = ray.remote(num_cpus=0)(ProgressCounter).remote()
+    progress = _progress("ingest")
+    task = progress.add_task(
+        "ingest",
+        total=None,
+        status=ingest_status(series_done=0, series_total=None, slices=0, samples=0, decode_seconds=None),
+    )
+    planned: dict[str, float] = {}
+    stop = threading.Event()
+
+    def on_plan(series: int) -> None:
+        planned.update(total=series, at=time.monotonic())
+
+    def refresh() -> None:
+        counts = ray.get(counter.snapshot.remote(), timeout=30)
+        total = int(planned["total"]) if "total" in planned else None
+        status = ingest_status(
+            series_done=counts["series"],
+            series_total=total,
+            slices=counts["slices"],
+            samples=counts["samples"],
+            decode_seconds=time.monotonic() - planned["at"] if "at" in planned else None,
+        )
+        progress.update(task, total=total, completed=counts["series"], status=status)
+
+    def follow() -> None:
+        while not stop.wait(REFRESH_S):
+            try:
+                refresh()
+            except Exception as e:  # the bar is best effort; the ingest goes on
+                log.debug("progress refresh failed: %s", type(e).__name__)
+
+    follower = threading.Thread(target=follow, name="ingest-progress", daemon=True)
+    try:
+        with _logs_above(progress):
+            follower.start()
+            try:
+                yield IngestHooks(sink_cls=counting_sink(counter), on_plan=on_plan)
+            finally:
+                stop.set()
+                follower.join()
+            refresh()  # the final counts (the last tasks may have ended since the last refresh)
+    finally:
+        ray.kill(counter)
+
+
+@contextmanager
+def eval_progress() -> Iterator[Callable[[str, int, int], None]]:
+    """A live bar over an evaluation's (backbone, task) pairs on stderr; yields ``on_progress``."""
+    progress = _progress("eval")
+    task = progress.add_task("eval", total=None, status="loading")
+
+    def on_progress(phase: str, done: int, total: int) -> None:
+        progress.update(task, total=total or None, completed=done, status=eval_status(phase, done, total))
+
+    with _logs_above(progress):
+        yield on_progress
