@@ -16,7 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from radforge.services.app.api.routes import dashboard, health, jobs, overview, sources
+from radforge.services.app.api.routes import dashboard, health, history, jobs, overview, sources
 from radforge.services.app.body_limit import BodyLimit
 from radforge.services.app.models import PLANNED_KINDS
 from radforge.services.app.security import redact
@@ -88,7 +88,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse(status_code=422, content={"detail": _validation_errors(exc)})
 
-    for module in (health, jobs, sources, overview, dashboard):
+    for module in (health, jobs, sources, overview, history, dashboard):
         app.include_router(module.router)
     app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
     return app

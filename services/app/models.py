@@ -362,6 +362,9 @@ class Overview(BaseModel):
     recent: list[JobPublic]
     throughput: dict[str, float]
     sources: int
+    report_links: dict[str, str] = Field(
+        default_factory=dict, description="eval job id -> signed link to its report (expires in an hour)"
+    )
 
 
 # ---- sources (watched prefixes) ----------------------------------------------------------------

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from radforge.files import make_private_dir
 from radforge.services.app.db import Store
+from radforge.services.app.history import History
 from radforge.services.app.metrics import Metrics
 from radforge.services.app.settings import Secrets, ServiceSettings, SettingsError, resolve_secrets
 from radforge.services.jobs.kinds import KINDS
@@ -26,6 +27,7 @@ class Service:
     ray: RayProvider
     runner: JobRunner
     scheduler: Scheduler
+    history: History
 
 
 def check_salt() -> None:
@@ -50,6 +52,7 @@ def build_service(settings: ServiceSettings) -> Service:
     secrets = resolve_secrets(settings)
     store = Store(settings.database)
     metrics = Metrics(job_counts=store.count_by_kind_state, kinds=lambda: sorted(KINDS))
+    history = History()
     ray: RayProvider
     if settings.ray_address is None:
         ray = EmbeddedRay(settings.state_dir, num_cpus=settings.embedded_ray_cpus)
@@ -67,8 +70,9 @@ def build_service(settings: ServiceSettings) -> Service:
         tick_seconds=settings.runner_tick_seconds,
         cancel_grace_seconds=settings.cancel_grace_seconds,
         ray_job_resubmits=settings.ray_job_resubmits,
+        history=history,
     )
     scheduler = Scheduler(
         store=store, runner=runner, metrics=metrics, tick_seconds=settings.scheduler_tick_seconds
     )
-    return Service(settings, secrets, store, metrics, ray, runner, scheduler)
+    return Service(settings, secrets, store, metrics, ray, runner, scheduler, history)

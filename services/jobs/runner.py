@@ -26,6 +26,7 @@ from typing import Any
 
 from radforge.files import make_private_dir
 from radforge.services.app.db import Store
+from radforge.services.app.history import History
 from radforge.services.app.metrics import Metrics
 from radforge.services.app.models import JobRecord, JobState
 from radforge.services.app.security import redact
@@ -117,9 +118,11 @@ class JobRunner:
         tick_seconds: float = 0.5,
         cancel_grace_seconds: float = 30.0,
         ray_job_resubmits: int = 2,
+        history: History | None = None,
     ) -> None:
         self.store = store
         self.metrics = metrics
+        self.history = history  # recent series for the dashboard, fed on each progress update
         self.ray = ray
         self.local = LocalLauncher(store=store, ray=ray, cancel_grace_seconds=cancel_grace_seconds)
         self.ray_launcher = RayJobLauncher(store=store, ray_jobs=ray) if isinstance(ray, RayJobs) else None
@@ -285,8 +288,11 @@ class JobRunner:
         if not isinstance(data, dict) or data == job.progress:
             return job.progress
         progress = JobProgress.model_validate(data)
-        self.store.update_progress(job.id, data, now=time.time())
+        now = time.time()
+        self.store.update_progress(job.id, data, now=now)
         self.metrics.count_progress(job.kind, self._counted.get(job.id), progress)
+        if self.history is not None:
+            self.history.record(job.id, job.kind, progress, now=now)
         self._counted[job.id] = progress
         return data
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -103,3 +105,39 @@ def session_ray_server(state_dir: Path, **overrides: Any) -> LiveServer:
     return LiveServer(
         make_settings(state_dir, ray_address=ray.get_runtime_context().gcs_address, **overrides)
     )
+
+
+def headless_chromium(
+    url: str, *, profile: Path, screenshot: Path | None = None, budget_ms: int = 8000
+) -> str:
+    """The DOM of ``url`` after ``budget_ms`` of the page's (virtual) time in Debian's headless Chromium.
+
+    A fresh ``profile`` folder is a new browser: no session storage, nothing cached. ``screenshot``
+    (a PNG of a 1280x900 window) is written when given.
+    """
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "Debian's chromium package is required (apt-get install chromium)"
+    run = subprocess.run(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={profile}",
+            "--window-size=1280,900",
+            f"--virtual-time-budget={budget_ms}",
+            *([f"--screenshot={screenshot}"] if screenshot is not None else []),
+            "--dump-dom",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    return run.stdout

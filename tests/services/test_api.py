@@ -76,6 +76,7 @@ def test_openapi_describes_the_api(client: httpx.Client) -> None:
         "/api/v1/sources/{source_id}",
         "/api/v1/sources/{source_id}/poll",
         "/api/v1/overview",
+        "/api/v1/history",
         "/healthz",
         "/metrics",
     } <= paths
@@ -106,6 +107,7 @@ PROTECTED = [
     ("DELETE", "/api/v1/sources/abc", None),
     ("POST", "/api/v1/sources/abc/poll", None),
     ("GET", "/api/v1/overview", None),
+    ("GET", "/api/v1/history", None),
 ]
 
 

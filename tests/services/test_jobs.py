@@ -6,7 +6,6 @@ Chromium.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import urllib.parse
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ from tests.services.support import (
     TOKEN,
     LiveServer,
     free_port,
+    headless_chromium,
     metric_value,
     session_ray_server,
     wait_state,
@@ -219,35 +219,13 @@ def test_prometheus_accepts_and_scrapes_metrics(
 def test_dashboard_renders_in_headless_chromium(
     server: LiveServer, ingested: dict[str, Any], tmp_path: Path
 ) -> None:
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert chromium, "Debian's chromium package is required (apt-get install chromium)"
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shot = ARTIFACTS / "dashboard.png"
     shot.unlink(missing_ok=True)
-    run = subprocess.run(
-        [
-            chromium,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            f"--user-data-dir={tmp_path / 'profile'}",
-            "--window-size=1280,900",
-            "--virtual-time-budget=8000",
-            f"--screenshot={shot}",
-            "--dump-dom",
-            f"{server.url}/dashboard#token={TOKEN}",  # a fragment: never sent to the server
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
+    # the token in a fragment: never sent to the server
+    dom = headless_chromium(
+        f"{server.url}/dashboard#token={TOKEN}", profile=tmp_path / "profile", screenshot=shot
     )
-    assert run.returncode == 0, run.stderr[-2000:]
-    dom = run.stdout
     for job in ingested["jobs"]:
         assert f'data-job-id="{job["id"]}"' in dom, dom[-3000:]
     assert "succeeded" in dom and "arch-e2e" in dom

@@ -34,6 +34,13 @@ def _found(store: StoreDep, job_id: str) -> JobRecord:
     return job
 
 
+def redacted(job: JobRecord, texts: list[str]) -> list[str]:
+    """``texts`` about ``job`` as clients see them: no credentials, paths below its archive ``<root>/…``."""
+    kind = KINDS.get(job.kind)
+    roots = kind.redact_roots(kind.parse(job.spec)) if kind is not None else []
+    return [redact(redact_below(x, roots)) for x in texts]
+
+
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=JobPublic)
 def submit_job(body: JobCreate, runner: RunnerDep, settings: SettingsDep, response: Response) -> JobPublic:
     """Submit a job; it is queued and starts when a slot and its locks (archive, dataset, output) are free.
@@ -97,9 +104,7 @@ def job_logs(
 ) -> JobLogs:
     """The last lines of the job's log; anything below the archive root is shown as ``<root>/…``."""
     job = _found(store, job_id)
-    kind = KINDS.get(job.kind)
-    roots = kind.redact_roots(kind.parse(job.spec)) if kind is not None else []
-    return JobLogs(id=job.id, lines=[redact(redact_below(x, roots)) for x in runner.logs(job, lines)])
+    return JobLogs(id=job.id, lines=redacted(job, runner.logs(job, lines)))
 
 
 @router.post(
