@@ -45,8 +45,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from radforge.ingest.deid import salted_key
-from radforge.ingest.discover import IO_FAILURE, Header
-from radforge.ingest.errors import Reason
+from radforge.ingest.discover import IO_FAILURE, Header, list_entries
+from radforge.ingest.errors import Reason, SourceError
 from radforge.ingest.series import PlanRules, SeriesPlan, group_key
 from radforge.storage import Location, canonical_uri, resolve, write_bytes_atomic
 
@@ -229,6 +229,20 @@ def latest_fingerprint(dataset_uri: str, archive_uri: str) -> str | None:
     return names[0].removesuffix(SNAPSHOT_SUFFIX).split("-", 1)[1] if names else None
 
 
+def archive_unchanged(dataset_uri: str, archive_uri: str) -> bool | None:
+    """Whether the archive's objects are those its newest inventory lists; None without an inventory.
+
+    A listing and the names in one folder: no object of the archive is read, no salt is needed.
+    """
+    recorded = latest_fingerprint(dataset_uri, archive_uri)
+    if recorded is None:
+        return None
+    try:
+        return recorded == listing_fingerprint(list_entries(resolve(archive_uri)))
+    except SourceError:  # gone or empty since: not an unchanged archive
+        return False
+
+
 def load_inventory(dataset: Location, archive_uri: str) -> Inventory | None:
     """The newest readable inventory of an archive, or None (a snapshot pruned meanwhile: the next one)."""
     folder = archive_folder(dataset, archive_uri)
@@ -353,6 +367,8 @@ __all__ = [
     "Inventory",
     "Reuse",
     "archive_folder",
+    "archive_unchanged",
+    "group_pseudonym",
     "group_record",
     "kept_attrs",
     "latest_fingerprint",

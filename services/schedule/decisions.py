@@ -85,6 +85,9 @@ class ArchiveObservation:
     failed_attempts: int = 0  # failed jobs since its last success
     fingerprint: str | None = None  # of its objects now (only when rescanning ingested archives)
     ingested_fingerprint: str | None = None  # of its objects when it was last ingested
+    # whether its listing equals the inventory its last ingest left in the dataset (only when
+    # rescanning ingested archives; None: no inventory, the fingerprints above decide)
+    inventory_unchanged: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,10 @@ def decide_archive(obs: ArchiveObservation, *, max_attempts: int) -> ArchiveDeci
     if obs.active:
         return answer(False, "a job for it is queued or running")
     if obs.in_catalog or obs.last_state == "succeeded":
+        if obs.inventory_unchanged is not None:  # listed and compared: no header read, no job
+            if obs.inventory_unchanged:
+                return answer(False, "ingested; no object added, changed or removed since (inventory)")
+            return answer(True, "objects added, changed or removed since it was ingested (inventory)")
         changed = (
             obs.fingerprint is not None
             and obs.ingested_fingerprint is not None

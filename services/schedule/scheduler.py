@@ -1,7 +1,9 @@
 """The scheduler: polls watched prefixes and submits ingest jobs for new (or changed) archives.
 
 Sources are polled on their interval or at their cron times; an archive already ingested, or
-being ingested, never gets a second job.
+being ingested, never gets a second job. A source that rescans ingested archives lists each one
+and compares the listing with the inventory its last ingest left in the dataset
+(:mod:`radforge.ingest.inventory`): a job only when objects were added, changed or removed.
 
 Each folder directly below a source's prefix is an archive (a hospital delivery); its name is
 its archive id in the dataset catalog. One poll gathers facts (folders, catalog, this service's
@@ -17,6 +19,7 @@ import time
 from datetime import UTC, datetime
 
 from radforge.ingest.config import IngestConfig
+from radforge.ingest.inventory import archive_unchanged
 from radforge.services.app.db import Store
 from radforge.services.app.metrics import Metrics
 from radforge.services.app.models import (
@@ -170,7 +173,10 @@ class Scheduler:
         for name, uri in archives.items():
             last_state, failed = _history_facts(history.get(name, []))
             ingested = name in in_catalog or last_state == JobState.SUCCEEDED
+            unchanged = None
             if source.rescan_ingested and ingested:
+                unchanged = archive_unchanged(source.dataset_uri, uri)
+            if unchanged is None and source.rescan_ingested and ingested:
                 now_fp[name] = fingerprint(uri)
                 if name not in known:  # first sight of an archive ingested elsewhere: the baseline
                     self.store.set_fingerprint(source.id, name, now_fp[name], now=time.time())
@@ -184,6 +190,7 @@ class Scheduler:
                     failed_attempts=failed,
                     fingerprint=now_fp.get(name),
                     ingested_fingerprint=known.get(name),
+                    inventory_unchanged=unchanged,
                 )
             )
         outcomes = []

@@ -98,6 +98,25 @@ def test_next_poll_interval_and_cron() -> None:
             "ingested",
         ),
         (
+            ArchiveObservation("a", in_catalog=True, active=False, inventory_unchanged=True),
+            False,
+            "no object",
+        ),
+        (
+            ArchiveObservation(
+                "a",
+                in_catalog=True,
+                active=False,
+                fingerprint="2",
+                ingested_fingerprint="1",
+                inventory_unchanged=True,
+            ),
+            False,
+            "ingested; no object added",  # the inventory (with ETags/mtimes) decides, not the names and sizes
+        ),
+        (ArchiveObservation("a", in_catalog=True, active=False, inventory_unchanged=False), True, "changed"),
+        (ArchiveObservation("a", in_catalog=True, active=True, inventory_unchanged=False), False, "running"),
+        (
             ArchiveObservation("a", in_catalog=False, active=False, last_state="failed", failed_attempts=1),
             True,
             "retry after 1",
