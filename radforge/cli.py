@@ -66,6 +66,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             ("archive", summary.archive_id),
             ("committed part", summary.part_id or "nothing new to commit"),
             ("objects listed", summary.objects),
+            ("headers read / reused", f"{summary.headers_read} / {summary.headers_reused} (inventory)"),
             ("series", summary.series),
         ]
         rows += [(f"  {k}", v) for k, v in sorted(summary.by_status.items())]
