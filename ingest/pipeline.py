@@ -499,7 +499,7 @@ def _run_ingest_leased(
         already=already,
         rules=cfg.plan_rules(),
         with_plans=report is not None,
-        distributed=len(reuse.read) >= cfg.ray.distributed_grouping_min_objects,
+        distributed=headers is not None and len(reuse.read) >= cfg.ray.distributed_grouping_min_objects,
         cpus=cpus,
         task_cost=cfg.ray.slices_per_task * SLICE_PIXELS,
         reused=_reused_frame(reuse, already=already, record=True),

@@ -154,7 +154,7 @@ def test_a_delivery_reads_only_new_changed_and_joined_objects(ray_local: None, t
     assert not joined.committed and joined.by_status == {"skipped": 4}
 
     aged = _age_access_times(root)
-    unchanged = _ingest(str(root), ds)
+    unchanged = _ingest(str(root), ds, overrides={"ray": {"distributed_grouping_min_objects": 0}})
     assert (unchanged.headers_read, unchanged.headers_reused) == (0, 25)
     assert _read_since(root, aged) == set()  # not one object opened
 
