@@ -318,16 +318,23 @@ def cmd_export(args: argparse.Namespace) -> int:
     from radforge.trainer.export import FORMATS, ExportError, export_backbone
 
     formats = args.format or list(FORMATS)
+    hub = None
     try:
         result = export_backbone(args.checkpoint, args.out, formats=formats)
+        if args.push_to_hub:
+            from radforge.trainer.export_formats import push_to_hub
+
+            hub = push_to_hub(result.folder, args.push_to_hub, private=args.private)
     except (CheckpointError, ExportError) as e:
         print(f"radforge: {e}", file=sys.stderr)
         return EXIT_FAILED
     if args.json:
-        print(json.dumps(dataclasses.asdict(result)))
+        print(json.dumps({**dataclasses.asdict(result), "hub": hub and dataclasses.asdict(hub)}))
     else:
         rows = [("folder", result.folder), ("step", result.step), ("sha256", result.sha256)]
-        _print_summary("radforge export", rows + [(f"format {k}", v) for k, v in result.formats.items()])
+        rows += [(f"format {k}", v) for k, v in result.formats.items()]
+        rows += [("hub commit", hub.commit_url)] if hub else []
+        _print_summary("radforge export", rows)
     return EXIT_OK
 
 
@@ -552,6 +559,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["native", "hf", "timm"],
         help="a format to write; repeat for several (default: all three)",
     )
+    x.add_argument(
+        "--push-to-hub",
+        metavar="REPO",
+        help="then upload OUT to this Hugging Face model repo (created if missing; token: HF_TOKEN or login)",
+    )
+    x.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
     x.add_argument("--json", action="store_true", help="print the summary as one JSON line")
     x.set_defaults(func=cmd_export)
 

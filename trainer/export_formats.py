@@ -28,17 +28,22 @@ the SwiGLU (timm's ``SwiGLUPacked``: ``fc1``/``fc2``). Positions follow timm's D
 layout (``no_embed_class``): the CLS position is folded into ``cls_token`` (a constant sum, the same
 computation) and ``pos_embed`` holds the patch grid only. timm resamples positions with
 antialiasing, so, as for transformers with registers, features equal radforge's at the stored size.
+
+**The Hub** (:func:`push_to_hub`, ``radforge export --push-to-hub REPO``): the whole export folder
+as one commit to a model repo, through huggingface_hub (``create_repo`` + ``upload_folder``).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from radforge.storage import Location, write_bytes_atomic
+from radforge.storage import Location, resolve, write_bytes_atomic
 from radforge.trainer.models.backbone import BackboneSpec
 from radforge.trainer.models.mlp import swiglu_hidden
 
@@ -255,3 +260,58 @@ def write_timm(
 ) -> None:
     """Write the timm folder: weights, then ``config.json`` (the commit point)."""
     _write_weights(folder, timm_state(spec, state), timm_config(spec, preprocessing))
+
+
+# --- the Hugging Face Hub ------------------------------------------------------------------------------
+
+HUB_ENDPOINT_ENV = "HF_ENDPOINT"  # huggingface_hub's own variable, read here at call time
+
+
+@dataclass(frozen=True)
+class HubPush:
+    """Where ``radforge export --push-to-hub`` put an export folder."""
+
+    repo_id: str
+    repo_url: str
+    commit_url: str
+    commit: str  # the commit's id on the Hub
+
+
+def push_to_hub(folder: str, repo_id: str, *, private: bool = False, message: str | None = None) -> HubPush:
+    """Upload an export folder (every format and README.md) to the Hub model repo ``repo_id`` as one commit.
+
+    The repo is created when missing (``private`` then applies) and reused when it exists. The
+    token is huggingface_hub's: ``HF_TOKEN``, else the one ``hf auth login`` stored; the endpoint
+    ``HF_ENDPOINT`` (default the public Hub; huggingface_hub reads it when imported too, so set it
+    before the process starts). Weights go through the Hub's LFS upload. Raises
+    :class:`ExportError` naming what to fix (no token, refused, not a local folder); the token is
+    never part of a message.
+    """
+    try:
+        from huggingface_hub import HfApi, get_token
+        from huggingface_hub.errors import HfHubHTTPError
+    except ImportError as err:
+        raise ExportError(
+            f"--push-to-hub needs huggingface_hub ({err}): pip install 'radforge[hub]'"
+        ) from err
+    loc = resolve(folder)
+    if not loc.is_local:
+        raise ExportError(f"--push-to-hub uploads a local export folder; {folder!r} is not local")
+    token = get_token()
+    if not token:
+        raise ExportError("--push-to-hub: no Hugging Face token: set HF_TOKEN or run `hf auth login`")
+    endpoint = os.environ.get(HUB_ENDPOINT_ENV) or None
+    api = HfApi(endpoint=endpoint, token=token)
+    try:
+        url = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+        info = api.upload_folder(
+            folder_path=loc.path,
+            repo_id=repo_id,
+            repo_type="model",
+            commit_message=message or "radforge export",
+        )
+    except HfHubHTTPError as err:
+        status = err.response.status_code if err.response is not None else "no response"
+        server = (err.server_message or str(err)).splitlines()[0][:300]
+        raise ExportError(f"--push-to-hub {repo_id} at {api.endpoint}: HTTP {status}: {server}") from err
+    return HubPush(repo_id=repo_id, repo_url=str(url), commit_url=info.commit_url, commit=info.oid)
