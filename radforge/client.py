@@ -234,23 +234,23 @@ class ControlPlane:
     def follow_logs(self, job_id: str, *, lines: int, every: float = 1.0) -> Iterator[str | dict[str, Any]]:
         """The job's last ``lines`` log lines, then each new line until the job ends, then the ended job.
 
-        Polls the API every ``every`` seconds (the service has no streaming route); the job is
-        read before its log each time, so the lines after the job ended are all printed.
+        Polls the API every ``every`` seconds (the service has no streaming route), reading the
+        same window (the last :data:`MAX_LOG_LINES` lines) each time so that :func:`new_lines` can
+        align two reads; the job is read before its log, so every line written before it ended is
+        printed.
         """
-        import threading
+        import time
 
-        seen: list[str] = []
-        pause = threading.Event()  # never set: its wait is an interruptible pause between polls
-        first = True
+        seen: list[str] | None = None
         while True:
             job = self.job(job_id)
-            latest = self.job_logs(job_id, lines=lines if first else MAX_LOG_LINES)
-            yield from new_lines(seen, latest)
-            seen, first = latest, False
+            latest = self.job_logs(job_id, lines=MAX_LOG_LINES)
+            yield from latest[-lines:] if seen is None else new_lines(seen, latest)
+            seen = latest
             if job["state"] in TERMINAL_STATES:
                 yield job
                 return
-            pause.wait(every)
+            time.sleep(every)  # a client following a remote job: nothing to wait on but time
 
     # ---- sources -----------------------------------------------------------------------------
     def list_sources(self) -> list[dict[str, Any]]:

@@ -74,12 +74,15 @@ def test_an_ingest_job_submitted_followed_listed_and_shown(cli: Any, tmp_path: P
     assert job["spec"]["source_uri"] == str(archive)  # made absolute by the client
     assert snake_keys(job) == []
 
-    # -f prints the log until the job ends, then its final state; exit 0 as it succeeded
-    code, out, err = cli("jobs", "logs", "-f", job["id"])
+    # -f prints the log's last 3 lines, then each new one until the job ends, then its final state
+    code, out, err = cli("jobs", "logs", "-f", "-n", "3", job["id"])
     assert code == 0, err
     assert err.strip().splitlines()[-1] == f"job {job['id']} succeeded"
-    summaries = [line for line in out.splitlines() if "summary" in line and '"samples_written"' in line]
-    assert len(summaries) == 1, out  # printed once: polls print only lines not printed before
+    followed = out.splitlines()
+    summaries = [line for line in followed if "summary" in line and '"samples_written"' in line]
+    assert len(summaries) == 1, out
+    _, whole, _ = cli("jobs", "logs", "-n", "1000", job["id"])
+    assert followed == whole.splitlines()[-len(followed) :]  # one stretch of the log, nothing twice
 
     code, out, _ = cli("jobs", "show", job["id"], "--json")
     shown = json.loads(out)
