@@ -1,5 +1,6 @@
 """The scheduler over a real bucket (moto S3) with real ingest jobs on the session's local Ray:
-a watched prefix receives a new archive -> exactly one job for it, none for one already ingested.
+a watched prefix receives a new archive -> exactly one job for it, none for one already ingested;
+an ingested archive rescanned against its inventory gets a job only when its objects changed.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from radforge.ingest.inventory import archive_unchanged
 from radforge.services.schedule.scheduler import fingerprint, list_archives
 from radforge.sharder.catalog import load_catalog
 from radforge.storage import resolve
@@ -130,3 +132,52 @@ def test_listing_ready_markers_and_fingerprints(tmp_path: Path) -> None:
     (root / "a-2026" / "s2").mkdir()
     (root / "a-2026" / "s2" / "1.dcm").write_bytes(b"late series")
     assert fingerprint(str(root / "a-2026")) != before
+
+
+def test_unchanged_archive_gets_no_job_and_a_delivery_reads_only_its_headers(
+    server: LiveServer, s3_bucket: str, tmp_path: Path
+) -> None:
+    """An unchanged archive gets no job (the poll says why); a delivery gets one reading only its headers."""
+    incoming, dataset = f"s3://{s3_bucket}/incoming", f"s3://{s3_bucket}/datasets/ct"
+    archive = f"{incoming}/2026-11-01"
+    upload(make_archive(tmp_path / "a", n_ct=1, n_mr=0, seed=71), archive)
+    with server.client() as api:
+        r = api.post(
+            "/api/v1/sources",
+            json={
+                "name": "hospital-a",
+                "uri": f"{incoming}/",
+                "dataset_uri": dataset,
+                "interval_seconds": 3600,
+                "rescan_ingested": True,
+            },
+        )
+        assert r.status_code == 201, r.text
+        sid = r.json()["id"]
+
+        def jobs() -> list[dict]:
+            return api.get("/api/v1/jobs", params={"source_id": sid, "limit": 100}).json()["items"]  # type: ignore
+
+        (first,) = wait_until(jobs, timeout=30, what="the scheduler to submit a job")
+        done = wait_state(api, first["id"], {"succeeded", "failed"}, timeout=JOB_TIMEOUT)
+        assert done["state"] == "succeeded", done
+        assert (done["result"]["headers_read"], done["result"]["headers_reused"]) == (6, 0)
+        assert archive_unchanged(dataset, archive) is True
+
+        poll = api.post(f"/api/v1/sources/{sid}/poll").json()
+        (decision,) = poll["archives"]
+        assert poll["submitted"] == [] and not decision["submit"]
+        assert "no object added, changed or removed" in decision["reason"]
+
+        upload(make_archive(tmp_path / "late", n_ct=1, n_mr=0, seed=72), f"{archive}/late")
+        poll = api.post(f"/api/v1/sources/{sid}/poll").json()
+        (decision,) = poll["archives"]
+        assert decision["submit"] and "changed" in decision["reason"], decision
+        second = wait_state(api, decision["job_id"], {"succeeded", "failed"}, timeout=JOB_TIMEOUT)
+        assert second["state"] == "succeeded", second
+        assert (second["result"]["headers_read"], second["result"]["headers_reused"]) == (6, 6)
+        assert second["result"]["committed"]
+
+        last = api.post(f"/api/v1/sources/{sid}/poll").json()
+        assert last["submitted"] == [] and not last["archives"][0]["submit"]
+        assert len(jobs()) == 2
