@@ -9,6 +9,10 @@ weight. Weights map onto MosaicML Streaming's per-stream sampling controls:
 
 For a CT:MR = 3:1 mix, ingest CT and MR into separate datasets (``--set modalities=[CT]`` /
 ``[MR]``) and give them proportions 0.75 and 0.25 (see docs/data-format.md).
+
+The trainer reads a mix through shard tables (:func:`open_sources`: one row range of a dataset's
+table per source, the weights applied by :mod:`radforge.trainer.sampling` with the same meaning);
+:func:`build_streams` maps it onto streaming's ``Stream`` objects for stock readers.
 """
 
 from __future__ import annotations
@@ -16,11 +20,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from radforge.sharder.catalog import INDEX, PARTS, Catalog, load_catalog
+from radforge.sharder.shard_table import ShardTable, load_table
 from radforge.storage import Location, exists, read_versioned, resolve
 
 
@@ -73,15 +79,20 @@ def source_roots(source: SourceSpec, catalog: Catalog) -> list[tuple[str, int]]:
         if catalog.layout != "log" or _root_index_seq(root) == catalog.seq:
             return [(root.uri, sum(int(p.get("samples", 0)) for p in catalog.parts))]
         return [(root.join(PARTS, p["id"]).uri, int(p.get("samples", 0))) for p in catalog.parts]
-    part = next((p for p in catalog.parts if p["id"] == source.part), None)
-    if part is None:
-        raise ValueError(
-            f"{root.uri} has no committed part {source.part!r}; parts: {', '.join(sorted(catalog.part_ids))}"
-        )
+    part = _committed_part(root, source.part, catalog)
     loc = root.join(PARTS, source.part)
     if not exists(loc.join(INDEX)):
         raise ValueError(f"part {source.part!r} of {root.uri} has no {INDEX} (written by an older radforge)")
     return [(loc.uri, int(part.get("samples", 0)))]
+
+
+def _committed_part(root: Location, part_id: str, catalog: Catalog) -> dict[str, Any]:
+    part = next((p for p in catalog.parts if p["id"] == part_id), None)
+    if part is None:
+        raise ValueError(
+            f"{root.uri} has no committed part {part_id!r}; parts: {', '.join(sorted(catalog.part_ids))}"
+        )
+    return part
 
 
 def _root_index_seq(root: Location) -> int | None:
@@ -130,3 +141,42 @@ def build_streams(spec: MixSpec, *, cache_dir: str) -> list[Any]:
                 )
             )
     return streams
+
+
+@dataclass(frozen=True)
+class SourceShards:
+    """One source of a mix: rows ``[start, stop)`` of its dataset's shard table."""
+
+    spec: SourceSpec
+    root: Location
+    table: ShardTable
+    start: int
+    stop: int
+
+    @property
+    def samples(self) -> int:
+        return int(self.table.samples[self.start : self.stop].sum())
+
+
+def open_sources(spec: MixSpec, *, cache_dir: str) -> list[SourceShards]:
+    """Each source's shards, from its dataset's shard table (catalog and table read once per dataset).
+
+    A whole dataset is every row of its table (any number of parts, with or without a root
+    index); a part is its rows. Raises ``DatasetError`` / ``SchemaVersionError`` naming the dataset,
+    ``ValueError`` naming a part that is not committed.
+    """
+    opened: dict[str, tuple[Catalog, ShardTable]] = {}
+    out = []
+    for source in spec.sources:
+        root = resolve(source.uri)
+        if root.uri not in opened:
+            catalog = load_catalog(root, must_exist=True)
+            opened[root.uri] = (catalog, load_table(catalog, cache_dir=cache_dir))
+        catalog, table = opened[root.uri]
+        if source.part is None:
+            start, stop = 0, len(table)
+        else:
+            _committed_part(root, source.part, catalog)
+            start, stop = table.rows_of(source.part)
+        out.append(SourceShards(spec=source, root=root, table=table, start=start, stop=stop))
+    return out

@@ -30,7 +30,7 @@ from radforge.trainer.loop import init_from_stage, read_metrics, run_training
 from radforge.trainer.models.pos_embed import resize_table
 from radforge.trainer.parallel import fsdp_state_dicts, load_fsdp_state_dicts, shard_network
 from radforge.trainer.run_config import load_train_config
-from radforge.trainer.shm import mapped_shared_memory, stale_shared_memory
+from radforge.trainer.shm import stale_shared_memory
 from tests.trainer.support import TINY, ingest_tiny, tiny_run
 
 TINY_64 = TINY.parent / "tiny-cpu-64.yaml"
@@ -127,9 +127,8 @@ def test_resume_after_sigkill_continues_exactly(dataset: str, tmp_path: Path) ->
         "steps=1000",
         "checkpoint.every=4",
     ]
-    left = _train_in_subprocess(overrides, kill_at_step=4, output=out_b)
-    assert left, "the killed run should leave streaming segments in /dev/shm"
-    assert not left & mapped_shared_memory()  # nobody maps them any more: stale
+    # the loader keeps no shared-memory segments (shard tables are memory-mapped files): nothing to leak
+    _train_in_subprocess(overrides, kill_at_step=4, output=out_b)
 
     resumed = run_training(tiny_run(dataset, str(out_b), tmp_path, "steps=7", "checkpoint.every=4"))
 
