@@ -117,7 +117,8 @@ def describe_error(status: int, body: Any, *, what: str, token_source: str | Non
     if status == 422 and isinstance(detail, list):
         return f"{what} refused (422): " + "; ".join(_field_error(e) for e in detail)
     text = detail if isinstance(detail, str) else (json.dumps(detail) if detail is not None else "")
-    return f"{what}: {text or 'request failed'} (HTTP {status})"
+    text = text if text.startswith(what) else f"{what}: {text or 'request failed'}"
+    return f"{text} (HTTP {status})"
 
 
 def _field_error(error: Any) -> str:

@@ -141,7 +141,7 @@ def test_a_queued_job_is_cancelled(cli: Any, server: LiveServer, tmp_path: Path)
         assert (code, out.strip()) == (0, f"job {job_id} cancelled"), err
         code, out, err = cli("jobs", "cancel", job_id)
         assert code == 1 and out == ""
-        assert err.strip() == f"radforge: job {job_id}: job {job_id} has already cancelled (HTTP 409)"
+        assert err.strip() == f"radforge: job {job_id} has already cancelled (HTTP 409)"
     finally:
         assert holder.stdin is not None
         holder.stdin.close()
