@@ -13,6 +13,7 @@ from radforge.exports import lazy_exports
 if TYPE_CHECKING:
     from radforge.sharder.catalog import Catalog, DatasetError, load_catalog
     from radforge.sharder.commit_log import SeriesClaimedError, export_index
+    from radforge.sharder.compact import CompactionError, CompactionSummary, Compactor, compact_dataset
     from radforge.sharder.datasink import MDSDatasink, commit_part
     from radforge.sharder.listing import DatasetSummary, list_datasets
     from radforge.sharder.mds import SampleEncoder, ShardFormatError, ShardWriter
@@ -25,12 +26,16 @@ if TYPE_CHECKING:
         RadforgeMonaiDataset,
         RadforgeMonaiIterableDataset,
     )
+    from radforge.sharder.vacuum import VacuumSummary, vacuum_dataset
     from radforge.sharder.verify import VerifyReport, verify_dataset
 
 __all__ = [
     "COLUMNS",
     "SCHEMA_VERSION",
     "Catalog",
+    "CompactionError",
+    "CompactionSummary",
+    "Compactor",
     "DatasetError",
     "DatasetSummary",
     "MDSDatasink",
@@ -45,14 +50,17 @@ __all__ = [
     "ShardFormatError",
     "ShardWriter",
     "SourceSpec",
+    "VacuumSummary",
     "VerifyReport",
     "build_streams",
     "commit_part",
+    "compact_dataset",
     "dataset_stats",
     "export_index",
     "format_stats",
     "list_datasets",
     "load_catalog",
+    "vacuum_dataset",
     "verify_dataset",
 ]
 
@@ -64,6 +72,10 @@ __getattr__ = lazy_exports(
         "load_catalog": "catalog",
         "SeriesClaimedError": "commit_log",
         "export_index": "commit_log",
+        "CompactionError": "compact",
+        "CompactionSummary": "compact",
+        "Compactor": "compact",
+        "compact_dataset": "compact",
         "DatasetSummary": "listing",
         "list_datasets": "listing",
         "MDSDatasink": "datasink",
@@ -83,6 +95,8 @@ __getattr__ = lazy_exports(
         "RadforgeIterableDataset": "torch_dataset",
         "RadforgeMonaiDataset": "torch_dataset",
         "RadforgeMonaiIterableDataset": "torch_dataset",
+        "VacuumSummary": "vacuum",
+        "vacuum_dataset": "vacuum",
         "VerifyReport": "verify",
         "verify_dataset": "verify",
     },

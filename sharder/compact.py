@@ -125,15 +125,12 @@ def _group_key(part: dict[str, Any]) -> tuple[str, str]:
     return str(part.get("archive_id")), str(part.get("schema_version", SCHEMA_VERSION))
 
 
-# ---- files of a part -------------------------------------------------------------------------------
+# ---- removing parts ---------------------------------------------------------------------------------
 def remove_part_files(root: Location, part_id: str) -> None:
-    """Delete ``parts/<id>/`` and ``manifests/<id>.parquet`` (either may be missing)."""
-    folder = root.join(PARTS, part_id)
-    if folder.fs.exists(folder.path):
-        folder.fs.rm(folder.path, recursive=True)
-    manifest = root.join(MANIFESTS, f"{part_id}.parquet")
-    if manifest.fs.exists(manifest.path):
-        manifest.fs.rm_file(manifest.path)
+    """Delete ``parts/<id>/`` and ``manifests/<id>.parquet`` (whichever exist), as orphan cleanup does."""
+    from radforge.sharder.datasink import _remove_part
+
+    _remove_part(root, part_id)
 
 
 def remove_dead_writers(root: Location) -> list[str]:
@@ -400,7 +397,7 @@ class Compactor:
         commit_id = uuid.uuid4().hex
         for _ in range(COMMIT_ATTEMPTS):
             seq = state.seq + 1
-            entry = {
+            entry: dict[str, Any] = {
                 "seq": seq,
                 "op": COMPACT,
                 "commit_id": commit_id,

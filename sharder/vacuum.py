@@ -21,6 +21,7 @@ from typing import Any
 from radforge.sharder.catalog import MANIFESTS, PARTS, DatasetError
 from radforge.sharder.commit_log import has_log, read_state
 from radforge.sharder.compact import remove_dead_writers, remove_part_files
+from radforge.sharder.lease import DatasetBusyError, PartLease
 from radforge.storage import resolve
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,15 @@ def vacuum_dataset(
         if now - float(record["at"]) < older_than_s:
             summary.waiting.append(part_id)
             continue
-        remove_part_files(root, part_id)
+        claim = PartLease(root, part_id)  # a writer never reuses a replaced id; the lease makes sure
+        try:
+            claim.acquire()
+        except DatasetBusyError:
+            continue
+        try:
+            remove_part_files(root, part_id)
+        finally:
+            claim.release()
         summary.removed.append(part_id)
     summary.orphans = remove_dead_writers(root)
     if summary.removed:

@@ -14,7 +14,7 @@ from radforge.services.app.models import CompactJobCreate, IngestJobCreate
 from radforge.services.jobs.kinds import KINDS
 from radforge.sharder.commit_log import read_state
 from radforge.sharder.verify import verify_dataset
-from tests.services.support import LiveServer, make_settings, metric_value, wait_state
+from tests.services.support import metric_value, session_ray_server, wait_state
 from tests.sharder.test_compact import TARGET, make_dataset, stock_samples
 
 JOB_TIMEOUT = 120
@@ -29,14 +29,8 @@ def allowed(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def api(ray_local: None, allowed: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
-    import ray
-
-    settings = make_settings(
-        tmp_path_factory.mktemp("compact-state"),
-        ray_address=ray.get_runtime_context().gcs_address,
-        allowed_datasets=[str(allowed)],
-    )
-    with LiveServer(settings) as live, live.client() as client:
+    server = session_ray_server(tmp_path_factory.mktemp("compact-state"), allowed_datasets=[str(allowed)])
+    with server as live, live.client() as client:
         yield client
 
 

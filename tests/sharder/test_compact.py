@@ -23,9 +23,10 @@ import pytest
 
 from radforge.cli import main as cli_main
 from radforge.sharder.catalog import INDEX, load_catalog
-from radforge.sharder.commit_log import COMPACT, entry_loc, read_state
+from radforge.sharder.commit_log import COMPACT, checkpoint_loc, entry_loc, read_state, write_checkpoint
 from radforge.sharder.compact import Compactor, compact_dataset, plan_groups
 from radforge.sharder.datasink import MDSDatasink, commit_part, rows_block
+from radforge.sharder.lease import PartLease
 from radforge.sharder.marker import mark_dataset
 from radforge.sharder.mds import SampleEncoder
 from radforge.sharder.schema import COLUMNS
@@ -42,10 +43,8 @@ TARGET = 16 << 10  # the compaction target here: every part of these tests fits 
 
 
 # ---- datasets ------------------------------------------------------------------------------------
-def write_part(
-    root: Location, part_id: str, archive: str, series: list[str], *, base_seq: int | None = None
-) -> None:
-    """Write and commit one part (real shards, zstd, many small ones) holding ``series``."""
+def write_task(root: Location, part_id: str, archive: str, series: list[str]) -> dict[str, Any]:
+    """One write task's output for ``series`` (real shards, zstd, many small ones), not committed."""
     encoder = SampleEncoder(COLUMNS)
     rows = []
     for key in series:
@@ -65,14 +64,22 @@ def write_part(
         record = {"series_key": key, "status": "ingested", "reason": None, "slices_kept": SLICES}
         rows.append(dict(record="series", key=key, sample=b"", count="", series=json.dumps(record)))
     sink = MDSDatasink(root.uri, part_id=part_id, part_info={}, compression="zstd:1", size_limit=SMALL_SHARDS)
-    written = sink.write([rows_block(rows)], None)
-    commit_part(
-        root,
-        part_id=part_id,
-        part_info={"archive_id": archive, "config_hash": "cfg"},
-        task_returns=[written],
-        base_seq=base_seq,
-    )
+    return sink.write([rows_block(rows)], None)
+
+
+def write_part(
+    root: Location, part_id: str, archive: str, series: list[str], *, base_seq: int | None = None
+) -> None:
+    """Write and commit one part holding ``series``, as an ingest run does (under its part lease)."""
+    with PartLease(root, part_id):
+        written = write_task(root, part_id, archive, series)
+        commit_part(
+            root,
+            part_id=part_id,
+            part_info={"archive_id": archive, "config_hash": "cfg"},
+            task_returns=[written],
+            base_seq=base_seq,
+        )
 
 
 def make_dataset(uri: str | Path) -> Location:
@@ -245,6 +252,51 @@ def test_compaction_rebases_on_an_ingest_committed_meanwhile(tmp_path: Path) -> 
         f"a9/axial/{i:05d}/raw" for i in range(SLICES)
     ]
     assert verify_dataset(root.uri).ok
+
+
+def test_an_ingest_that_planned_before_a_compaction_commits_on_top_of_it(tmp_path: Path) -> None:
+    """The other order: an ingest plans and writes, a compaction commits (sparing the ingest's live part),
+    then the ingest commits on top of it."""
+    root = make_dataset(tmp_path / "ds")
+    expected = stock_samples(root.path)
+    planned = read_state(root).seq
+    with PartLease(root, "p-00000000000000ee"):  # the ingest's part, written and not committed yet
+        written = write_task(root, "p-00000000000000ee", "z", ["z1"])
+
+        summary = compact_dataset(root.uri, target_shard_bytes=TARGET)
+        commit_part(
+            root,
+            part_id="p-00000000000000ee",
+            part_info={"archive_id": "z"},
+            task_returns=[written],
+            base_seq=planned,
+        )
+
+    assert summary.cleaned == []  # a live writer's part is not an orphan
+    state = read_state(root)
+    assert list(state.parts) == [*(c["part"] for c in summary.compactions), "p-00000000000000ee"]
+    got = stock_samples(root.path)
+    assert got[: len(expected)] == expected
+    assert [k for k, *_ in got[len(expected) :]] == [f"z1/axial/{i:05d}/raw" for i in range(SLICES)]
+    assert verify_dataset(root.uri).ok
+
+
+def test_a_checkpoint_carries_the_compaction(tmp_path: Path) -> None:
+    root = make_dataset(tmp_path / "ds")
+    compact_dataset(root.uri, target_shard_bytes=TARGET)
+    folded = read_state(root)  # every entry folded: no checkpoint yet
+
+    write_checkpoint(root, folded.seq)
+
+    checkpoint = json.loads(Path(checkpoint_loc(root, folded.seq).path).read_text())
+    assert set(checkpoint["replaced"]) == set(folded.replaced)
+    again = read_state(root)  # now read from the checkpoint
+    assert again == folded and list(again.parts) == list(folded.parts)
+    write_part(root, "p-00000000000000dd", "b", ["b7"])  # a commit on top counts from the checkpoint
+    assert (
+        read_state(root).total_shards
+        == folded.total_shards + read_state(root).parts["p-00000000000000dd"]["shards"]
+    )
 
 
 class _CompactedMeanwhile(Compactor):
