@@ -108,12 +108,17 @@ def session_ray_server(state_dir: Path, **overrides: Any) -> LiveServer:
 
 
 def headless_chromium(
-    url: str, *, profile: Path, screenshot: Path | None = None, budget_ms: int = 8000
+    url: str,
+    *,
+    profile: Path,
+    screenshot: Path | None = None,
+    budget_ms: int = 8000,
+    window: tuple[int, int] = (1280, 900),
 ) -> str:
     """The DOM of ``url`` after ``budget_ms`` of the page's (virtual) time in Debian's headless Chromium.
 
     A fresh ``profile`` folder is a new browser: no session storage, nothing cached. ``screenshot``
-    (a PNG of a 1280x900 window) is written when given.
+    (a PNG of the ``window``, width by height) is written when given.
     """
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     assert chromium, "Debian's chromium package is required (apt-get install chromium)"
@@ -129,7 +134,7 @@ def headless_chromium(
             "--disable-component-update",
             "--disable-sync",
             f"--user-data-dir={profile}",
-            "--window-size=1280,900",
+            f"--window-size={window[0]},{window[1]}",
             f"--virtual-time-budget={budget_ms}",
             *([f"--screenshot={screenshot}"] if screenshot is not None else []),
             "--dump-dom",

@@ -114,7 +114,8 @@ def cells(dom: Node, job_id: str) -> dict[str, str]:
 def load(server: LiveServer, profile: Path, shot: Path) -> Node:
     """The dashboard as a new tab shows it (a fresh browser profile), with a screenshot."""
     shot.unlink(missing_ok=True)
-    dom = headless_chromium(f"{server.url}/dashboard#token={TOKEN}", profile=profile, screenshot=shot)
+    url = f"{server.url}/dashboard#token={TOKEN}"
+    dom = headless_chromium(url, profile=profile, screenshot=shot, window=(1280, 1400))
     assert shot.read_bytes()[:8] == PNG and shot.stat().st_size > 10_000
     return parse(dom)
 
@@ -183,7 +184,7 @@ def test_dashboard_during_and_after_ingest_train_and_eval(
 
     # after: another new tab; every chart point below was recorded before it opened
     opened = time.time()
-    dom = load(server, tmp_path / "profile-after", ARTIFACTS / "dashboard.png")
+    dom = load(server, tmp_path / "profile-after", ARTIFACTS / "dashboard-after.png")
     row = cells(dom, ingest)
     assert row["state"] == "succeeded" and row["archive / output"] == "arch-dash", row
     assert (

@@ -3,6 +3,9 @@
 "use strict";
 
 const POLL_MS = 2000;
+// Each poll asks again for the last 30 s: a point recorded while the previous answer was being
+// built (its time a little earlier than that answer's newest) still arrives; merge() drops repeats.
+const OVERLAP_S = 30;
 const MIN_SPAN_S = 120;  // charts span at least two minutes, at most the server's window (an hour)
 const BASELINE = "random_init";  // the eval job's random-init backbone (radforge.trainer.eval.run)
 const STATES = ["queued", "running", "succeeded", "failed", "cancelled"];
@@ -251,7 +254,7 @@ async function poll() {
   const tok = token();
   if (!tok) { document.getElementById("login").hidden = false; return; }
   try {
-    const since = lastT === null ? "" : `?since=${lastT}`;
+    const since = lastT === null ? "" : `?since=${lastT - OVERLAP_S}`;
     const [overview, recent] = await Promise.all([get("/api/v1/overview", tok), get(`/api/v1/history${since}`, tok)]);
     merge(recent);
     render(overview);
