@@ -24,6 +24,9 @@ from radforge.cli_progress import eval_status, ingest_status
 from tests.services.support import TOKEN, LiveServer, make_settings
 from tests.support import make_archive
 
+# fixtures: a tiny built-in task suite and a random-init export (pytest finds them by name here)
+from tests.trainer.eval.test_eval_suite import export, suite  # noqa: F401
+
 # what Ray prints at INFO: "2026-12-04 17:41:11,983\tINFO streaming_executor.py:215 -- Starting execution"
 RAY_INFO = re.compile(r"\bINFO \S+\.py:\d+ --")
 SNAKE = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -127,3 +130,19 @@ def test_a_closed_pipe_ends_quietly(argv: list[str], server: LiveServer, ingeste
     finally:
         os.close(write)
     assert (done.returncode, done.stderr) == (1, "")
+
+
+def test_eval_shows_its_progress(
+    suite: list[Path],  # noqa: F811
+    export: Path,  # noqa: F811
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``radforge eval`` draws a bar over its (backbone, task) evaluations on stderr; stdout: the result."""
+    argv = ["eval", "--backbone", f"tiny={export}", "--random-init", "--tasks", str(suite[2])]
+    argv += ["--out", str(tmp_path / "report"), "--probes", "knn", "--seeds", "1", "--max-shots", "1"]
+    assert main([*argv, "--bootstrap", "10", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["report"] == str(tmp_path / "report" / "report.md")
+    bar = [line for line in err.splitlines() if line.startswith("eval ")]
+    assert len(bar) == 1 and "reporting 2/2 evaluations" in bar[0], err
