@@ -43,6 +43,7 @@ from radforge.sharder.catalog import (
     MANIFESTS,
     PARTS,
     Catalog,
+    DatasetError,
     commit,
     is_part_id,
     load_catalog,
@@ -413,6 +414,9 @@ def remove_orphans(
                 claim.acquire(grace_s=grace_s)
             except DatasetBusyError:
                 continue  # a live writer's part
+            except DatasetError as e:  # an unreadable lease: left alone, for a person to look at
+                log.warning("orphan cleanup left part %s alone: %s", part_id, e)
+                continue
             claim.start_heartbeat()  # removing a large part can outlast a ttl
             claims.append((part_id, claim))
         latest = load_catalog(root) if claims else None  # read after the claims
