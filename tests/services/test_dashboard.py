@@ -7,6 +7,7 @@ history's ring buffers and the report links' signatures on their own.
 
 from __future__ import annotations
 
+import re
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -120,6 +121,13 @@ def load(server: LiveServer, profile: Path, shot: Path) -> Node:
     return parse(dom)
 
 
+def shown(text: str, pattern: str) -> list[float]:
+    """The numbers ``pattern``'s groups find in ``text`` (the page rounds as JavaScript does)."""
+    match = re.search(pattern, text)
+    assert match, (pattern, text)
+    return [float(g) for g in match.groups()]
+
+
 def line(dom: Node, chart: str, job_id: str) -> Node:
     return dom.find("svg", id=chart).find("polyline", data_job_id=job_id)
 
@@ -194,8 +202,11 @@ def test_dashboard_during_and_after_ingest_train_and_eval(
     assert row["rate"].endswith(" slices/s"), row
     row, done = cells(dom, train), trained["progress"]
     assert row["state"] == "cancelled" and row["progress"] == f"step {done['step']}/100000", row
-    assert row["rate"] == f"{done['images_per_second']:.1f} img/s", row
-    assert row["details"] == f"loss {done['loss']:.3f} · data wait {100 * done['data_wait_fraction']:.0f}%"
+    assert shown(row["rate"], r"(\S+) img/s") == [pytest.approx(done["images_per_second"], abs=0.051)]
+    assert shown(row["details"], r"loss (\S+) · data wait (\S+)%") == [
+        pytest.approx(done["loss"], abs=5.1e-4),
+        pytest.approx(100 * done["data_wait_fraction"], abs=0.51),
+    ]
     for chart, job in [("chart-samples", ingest), ("chart-bytes", ingest), ("chart-train-images", train)]:
         assert int(line(dom, chart, job).attrs["data-points"]) >= 2, chart
         assert float(dom.find("svg", id=chart).attrs["data-first"]) < opened, chart
@@ -204,10 +215,12 @@ def test_dashboard_during_and_after_ingest_train_and_eval(
     scores = evaluated["result"]["scores"]
     ours, base = scores["run"]["plane_2d"], scores["random_init"]["plane_2d"]
     for probe in ("linear", "knn"):
-        won = int(ours[probe] > base[probe])
-        assert (
-            f"{probe} {ours[probe]:.3f} vs {base[probe]:.3f} random init, {won}/1 tasks won" in row["details"]
-        )
+        pattern = rf"{probe} (\S+) vs (\S+) random init, (\d)/1 tasks won"
+        assert shown(row["details"], pattern) == [
+            pytest.approx(ours[probe], abs=5.1e-4),
+            pytest.approx(base[probe], abs=5.1e-4),
+            int(ours[probe] > base[probe]),
+        ]
     link = dom.find("tr", data_job_id=evaluation).find("a", class_="report-link").attrs["href"]
 
     error = dom.find("tr", data_error_for=failing).text()
