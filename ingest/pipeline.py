@@ -407,8 +407,9 @@ def _headers_to_read(reuse: Reuse, *, root: Location, cfg: IngestConfig, cpus: i
     headers = _header_rows(list(reuse.read), root=root, cfg=cfg, cpus=cpus)
     if headers is None or not reuse.groups:
         return headers
-    headers = headers.materialize()
-    joined = reuse.release(group_pseudonym(salt, g) for g in headers.unique("group"))
+    headers = headers.materialize()  # iterated here and again when planning; unique() would shuffle
+    groups = {g for batch in headers.iter_batches(batch_format="pandas") for g in batch["group"]}
+    joined = reuse.release(group_pseudonym(salt, g) for g in groups)
     return headers.union(_header_rows(joined, root=root, cfg=cfg, cpus=cpus)) if joined else headers
 
 
