@@ -7,7 +7,12 @@ random-init baseline: the exact initialisation training started from), after ``-
 and after ``--long-steps``; each snapshot is evaluated with ``radforge.trainer.eval.run_eval`` (linear probe
 and kNN, full training set and few-shot) on the built-in suite.
 
-    .venv/bin/python -m bench.pretrain_quality [--short-steps 60 --long-steps 200]
+    .venv/bin/python -m bench.pretrain_quality [--short-steps 400 --long-steps 800] [--set KEY=VALUE ...]
+
+800 steps (the schedules stretched over them) is the configuration chosen by the sweep recorded in
+docs/BENCHMARKS.md (14 runs: steps, lr, width, depth, prototypes, local crops, training seeds):
+about 5 minutes of training and 2 of evaluation on two idle cores. ``--device cuda`` runs the
+training steps on a GPU (views and evaluation stay on the CPU): how the sweep was run.
 
 Ends with one JSON line: {"bench": "pretrain_quality", "steps": N, "tasks": {"<task>": {"knn_diff": d,
 "knn_ci": [lo, hi], "linear_diff": d, "linear_ci": [lo, hi]}, ...}, "wins": {...}, "short": {...},
@@ -100,7 +105,9 @@ def snapshot(teacher: torch.nn.Module, preprocessing: dict[str, Any]) -> FrozenB
     """The teacher backbone as a standalone frozen module (what `radforge export` would write)."""
     backbone = teacher.backbone  # type: ignore[union-attr]
     spec = spec_of(backbone)
-    state = {k: v.detach().clone() for k, v in backbone.state_dict().items() if k != "mask_token"}
+    state = {
+        k: v.detach().to("cpu", copy=True) for k, v in backbone.state_dict().items() if k != "mask_token"
+    }
     return FrozenBackbone(spec, preprocessing=preprocessing).load_state(state, where="teacher snapshot")
 
 
@@ -108,30 +115,44 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--short-steps", type=int, default=60)
-    parser.add_argument("--long-steps", type=int, default=200)
+    parser.add_argument("--short-steps", type=int, default=400)
+    parser.add_argument("--long-steps", type=int, default=800)
     parser.add_argument("--volumes", type=int, default=24, help="phantom volumes to pretrain on")
     parser.add_argument(
         "--phantoms-only", action="store_true", help="leave out the suite's real training volumes"
     )
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path(".bench/pretrain_quality"))
+    parser.add_argument(
+        "--suite", type=Path, help="built-in suite folder (default OUT/suite; built if absent)"
+    )
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="recipe override (repeatable)"
+    )
+    parser.add_argument(
+        "--device", default="cpu", help="where the training steps run (cuda: a sweep on a GPU machine)"
+    )
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--train-seed", type=int, default=0, help="seed of the initial weights and the training batches"
+    )
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
     # the tiny recipe's schedules span 2 epochs: stretch them over the run, whatever its length
-    cfg = load_recipe(TINY, overrides=[f"schedule.epoch_length={max(1, args.long_steps // 2)}"])
+    cfg = load_recipe(TINY, overrides=[*args.set, f"schedule.epoch_length={max(1, args.long_steps // 2)}"])
     preprocessing = {"ct_air_hu": cfg.intensity.ct_air_hu, "image_size": cfg.crops.global_size}
     slices = training_slices(args.volumes, real=not args.phantoms_only)
-    state = build_train_state(cfg, global_batch_size=BATCH, seed=0)
+    state = build_train_state(cfg, global_batch_size=BATCH, seed=args.train_seed, device=device)
     multicrop, masks = build_multicrop(cfg), build_mask_sampler(cfg)
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(args.train_seed)
     backbones = {"random_init": snapshot(state.teacher, preprocessing)}
     seconds = {}
     t0 = time.perf_counter()
     for step in range(1, args.long_steps + 1):
         picks = rng.integers(len(slices), size=BATCH)
         batch = collate_views(multicrop.batch([slices[i] for i in picks], rng=rng), masks=masks, rng=rng)
-        metrics = train_step(state, batch)
+        metrics = train_step(state, batch.to(device))
         if step == args.short_steps:
             backbones["pretrained"] = snapshot(state.teacher, preprocessing)
             seconds["pretrained"] = time.perf_counter() - t0
@@ -140,7 +161,7 @@ def main() -> None:
     backbones["pretrained_long"] = snapshot(state.teacher, preprocessing)
     seconds["pretrained_long"] = time.perf_counter() - t0
 
-    tasks = load_suite("builtin", builtin_root=args.out / "suite")
+    tasks = load_suite("builtin", builtin_root=args.suite or args.out / "suite")
     outcome = run_eval(
         backbones, tasks, out=args.out / "report", cache_dir=args.out / "features", seeds=args.seeds
     )
@@ -155,6 +176,10 @@ def main() -> None:
             {
                 "bench": "pretrain_quality",
                 "steps": args.long_steps,
+                "overrides": args.set,
+                "train_seed": args.train_seed,
+                "device": str(device),
+                "last_step": {k: round(float(metrics[k]), 4) for k in ("loss", "teacher_entropy", "cls_std")},
                 "tasks": long,
                 "wins": win_counts(long),
                 "short": {
