@@ -5,7 +5,7 @@
 # radforge's import namespace is laid out as links in /tmp/ns, as `make lint` does for mypy.
 #
 #   bench/gpu_check.sh OUT_DIR [--budget-s 420] [--phases precision,recipes] [--dry-run]
-#   BENCH_MODULE=bench.pretrain_sweep bench/gpu_check.sh OUT_DIR train --data D --out OUT_DIR
+#   BENCH_MODULE=bench.pretrain_quality bench/gpu_check.sh OUT_DIR --device cuda --set KEY=VALUE
 #     (another bench module in the same environment: its arguments as given, no --out added)
 set -euo pipefail
 out=${1:?usage: bench/gpu_check.sh OUT_DIR [gpu_check args]}
