@@ -232,3 +232,40 @@ def test_inventory_of_another_salt_or_rules_is_not_reused(tmp_path: Path) -> Non
         assert len(plan_reuse(inv, entries, salt=SALT, context=other, already=frozenset()).read) == 6
     no_version = [(p, s, None) for p, s, _ in entries]
     assert len(plan_reuse(inv, no_version, salt=SALT, context=context, already=frozenset()).read) == 6
+
+
+@pytest.mark.parametrize("store", ["local", "s3"])
+def test_concurrent_writers_of_one_and_of_different_archives(
+    store: str, request: pytest.FixtureRequest
+) -> None:
+    """Snapshots are immutable and per archive: racing writers never corrupt one another's inventory."""
+    import threading
+
+    from radforge.ingest.inventory import GroupRecord, Inventory, save_inventory
+
+    if store == "s3":
+        ds = resolve(f"s3://{request.getfixturevalue('s3_bucket')}/datasets/ct")
+    else:
+        ds = resolve(str(request.getfixturevalue("tmp_path") / "ds"))
+    archives = ["s3://hospital/a", "s3://hospital/b"]
+    start = threading.Barrier(8)
+
+    def write(archive: str, n: int) -> None:
+        inv = Inventory(context="c", fingerprint=f"{n:032x}", states={f"o{n}": "s"})
+        inv.groups = {f"g{n}": GroupRecord(group=f"g{n}", members=[f"o{n}"], plans=[f'{{"n":{n}}}'])}
+        start.wait(timeout=30)
+        save_inventory(ds, archive, inv)
+
+    threads = [threading.Thread(target=write, args=(archives[i % 2], i)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    for k, archive in enumerate(archives):
+        inv = load_inventory(ds, archive)
+        assert inv is not None and len(inv.groups) == 1
+        (n,) = [int(g[1:]) for g in inv.groups]
+        assert n % 2 == k and inv.states == {f"o{n}": "s"} and inv.fingerprint == f"{n:032x}"
+        assert latest_fingerprint(ds.uri, archive) is not None
+        names = ds.fs.ls(archive_folder(ds, archive).path, detail=False, refresh=True)
+        assert 1 <= len(names) <= 4  # pruned to the newest two once the races settle
