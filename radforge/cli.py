@@ -49,7 +49,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
     cfg: IngestConfig = load_config(args.config, overrides=parse_overrides(args.set or []))
     cfg.deid.resolved_salt()  # a missing salt fails before Ray starts
-    with ingest_progress(cfg.ray, verbose=args.verbose) as hooks:
+    with ingest_progress(verbose=args.verbose) as hooks:
         summary = run_ingest(
             args.source,
             args.dataset,

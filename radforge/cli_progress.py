@@ -58,8 +58,12 @@ class ProgressCounter:
         return dict(self.totals)
 
 
-def counting_sink(counter: Any) -> type:
-    """The project's MDS datasink, each write task reporting its series, slices and samples to ``counter``."""
+def counting_sink(box: dict[str, Any]) -> type:
+    """The project's MDS datasink, each write task reporting its series, slices and samples.
+
+    They go to the counter actor in ``box["counter"]``, put there once Ray is up and the series
+    are planned (before the sink is made and shipped to its tasks, which carry the box along).
+    """
     from radforge.sharder.datasink import MDSDatasink
 
     class CountingSink(MDSDatasink):
@@ -67,7 +71,7 @@ def counting_sink(counter: Any) -> type:
             out = super().write(blocks, ctx)
             series = out["series"]
             slices = sum(int(s.get("slices_kept", 0)) + int(s.get("slices_dropped", 0)) for s in series)
-            counter.add.remote({"series": len(series), "slices": slices, "samples": out["samples"]})
+            box["counter"].add.remote({"series": len(series), "slices": slices, "samples": out["samples"]})
             return out
 
     return CountingSink
@@ -99,8 +103,13 @@ def _progress(title: str) -> Any:
 
 
 @contextmanager
-def _logs_above(progress: Any) -> Iterator[None]:
-    """Log lines printed above a live bar on a terminal (rich's proxy of stderr), not through it."""
+def _live(progress: Any) -> Iterator[None]:
+    """``progress`` shown while the body runs; its last state kept on success, gone on failure.
+
+    On a terminal, log lines go above the live bar (through rich's proxy of stderr) instead of
+    through it. A failure leaves only its one-line error: the bar is erased (terminal) or never
+    printed (rich prints a non-terminal's bar once, when it stops).
+    """
     handlers = [
         h
         for h in logging.getLogger().handlers
@@ -111,6 +120,12 @@ def _logs_above(progress: Any) -> Iterator[None]:
             h.setStream(sys.stderr)  # rich's proxy while the bar is live
         try:
             yield
+        except BaseException:
+            if progress.console.is_terminal:
+                progress.live.transient = True
+            else:
+                progress.console.quiet = True
+            raise
         finally:
             for h in handlers:
                 h.setStream(sys.__stderr__)
@@ -125,44 +140,43 @@ class IngestHooks:
 
 
 @contextmanager
-def ingest_progress(ray_config: Any, *, verbose: bool) -> Iterator[IngestHooks]:
+def ingest_progress(*, verbose: bool) -> Iterator[IngestHooks]:
     """A live bar over an ingest's series on stderr, fed by its write tasks; yields the hooks to pass on.
 
-    ``ray_config`` is the ingest's ``ray`` settings: the counter actor lives where the ingest runs.
+    Nothing starts here: the counter actor is made when the series are planned (the ingest has
+    connected to Ray by then), so a run refused before it (a missing archive) costs no Ray start.
     """
     import ray
     import ray.data
 
-    from radforge.runtime import ensure_ray
-
     if not verbose:
         quiet_ray_logs()
     ray.data.DataContext.get_current().enable_progress_bars = False  # ours instead
-    ensure_ray(ray_config.address, num_cpus=ray_config.num_cpus)  # as run_ingest does: it finds this one
-    counter: Any = ray.remote(num_cpus=0)(ProgressCounter).remote()
     progress = _progress("ingest")
     task = progress.add_task(
         "ingest",
         total=None,
         status=ingest_status(series_done=0, series_total=None, slices=0, samples=0, decode_seconds=None),
     )
-    planned: dict[str, float] = {}
+    box: dict[str, Any] = {}  # counter (the actor), total (series planned), at (when planned)
     stop = threading.Event()
 
     def on_plan(series: int) -> None:
-        planned.update(total=series, at=time.monotonic())
+        box["counter"] = ray.remote(num_cpus=0)(ProgressCounter).remote()
+        box.update(total=series, at=time.monotonic())
 
     def refresh() -> None:
-        counts = ray.get(counter.snapshot.remote(), timeout=30)
-        total = int(planned["total"]) if "total" in planned else None
+        if "counter" not in box:
+            return  # still listing and planning: the bar says so
+        counts = ray.get(box["counter"].snapshot.remote(), timeout=30)
         status = ingest_status(
             series_done=counts["series"],
-            series_total=total,
+            series_total=box["total"],
             slices=counts["slices"],
             samples=counts["samples"],
-            decode_seconds=time.monotonic() - planned["at"] if "at" in planned else None,
+            decode_seconds=time.monotonic() - box["at"],
         )
-        progress.update(task, total=total, completed=counts["series"], status=status)
+        progress.update(task, total=box["total"], completed=counts["series"], status=status)
 
     def follow() -> None:
         while not stop.wait(REFRESH_S):
@@ -173,16 +187,17 @@ def ingest_progress(ray_config: Any, *, verbose: bool) -> Iterator[IngestHooks]:
 
     follower = threading.Thread(target=follow, name="ingest-progress", daemon=True)
     try:
-        with _logs_above(progress):
+        with _live(progress):
             follower.start()
             try:
-                yield IngestHooks(sink_cls=counting_sink(counter), on_plan=on_plan)
+                yield IngestHooks(sink_cls=counting_sink(box), on_plan=on_plan)
             finally:
                 stop.set()
                 follower.join()
             refresh()  # the final counts (the last tasks may have ended since the last refresh)
     finally:
-        ray.kill(counter)
+        if "counter" in box:
+            ray.kill(box["counter"])
 
 
 @contextmanager
@@ -194,5 +209,5 @@ def eval_progress() -> Iterator[Callable[[str, int, int], None]]:
     def on_progress(phase: str, done: int, total: int) -> None:
         progress.update(task, total=total or None, completed=done, status=eval_status(phase, done, total))
 
-    with _logs_above(progress):
+    with _live(progress):
         yield on_progress

@@ -87,6 +87,15 @@ def test_ingest_shows_a_bar_and_hides_ray_info_lines(ingested: dict[str, Any]) -
     assert "nothing new to commit" in verbose.stdout
 
 
+def test_a_refused_ingest_is_one_line_without_a_bar(tmp_path: Path) -> None:
+    """Refused before anything runs (no Ray started): the error alone, no progress bar."""
+    done = radforge("ingest", str(tmp_path / "missing"), str(tmp_path / "dataset"))
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.splitlines() == [f"radforge: source {tmp_path / 'missing'} does not exist"], (
+        done.stderr
+    )
+
+
 def test_json_keys_are_snake_case(ingested: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
     summary = json.loads(ingested["quiet"].stdout)  # by_status, by_reason, by_kind: keyed by data
     assert [k for k in [*summary, *summary["phase_seconds"]] if not SNAKE.match(k)] == []
