@@ -37,7 +37,7 @@ from tests.trainer.support import SHARDS
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "build" / "test-artifacts" / "services"
-JOB_TIMEOUT = 180
+JOB_TIMEOUT = 300  # as test_train: a loaded machine (2 cores, several suites) slows every job
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
