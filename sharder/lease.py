@@ -47,7 +47,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 from radforge.sharder.catalog import DatasetError
 from radforge.storage import (
@@ -195,7 +195,7 @@ class Lease:
         self._thread: threading.Thread | None = None
 
     # ---- taking and giving back ---------------------------------------------------------------
-    def acquire(self, *, grace_s: float = 0.0) -> Lease:
+    def acquire(self, *, grace_s: float = 0.0) -> Self:
         """Take the lease (create it, or take over a stale one) or raise :class:`DatasetBusyError`.
 
         ``grace_s``: a holder whose pid is not provably gone counts as gone only once its
@@ -287,7 +287,7 @@ class Lease:
             except OSError as e:  # a storage hiccup: the next beat tries again, well before expiry
                 log.warning("write lease heartbeat of %s failed: %s", self.subject, type(e).__name__)
 
-    def __enter__(self) -> Lease:
+    def __enter__(self) -> Self:
         self.acquire()
         self.start_heartbeat()
         return self
