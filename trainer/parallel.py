@@ -1,7 +1,9 @@
 """Data parallelism around a :class:`~radforge.trainer.heads.Network`: replicated, FSDP2, per-block compile.
 
-Replicated (small models): every rank holds the whole model; :func:`replicate_gradients` averages
-each gradient across ranks as the last micro-batch's backward produces it. Sharded ones defer
+Replicated (small models): every rank holds the whole model; :class:`GradientReducer` averages
+gradients across ranks in ~25 MB buckets, all-reduced asynchronously while the last micro-batch's
+backward is still running (DDP's reducer, without its module wrapper: the step calls the backbone's
+and heads' methods directly). Sharded ones defer
 their reduce-scatter to the last micro-batch the same way (:func:`fsdp_gradient_sync`).
 
 FSDP2 (large and giant), DINOv3's layout (RECIPE.md, "FSDP"): ``fully_shard`` on every
@@ -15,7 +17,7 @@ its reduce-scatter and DCP checkpoints all work there, so the sharded path is te
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -25,29 +27,105 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_f
 
 from radforge.trainer.heads import Network
 
+GRADIENT_BUCKET_MB = 25.0  # DDP's default bucket size: large enough to amortise a collective's latency
 
-def replicate_gradients(module: torch.nn.Module, *, world_size: int) -> Callable[[bool], None]:
-    """Average each gradient over ranks as soon as it is ready; returns the on/off switch.
 
-    The step turns averaging off for every micro-batch's backward but the last (like DDP's
-    ``no_sync``), so accumulated gradients cross the network once per step.
+def gradient_buckets(params: Sequence[torch.Tensor], *, bucket_bytes: int) -> list[list[torch.Tensor]]:
+    """Parameters grouped into buckets of at most ``bucket_bytes`` (a larger parameter alone), last first.
+
+    Reverse registration order, as DDP: the backward pass produces the last layers' gradients first,
+    so the first buckets fill (and their all-reduce starts) while earlier layers are still running.
     """
-    enabled = [True]
+    buckets: list[list[torch.Tensor]] = []
+    size = 0
+    for p in reversed(params):
+        nbytes = p.numel() * p.element_size()
+        if not buckets or size + nbytes > bucket_bytes:
+            buckets.append([])
+            size = 0
+        buckets[-1].append(p)
+        size += nbytes
+    return buckets
 
-    def hook(p: torch.Tensor) -> None:
-        if enabled[0]:
-            assert p.grad is not None
-            dist.all_reduce(p.grad)
-            p.grad.div_(world_size)
 
-    for p in module.parameters():
-        if p.requires_grad:
-            p.register_post_accumulate_grad_hook(hook)
+class GradientReducer:
+    """Average gradients over ranks in buckets, overlapped with the backward pass (the replicated path).
 
-    def switch(on: bool) -> None:
-        enabled[0] = on
+    Each bucket's gradients are flattened into one buffer and all-reduced asynchronously as soon as
+    the bucket is complete and every bucket before it has been launched; launching in bucket order
+    keeps the sequence of collectives the same on every rank whatever order autograd fires the
+    hooks in. At the end of the backward pass (an autograd callback) the rest are launched, every
+    reduction is waited for and the averaged buffers are copied back into the gradients. A
+    parameter that got no gradient on a rank counts as zero there (DDP's unused parameters).
+    Calling the reducer with ``False`` switches it off for the backward passes of all micro-batches
+    but the last (DDP's ``no_sync``): accumulated gradients cross the network once per step.
+    """
 
-    return switch
+    def __init__(
+        self, module: torch.nn.Module, *, world_size: int, bucket_mb: float = GRADIENT_BUCKET_MB
+    ) -> None:
+        params = list(dict.fromkeys(p for p in module.parameters() if p.requires_grad))
+        self.buckets = gradient_buckets(params, bucket_bytes=max(1, int(bucket_mb * 2**20)))
+        self.world_size = world_size
+        self.enabled = True
+        self.launched_in_backward = 0  # buckets whose all-reduce started before the backward pass ended
+        self.launched = 0
+        self._bucket_of = {id(p): b for b, bucket in enumerate(self.buckets) for p in bucket}
+        self._reset()
+        for p in params:
+            p.register_post_accumulate_grad_hook(self._ready)
+
+    def __call__(self, on: bool) -> None:
+        self.enabled = on
+
+    def _reset(self) -> None:
+        self._ready_count = [0] * len(self.buckets)
+        self._next = 0  # the next bucket to launch
+        self._works: list[tuple[int, torch.Tensor, Any]] = []
+        self._queued = False
+
+    def _ready(self, p: torch.Tensor) -> None:
+        if not self.enabled:
+            return
+        if not self._queued:  # first gradient of this backward pass: finish when autograd is done
+            torch.autograd.Variable._execution_engine.queue_callback(self._finish)
+            self._queued = True
+        self._ready_count[self._bucket_of[id(p)]] += 1
+        while self._next < len(self.buckets) and self._ready_count[self._next] == len(
+            self.buckets[self._next]
+        ):
+            self._launch(self._next, in_backward=True)
+
+    def _launch(self, b: int, *, in_backward: bool) -> None:
+        bucket = self.buckets[b]
+        flat = torch.cat(
+            [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in bucket]
+        ).div_(self.world_size)
+        self._works.append((b, flat, dist.all_reduce(flat, async_op=True)))
+        self._next = b + 1
+        self.launched += 1
+        self.launched_in_backward += int(in_backward)
+
+    def _finish(self) -> None:
+        while self._next < len(self.buckets):
+            self._launch(self._next, in_backward=False)
+        for b, flat, work in self._works:
+            work.wait()
+            offset = 0
+            for p in self.buckets[b]:
+                n = p.numel()
+                value = flat[offset : offset + n].view_as(p)
+                if p.grad is None:
+                    p.grad = value.clone()
+                else:
+                    p.grad.copy_(value)
+                offset += n
+        self._reset()
+
+
+def replicate_gradients(module: torch.nn.Module, *, world_size: int) -> GradientReducer:
+    """The replicated path's gradient averaging: a :class:`GradientReducer` (the step's ``grad_sync``)."""
+    return GradientReducer(module, world_size=world_size)
 
 
 def fsdp_gradient_sync(network: torch.nn.Module) -> Callable[[bool], None]:

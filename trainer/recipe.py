@@ -183,7 +183,7 @@ class ComputeConfig(_Section):
 
     precision: Literal["bf16", "fp32"] = "bf16"  # DINOv3: bf16 compute, fp32 master weights and reductions
     compile_blocks: bool = False  # torch.compile each transformer block (DINOv3)
-    compile_heads: bool = False  # torch.compile the student heads and DINO/iBOT losses (fuses fp32 logit work)
+    compile_heads: bool = False  # torch.compile the student heads and DINO/iBOT losses (fuses logit work)
     fused_optimizer: bool = False  # fused AdamW kernel (CUDA)
 
 
