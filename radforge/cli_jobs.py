@@ -401,7 +401,7 @@ def add_parsers(sub: Any) -> None:
         k.set_defaults(func=cmd_jobs_submit)
 
     ls = jsub.add_parser("list", parents=[common], help="jobs, newest first")
-    ls.add_argument("--kind", choices=["ingest", "train", "eval"])
+    ls.add_argument("--kind", choices=["ingest", "train", "eval", "compact"])
     ls.add_argument(
         "--state", action="append", choices=["queued", "running", "succeeded", "failed", "cancelled"]
     )

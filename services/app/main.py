@@ -79,7 +79,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     app = FastAPI(
         title="radforge control plane",
         version=API_VERSION,
-        description="Jobs (ingest, train, eval), watched sources, metrics and a dashboard.",
+        description="Jobs (ingest, train, eval, compact), watched sources, metrics and a dashboard.",
         lifespan=lifespan,
     )
     app.state.service = service
