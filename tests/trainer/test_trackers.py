@@ -113,3 +113,23 @@ def test_tensorboard_needs_a_local_folder_for_an_object_store_output() -> None:
 def test_unknown_tracker_is_named() -> None:
     with pytest.raises(TrainConfigError, match=r"metrics.trackers"):
         load_train_config(TINY, overrides=["metrics.trackers=[wandb]"])
+
+
+def test_a_failed_run_marks_its_mlflow_run_failed(
+    dataset: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    out, store = tmp_path / "run", f"file:{tmp_path / 'mlruns'}"
+    overrides = ["steps=4", "metrics.trackers=[mlflow]", f"metrics.mlflow_tracking_uri={store}"]
+    cfg = tiny_run(dataset, str(out), tmp_path, *overrides)
+
+    def fail_at_step_2(record: dict[str, Any]) -> None:
+        if record["step"] == 2:
+            raise RuntimeError("injected failure")
+
+    with pytest.raises(RuntimeError, match="injected failure"):
+        run_training(cfg, on_step=fail_at_step_2)
+    run_id = json.loads((out / "metrics" / "mlflow.json").read_text())["run_id"]
+    run, history = _mlflow(store, run_id)
+    # nothing was flushed (flush_every 10, no checkpoint yet): MLflow holds no point, like the JSONL
+    assert run.info.status == "FAILED" and history == {} and read_metrics(str(out)) == []
