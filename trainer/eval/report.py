@@ -36,6 +36,7 @@ PLOTS = "plots"
 DELTAS_PLOT = "paired-differences.png"  # under PLOTS, beside the few-shot plots ({task}.png)
 BASELINE_COLOUR = "#7f7f7f"
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
+HASH_SHOWN = 16  # hex digits of a hash in the report's tables (the weights' column too)
 # provenance columns in this order; other keys follow, sorted
 PROVENANCE = (
     "source", "checkpoint", "step", "steps", "datasets", "config_sha256", "weights", "embed_dim", "depth",
@@ -351,6 +352,8 @@ def _provenance_table(backbones: dict[str, dict[str, Any]]) -> list[list[str]]:
             v = info.get(k, "")
             if k == "step" and info.get("steps") is not None:
                 v = f"{v} of {info['steps']}"
+            if k.endswith("sha256") and isinstance(v, str):
+                v = v[:HASH_SHOWN]  # in full in results.json
             cells.append(", ".join(map(str, v)) if isinstance(v, list) else "" if v is None else str(v))
         rows.append([name, *cells])
     if "steps" in columns:  # shown with the step
