@@ -146,6 +146,10 @@ def _plan_frame(plans: list[SeriesPlan], *, nbytes: int) -> pd.DataFrame:
                 for p in plans
             ],
             "plan": [p.to_json() for p in plans],
+            # source slices (frames) a pending plan decodes: the progress bar's slice total
+            "slices": [
+                sum(max(i.frames, 1) for i in p.instances) if p.status == "pending" else 0 for p in plans
+            ],
         }
     )
 
@@ -342,14 +346,14 @@ def _plan_series(
 
     extra = ["plan"] if with_plans else []
     extra += ["inventory"] if record is not None else []
-    kwargs = {"salt": salt, "already": already, "rules": rules, "record": record}
+    kwargs: dict[str, Any] = {"salt": salt, "already": already, "rules": rules, "record": record}
     if distributed:
         plans = headers.groupby("group").map_groups(_plan, fn_kwargs=kwargs, batch_format="pandas")
         if reused is not None and len(reused):
             # Arrow, as map_groups' own blocks: a repartition does not mix block types
             plans = plans.union(ray.data.from_arrow(pa.Table.from_pandas(reused, preserve_index=False)))
         plans = plans.materialize()
-        keys = plans.select_columns(["series_key", "pending", "cost", *extra]).to_pandas()
+        keys = plans.select_columns(["series_key", "pending", "cost", "slices", *extra]).to_pandas()
         n_tasks = decode_task_count(int(keys["cost"].sum()), len(keys), cpus, target=task_cost)
         return keys, plans.repartition(max(1, n_tasks))
     groups: dict[str, list[str]] = {}
@@ -361,11 +365,13 @@ def _plan_series(
     table = (
         pd.concat(frames, ignore_index=True)
         if frames
-        else pd.DataFrame({"series_key": [], "pending": [], "cost": [], "plan": [], "inventory": []})
+        else pd.DataFrame(
+            {"series_key": [], "pending": [], "cost": [], "slices": [], "plan": [], "inventory": []}
+        )
     )
     tasks = decode_task_groups(table["cost"].tolist(), cpus, target=task_cost)
     blocks = [table.iloc[idx].reset_index(drop=True) for idx in tasks] or [table]
-    return table[["series_key", "pending", *extra]], ray.data.from_pandas(blocks)
+    return table[["series_key", "pending", "slices", *extra]], ray.data.from_pandas(blocks)
 
 
 def _reused_frame(reuse: Reuse, *, already: frozenset[str], record: bool) -> pd.DataFrame | None:
@@ -419,7 +425,7 @@ def run_ingest(
     cfg: IngestConfig,
     *,
     sink_cls: type[MDSDatasink] = MDSDatasink,
-    on_plan: Callable[[int], None] | None = None,
+    on_plan: Callable[[int, int], None] | None = None,
     operator_report: str | None = None,
 ) -> IngestSummary:
     """Run the ingest job; returns its summary. Raises SourceError/ConfigError when it cannot run.
@@ -428,7 +434,8 @@ def run_ingest(
     not ingested (:mod:`radforge.ingest.operator_report`: identifying paths, opt-in).
 
     ``sink_cls`` lets callers (tests injecting faults, alternative sinks) subclass the datasink;
-    ``on_plan(series)`` is told how many series were planned, before any is decoded (progress).
+    ``on_plan(series, slices)`` is told how many series were planned and how many source slices the
+    pending ones hold, before any is decoded (progress).
     The destination must be new, empty or a radforge dataset (else ``NotADatasetError``). Runs of
     different archives write one dataset at once: the run holds its archive's lease from before it
     reads the catalog until after its commit (``DatasetBusyError`` if another run of the same
@@ -464,7 +471,7 @@ def _run_ingest_leased(
     cfg: IngestConfig,
     *,
     sink_cls: type[MDSDatasink],
-    on_plan: Callable[[int], None] | None,
+    on_plan: Callable[[int, int], None] | None,
     lease: ArchiveLease,
     report: Location | None = None,
 ) -> IngestSummary:
@@ -508,7 +515,7 @@ def _run_ingest_leased(
     )
     pending = sorted(keys.loc[keys["pending"], "series_key"])
     if on_plan is not None:
-        on_plan(len(keys))
+        on_plan(len(keys), int(keys["slices"].sum()))
     part_id = part_id_for(archive_id, cfg.content_hash(), pending)
     part_lease = PartLease(dst, part_id)  # the part's liveness record, taken just before its first file
     sink = sink_cls(

@@ -24,16 +24,25 @@ RAY_LOGGERS = ("ray", "ray.data")  # their console handlers print INFO lines by 
 
 
 def ingest_status(
-    *, series_done: int, series_total: int | None, slices: int, samples: int, decode_seconds: float | None
+    *,
+    series_done: int,
+    series_total: int | None,
+    slices: int,
+    samples: int,
+    decode_seconds: float | None,
+    slices_total: int | None = None,
 ) -> str:
-    """The words beside the ingest bar, e.g. ``series 2/3  120 slices  360 samples  41.2 slices/s``.
+    """The words beside the ingest bar, e.g. ``series 2/3  120/400 slices  360 samples  41.2 slices/s``.
 
-    ``series_total`` is None until the series are planned; ``decode_seconds`` is the time since
-    then (the rate is over the decoding and writing only: listing and planning come first).
+    ``series_total`` is None until the series are planned; ``slices_total`` is the source slices
+    the planned series hold (a mosaic counts as one until decoded, so it is never shown below the
+    slices done); ``decode_seconds`` is the time since planning (the rate is over the decoding and
+    writing only: listing and planning come first).
     """
     if series_total is None:
         return "listing the archive, reading headers, planning series"
-    text = f"series {series_done}/{series_total}  {slices} slices  {samples} samples"
+    of = "" if slices_total is None else f"/{max(slices_total, slices)}"
+    text = f"series {series_done}/{series_total}  {slices}{of} slices  {samples} samples"
     if decode_seconds and slices:
         text += f"  {slices / decode_seconds:.1f} slices/s"
     return text
@@ -136,7 +145,7 @@ class IngestHooks:
     """What :func:`radforge.ingest.pipeline.run_ingest` takes to report progress."""
 
     sink_cls: type
-    on_plan: Callable[[int], None]
+    on_plan: Callable[[int, int], None]
 
 
 @contextmanager
@@ -161,9 +170,9 @@ def ingest_progress(*, verbose: bool) -> Iterator[IngestHooks]:
     box: dict[str, Any] = {}  # counter (the actor), total (series planned), at (when planned)
     stop = threading.Event()
 
-    def on_plan(series: int) -> None:
+    def on_plan(series: int, slices: int) -> None:
         box["counter"] = ray.remote(num_cpus=0)(ProgressCounter).remote()
-        box.update(total=series, at=time.monotonic())
+        box.update(total=series, slices_total=slices, at=time.monotonic())
 
     def refresh() -> None:
         if "counter" not in box:
@@ -173,6 +182,7 @@ def ingest_progress(*, verbose: bool) -> Iterator[IngestHooks]:
             series_done=counts["series"],
             series_total=box["total"],
             slices=counts["slices"],
+            slices_total=box["slices_total"],
             samples=counts["samples"],
             decode_seconds=time.monotonic() - box["at"],
         )

@@ -158,7 +158,7 @@ def run(job_dir: str, ray_address: str) -> int:
         reporter = _Reporter(counter, job_file(job_dir, PROGRESS))
         reporter.start()
 
-        def planned(series: int) -> None:
+        def planned(series: int, slices: int) -> None:
             reporter.series_total = series
 
         try:

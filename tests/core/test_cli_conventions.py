@@ -52,6 +52,15 @@ def test_ingest_status_words() -> None:
     assert ingest_status(series_done=2, series_total=3, slices=120, samples=360, decode_seconds=4.0) == (
         "series 2/3  120 slices  360 samples  30.0 slices/s"
     )
+    words = ingest_status(
+        series_done=2, series_total=3, slices=120, samples=360, decode_seconds=4.0, slices_total=400
+    )
+    assert words == "series 2/3  120/400 slices  360 samples  30.0 slices/s"
+    # a mosaic is one planned slice until decoded: the total is never shown below what is done
+    words = ingest_status(
+        series_done=1, series_total=1, slices=48, samples=48, decode_seconds=None, slices_total=1
+    )
+    assert words == "series 1/1  48/48 slices  48 samples"
     assert eval_status("loading", 0, 0) == "loading"
     assert eval_status("probing", 3, 14) == "probing 3/14 evaluations"
 
@@ -78,7 +87,7 @@ def test_ingest_shows_a_bar_and_hides_ray_info_lines(ingested: dict[str, Any]) -
     bar = [line for line in quiet.stderr.splitlines() if line.startswith("ingest ")]
     assert len(bar) == 1, quiet.stderr
     slices = summary["samples_written"] + summary["slices_dropped"]  # one window, one plane: a slice each
-    assert f"series 3/3  {slices} slices  {summary['samples_written']} samples" in bar[0]
+    assert f"series 3/3  {slices}/{slices} slices  {summary['samples_written']} samples" in bar[0]
     assert re.search(r" [\d.]+ slices/s", bar[0])
 
     verbose = ingested["verbose"]  # -v after the command, as users type it: Ray's INFO lines are back
