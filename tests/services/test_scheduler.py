@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -26,6 +27,18 @@ def upload(local: Path, uri: str) -> None:
     for path in sorted(local.rglob("*")):
         if path.is_file():
             loc.fs.put_file(str(path), loc.join(str(path.relative_to(local))).path)
+
+
+def add_source(api: httpx.Client, incoming: str, dataset: str, **extra: Any) -> str:
+    """Watch ``incoming/`` for archives going into ``dataset`` (polled hourly); returns the source id."""
+    spec = {"name": "hospital-a", "uri": f"{incoming}/", "dataset_uri": dataset, "interval_seconds": 3600}
+    r = api.post("/api/v1/sources", json={**spec, **extra})
+    assert r.status_code == 201, r.text
+    return str(r.json()["id"])
+
+
+def source_jobs(api: httpx.Client, sid: str) -> list[dict]:
+    return api.get("/api/v1/jobs", params={"source_id": sid, "limit": 100}).json()["items"]  # type: ignore
 
 
 @pytest.fixture
@@ -51,20 +64,10 @@ def test_new_archive_gets_exactly_one_job(server: LiveServer, s3_bucket: str, tm
         make_archive(tmp_path / "up", n_ct=1, n_mr=0, seed=12), f"{incoming}/_uploading"
     )  # not ready: skipped
     with server.client() as api:
-        r = api.post(
-            "/api/v1/sources",
-            json={
-                "name": "hospital-a",
-                "uri": f"{incoming}/",
-                "dataset_uri": dataset,
-                "interval_seconds": 3600,
-            },
-        )
-        assert r.status_code == 201, r.text
-        sid = r.json()["id"]
+        sid = add_source(api, incoming, dataset)
 
         def jobs() -> list[dict]:
-            return api.get("/api/v1/jobs", params={"source_id": sid, "limit": 100}).json()["items"]  # type: ignore
+            return source_jobs(api, sid)
 
         # the first poll is due at once: the scheduler's own loop submits the first archive
         (first,) = wait_until(jobs, timeout=30, what="the scheduler to submit a job")
@@ -142,21 +145,10 @@ def test_unchanged_archive_gets_no_job_and_a_delivery_reads_only_its_headers(
     archive = f"{incoming}/2026-11-01"
     upload(make_archive(tmp_path / "a", n_ct=1, n_mr=0, seed=71), archive)
     with server.client() as api:
-        r = api.post(
-            "/api/v1/sources",
-            json={
-                "name": "hospital-a",
-                "uri": f"{incoming}/",
-                "dataset_uri": dataset,
-                "interval_seconds": 3600,
-                "rescan_ingested": True,
-            },
-        )
-        assert r.status_code == 201, r.text
-        sid = r.json()["id"]
+        sid = add_source(api, incoming, dataset, rescan_ingested=True)
 
         def jobs() -> list[dict]:
-            return api.get("/api/v1/jobs", params={"source_id": sid, "limit": 100}).json()["items"]  # type: ignore
+            return source_jobs(api, sid)
 
         (first,) = wait_until(jobs, timeout=30, what="the scheduler to submit a job")
         done = wait_state(api, first["id"], {"succeeded", "failed"}, timeout=JOB_TIMEOUT)
