@@ -56,6 +56,7 @@ TABLE_VERSION = 1
 ALIGN = 64
 FETCH_THREADS = 16  # parallel reads of part tables (object stores answer many small GETs at once)
 OPEN_SHARDS = 16  # shard files a process keeps open (an LRU)
+FETCH_ATTEMPTS = 4  # a cached shard evicted under us is fetched again, at most this many times
 _FORMAT_KEYS = ("version", "format", "compression", "hashes", "size_limit")
 _FORMAT_LISTS = ("column_names", "column_encodings", "column_sizes")
 _ARRAYS = ("samples", "raw_bytes", "zip_bytes", "format", "path_offsets", "path_blob", "raw_hash", "zip_hash")
@@ -191,70 +192,109 @@ def table_from_entries(entries: Sequence[dict[str, Any]], *, part_id: str, seq: 
     )
 
 
-def concat_tables(tables: Sequence[ShardTable], *, seq: int) -> ShardTable:
-    """Tables laid end to end (formats deduplicated): a dataset's table from its parts' tables."""
+def _merge_formats(tables: Sequence[ShardTable]) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
+    """The tables' distinct formats, and per table the map from its format ids to theirs."""
     formats: list[dict[str, Any]] = []
     seen: dict[str, int] = {}
-    fmt_ids, offsets, blob_sizes = [], [np.zeros(1, np.int64)], 0
+    remaps = []
     for t in tables:
         remap = np.empty(max(1, len(t.formats)), np.int32)
         for i, fmt in enumerate(t.formats):
             text = json.dumps(fmt, sort_keys=True)
-            remap[i] = seen.setdefault(text, len(formats))
-            if remap[i] == len(formats):
+            if text not in seen:
+                seen[text] = len(formats)
                 formats.append(fmt)
-        fmt_ids.append(remap[t.format] if len(t) else np.empty(0, np.int32))
-        offsets.append(t.path_offsets[1:] + blob_sizes)
-        blob_sizes += int(t.path_offsets[-1])
+            remap[i] = seen[text]
+        remaps.append(remap)
+    return formats, remaps
+
+
+def _pieces(
+    tables: Sequence[ShardTable], name: str, remaps: list[np.ndarray], dtype: Any
+) -> Iterator[np.ndarray]:
+    """Array ``name`` of the tables laid end to end, one table's piece at a time."""
+    if name == "path_offsets":
+        yield np.zeros(1, np.int64)
+        base = 0
+        for t in tables:
+            yield t.path_offsets[1:] + base
+            base += int(t.path_offsets[-1])
+        return
+    for t, remap in zip(tables, remaps, strict=True):
+        piece = remap[t.format] if name == "format" and len(t) else getattr(t, name)
+        yield np.asarray(piece).astype(dtype, copy=False)
+
+
+def _concat_spec(
+    tables: Sequence[ShardTable], *, seq: int
+) -> tuple[dict[str, Any], dict[str, Any], list[np.ndarray]]:
+    """Header fields, array dtypes and format maps of the tables laid end to end."""
+    formats, remaps = _merge_formats(tables)
     width = max([t.raw_hash.dtype.itemsize for t in tables] + [1])
+    dtypes: dict[str, np.dtype[Any]] = {
+        n: np.dtype(np.int64) for n in ("samples", "raw_bytes", "zip_bytes", "path_offsets")
+    }
+    dtypes |= {"format": np.dtype(np.int32), "path_blob": np.dtype(np.uint8)}
+    dtypes |= {"raw_hash": np.dtype(f"S{width}"), "zip_hash": np.dtype(f"S{width}")}
     part_sizes = [int(n) for t in tables for n in np.diff(t.part_rows)]
+    header = {
+        "seq": seq,
+        "parts": [p for t in tables for p in t.parts],
+        "part_rows": [0, *np.cumsum(part_sizes, dtype=np.int64).tolist()],
+        "formats": formats,
+    }
+    return header, dtypes, remaps
+
+
+def concat_tables(tables: Sequence[ShardTable], *, seq: int) -> ShardTable:
+    """Tables laid end to end (formats deduplicated), in memory."""
+    header, dtypes, remaps = _concat_spec(tables, seq=seq)
+    arrays = {
+        name: np.concatenate([np.empty(0, dtype), *_pieces(tables, name, remaps, dtype)])
+        for name, dtype in dtypes.items()
+    }
     return ShardTable(
         seq=seq,
-        parts=[p for t in tables for p in t.parts],
-        part_rows=np.concatenate([[0], np.cumsum(part_sizes, dtype=np.int64)]).astype(np.int64),
-        formats=formats,
-        samples=_cat([t.samples for t in tables], np.int64),
-        raw_bytes=_cat([t.raw_bytes for t in tables], np.int64),
-        zip_bytes=_cat([t.zip_bytes for t in tables], np.int64),
-        format=_cat(fmt_ids, np.int32),
-        path_offsets=np.concatenate(offsets).astype(np.int64),
-        path_blob=_cat([t.path_blob for t in tables], np.uint8),
-        raw_hash=_cat([t.raw_hash for t in tables], np.dtype(f"S{width}")),
-        zip_hash=_cat([t.zip_hash for t in tables], np.dtype(f"S{width}")),
+        parts=header["parts"],
+        part_rows=np.asarray(header["part_rows"], np.int64),
+        formats=header["formats"],
+        **arrays,
     )
-
-
-def _cat(arrays: Sequence[np.ndarray], dtype: Any) -> np.ndarray:
-    return np.concatenate([a.astype(dtype, copy=False) for a in arrays]) if arrays else np.empty(0, dtype)
 
 
 def write_table(table: ShardTable, path: str) -> None:
     """Write ``table`` to the local file ``path`` atomically (a temporary sibling renamed over it)."""
-    arrays = {name: np.ascontiguousarray(getattr(table, name)) for name in _ARRAYS}
+    write_concat([table], path, seq=table.seq)
+
+
+def write_concat(tables: Sequence[ShardTable], path: str, *, seq: int) -> int:
+    """Write the tables laid end to end to ``path`` (atomically), one table's piece at a time.
+
+    A dataset's table is written from its parts' memory-mapped tables without ever being whole in
+    this process's memory. Returns its number of shards.
+    """
+    header, dtypes, remaps = _concat_spec(tables, seq=seq)
+    n = sum(len(t) for t in tables)
+    counts = {name: n for name in dtypes} | {"path_offsets": n + 1}
+    counts["path_blob"] = sum(int(t.path_offsets[-1]) for t in tables)
     layout: dict[str, dict[str, Any]] = {}
     offset = 0
-    for name, arr in arrays.items():
-        layout[name] = {"dtype": arr.dtype.str, "shape": list(arr.shape), "offset": offset}
-        offset += -(-arr.nbytes // ALIGN) * ALIGN
-    header = {
-        "version": TABLE_VERSION,
-        "seq": table.seq,
-        "parts": table.parts,
-        "part_rows": [int(x) for x in table.part_rows],
-        "formats": table.formats,
-        "arrays": layout,
-    }
-    head = json.dumps(header, sort_keys=True).encode()
+    for name in _ARRAYS:
+        layout[name] = {"dtype": dtypes[name].str, "shape": [counts[name]], "offset": offset}
+        offset += -(-counts[name] * dtypes[name].itemsize // ALIGN) * ALIGN
+    head = json.dumps({"version": TABLE_VERSION, **header, "arrays": layout}, sort_keys=True).encode()
     start = -(-(len(MAGIC) + 8 + len(head)) // ALIGN) * ALIGN
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = f"{path}.tmp-{uuid.uuid4().hex}"
     with open(tmp, "wb") as f:
         f.write(MAGIC + np.uint64(len(head)).tobytes() + head)
-        for name, arr in arrays.items():
+        for name in _ARRAYS:
             f.seek(start + layout[name]["offset"])
-            arr.tofile(f)
+            for piece in _pieces(tables, name, remaps, dtypes[name]):
+                piece.tofile(f)
         f.truncate(start + offset)
     os.replace(tmp, path)
+    return n
 
 
 def parse_table(buf: Any, *, where: str) -> ShardTable:
@@ -427,22 +467,26 @@ def _materialise(catalog: Catalog, remote: Location, local: str) -> None:
     root = catalog.root
     assert root is not None
     if not remote.is_local:
-        got = read_versioned(remote)
-        if got is not None:
-            os.makedirs(os.path.dirname(local), exist_ok=True)
-            tmp = f"{local}.tmp-{uuid.uuid4().hex}"
-            with open(tmp, "wb") as f:
-                f.write(got[0])
+        os.makedirs(os.path.dirname(local), exist_ok=True)
+        tmp = f"{local}.tmp-{uuid.uuid4().hex}"
+        try:
+            remote.fs.get_file(remote.path, tmp)  # streamed to disk: never whole in this process
+        except FileNotFoundError:
+            pass  # no reader has stored this version yet: build it
+        else:
             os.replace(tmp, local)
             return
     parts = catalog.parts
     with ThreadPoolExecutor(max_workers=min(FETCH_THREADS, max(1, len(parts)))) as pool:
         tables = list(pool.map(lambda p: _read_part_table(root, p), parts))
-    table = concat_tables(tables, seq=catalog.seq)
-    write_table(table, local)
+    n = write_concat(tables, local, seq=catalog.seq)
+    del tables
     if remote.path != local:
-        _store_best_effort(table, remote)
-    log.info("dataset %s: shard table of log entry %d built (%d shards)", root.uri, catalog.seq, len(table))
+        try:
+            remote.fs.put_file(local, remote.path)
+        except Exception as err:  # noqa: BLE001 - a reader without write access keeps its local copy
+            log.info("could not store shard table %s (%s)", remote.uri, type(err).__name__)
+    log.info("dataset %s: shard table of log entry %d built (%d shards)", root.uri, catalog.seq, n)
 
 
 def _legacy_table(catalog: Catalog) -> ShardTable:
@@ -507,8 +551,13 @@ class ShardFiles:
         if got is not None:  # inherited across fork: the parent's descriptor is left to the parent
             del self._open[row]
         self._open = OrderedDict((r, v) for r, v in self._open.items() if v[1] == pid)
-        path = self._local_file(row)
-        fd = os.open(path, os.O_RDONLY)
+        for attempt in range(FETCH_ATTEMPTS):
+            try:
+                fd = os.open(self._local_file(row), os.O_RDONLY)
+                break
+            except FileNotFoundError:  # evicted by another process between its check and our open
+                if attempt == FETCH_ATTEMPTS - 1:
+                    raise
         self._open[row] = (fd, pid)
         while len(self._open) > OPEN_SHARDS:
             _, (old, _) = self._open.popitem(last=False)

@@ -123,10 +123,11 @@ class MixSamples(IterableDataset[Any]):
         self.seed, self.shuffle, self.block = seed, shuffle, block
         self.cache_dir, self.cache_limit = cache_dir, cache_limit
         self.source_shards = [s.stop - s.start for s in self.sources]
-        self.shard_samples = np.concatenate(
-            [np.asarray(s.table.samples[s.start : s.stop], np.int64) for s in self.sources]
-        )
-        self.sample_offset = np.cumsum(self.shard_samples) - self.shard_samples
+        pieces = [np.asarray(s.table.samples[s.start : s.stop], np.int64) for s in self.sources]
+        # one source: a view of the memory-mapped table (shared by the node), not a copy
+        self.shard_samples = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+        self.sample_offset = np.cumsum(self.shard_samples)
+        self.sample_offset -= self.shard_samples
         self.source_first = np.cumsum([0, *self.source_shards])[:-1]
         specs = [s.spec for s in self.sources]
         self.draw = source_choose(

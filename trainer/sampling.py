@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-DEFAULT_BLOCK = 1 << 16  # samples shuffled together: larger mixes more, and widens the shards in use
+DEFAULT_BLOCK = 1 << 13  # samples shuffled together: larger mixes more, and widens the shards in use
 CACHED_BLOCKS = 2  # expanded blocks a process keeps (a batch straddles at most two)
 
 
@@ -190,19 +190,32 @@ def plan_epoch(
         a, z = int(bounds[i]), int(bounds[i + 1])
         rng = np.random.default_rng([seed, epoch if shuffle else 0, i])
         drawn[a:z] = shard_choose(shard_samples[a:z], int(want), rng=rng)
-    n = np.maximum(shard_samples, 1)
-    whole, rest = drawn // n, drawn % n
-    per_shard = whole + (rest > 0)
-    unit_shard = np.repeat(np.arange(len(shard_samples), dtype=np.int64), per_shard)
-    first = np.repeat(np.cumsum(per_shard) - per_shard, per_shard)
-    nth = np.arange(unit_shard.size, dtype=np.int64) - first
-    unit_count = np.where(nth < whole[unit_shard], shard_samples[unit_shard], rest[unit_shard])
+    # O(shards) int64 arrays, each freed once used: this runs in every rank (10^6 shards: 8 MB each)
+    if np.array_equal(drawn, shard_samples):  # every shard drawn once, whole: one unit per shard
+        unit_shard = np.arange(len(shard_samples), dtype=np.int64)
+        unit_count = shard_samples
+    else:
+        n = np.maximum(shard_samples, 1)
+        whole, rest = drawn // n, drawn % n
+        del n
+        per_shard = whole + (rest > 0)
+        unit_shard = np.repeat(np.arange(len(shard_samples), dtype=np.int64), per_shard)
+        nth = np.arange(unit_shard.size, dtype=np.int64)
+        nth -= np.repeat(np.cumsum(per_shard) - per_shard, per_shard)
+        del per_shard
+        unit_count = np.where(nth < whole[unit_shard], shard_samples[unit_shard], rest[unit_shard])
+        del nth, whole, rest
+    del drawn
     if shuffle:
         perm = np.random.default_rng([seed, epoch]).permutation(unit_shard.size)
         unit_shard, unit_count = unit_shard[perm], unit_count[perm]
-    unit_start = np.concatenate([[0], np.cumsum(unit_count, dtype=np.int64)])
-    block_of = unit_start[:-1] // block
-    block_unit = np.flatnonzero(np.diff(block_of, prepend=-1))
+        del perm
+    unit_start = np.zeros(unit_shard.size + 1, np.int64)
+    np.cumsum(unit_count, out=unit_start[1:])
+    # first unit of each block: the unit where position k * block falls, for every k (duplicates
+    # where one unit spans several multiples of ``block``)
+    marks = np.arange(0, int(unit_start[-1]), block, dtype=np.int64)
+    block_unit = np.unique(np.searchsorted(unit_start, marks, side="right") - 1)
     block_unit = np.append(block_unit, unit_shard.size).astype(np.int64)
     return EpochOrder(
         seed=seed,
@@ -210,7 +223,7 @@ def plan_epoch(
         shuffle=shuffle,
         shard_samples=shard_samples,
         unit_shard=unit_shard,
-        unit_count=unit_count.astype(np.int64),
+        unit_count=np.asarray(unit_count, np.int64),
         unit_start=unit_start,
         block_unit=block_unit,
         block_start=unit_start[block_unit],

@@ -136,7 +136,13 @@ def test_shard_files_read_local_and_s3_shards_lazily(tmp_path: Path, s3_bucket: 
     keys = make_dataset(remote, {part_id(7): 8}, per_shard=2)[part_id(7)]
     cache = tmp_path / "rcache"
     table = load_table(load_catalog(remote), cache_dir=str(cache))
-    assert remote.fs.exists(remote.join(TABLES).path)  # stored for other nodes
+    stored = remote.join(TABLES, table_name(load_catalog(remote)))
+    assert remote.fs.exists(stored.path)  # stored for other nodes: another node downloads it
+    other = load_table(load_catalog(remote), cache_dir=str(tmp_path / "other-node"))
+    assert other.samples.tolist() == table.samples.tolist()
+    assert [p.read_bytes() for p in (tmp_path / "other-node").rglob("*.rft")] == [
+        remote.fs.cat_file(stored.path)
+    ]
     limit = 2 * int(table.raw_bytes.max())
     files = ShardFiles(remote, table, cache_dir=str(cache), cache_limit=limit)
     assert not list(cache.rglob("*.mds"))  # nothing read before a sample is asked for
