@@ -220,6 +220,9 @@ def _snapshots(folder: Location) -> list[str]:
         ]
     except FileNotFoundError:
         return []
+    except OSError as e:  # unreadable: costs header reads, never a run
+        log.warning("an inventory folder cannot be listed (%s); headers are read again", type(e).__name__)
+        return []
     return sorted((n for n in names if n.endswith(SNAPSHOT_SUFFIX)), reverse=True)
 
 

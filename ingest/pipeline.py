@@ -553,7 +553,14 @@ def _run_ingest_leased(
     fresh = [GroupRecord.from_json(text) for text in keys["inventory"] if text]
     fingerprint = listing_fingerprint(entries)
     if fresh or inventory is None or (inventory.fingerprint, inventory.context) != (fingerprint, context):
-        save_inventory(dst, src.uri, next_inventory(reuse, fresh, context=context, fingerprint=fingerprint))
+        inv = next_inventory(reuse, fresh, context=context, fingerprint=fingerprint)
+        try:
+            save_inventory(dst, src.uri, inv)
+        except Exception as e:  # it only saves work: this run is done, the next one reads every header
+            log.warning(
+                "the archive's inventory was not written (%s); the next run reads all headers",
+                type(e).__name__,
+            )
     series = result.get("all_series", [])
     if report is not None:  # opt-in, outside the dataset: the only output that names objects
         sources = {

@@ -191,6 +191,20 @@ def test_a_failed_run_leaves_no_inventory(ray_local: None, tmp_path: Path) -> No
     assert _ingest(str(root), str(ds)).headers_read == 6
 
 
+def test_an_inventory_that_cannot_be_read_or_written_fails_no_run(
+    ray_local: None, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root, ds = make_archive(tmp_path / "a", n_ct=1, n_mr=0, seed=52), tmp_path / "ds"
+    assert _ingest(str(root), str(ds)).headers_read == 6
+    shutil.rmtree(ds / INVENTORY)
+    (ds / INVENTORY).write_bytes(b"a file where the inventory folder goes")
+    make_archive(root / "late", n_ct=1, n_mr=0, seed=53)
+    added = _ingest(str(root), str(ds))
+    assert added.committed and added.by_status == {"ingested": 1, "skipped": 1}
+    assert (added.headers_read, added.headers_reused) == (12, 0)
+    assert "inventory was not written (" in caplog.text
+
+
 def _group_plans(root: Path, **kw: Any) -> list[list[SeriesPlan]]:
     headers: dict[str, list[Any]] = {}
     for path, size, _ in list_entries(resolve(str(root))):
