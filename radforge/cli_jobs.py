@@ -185,6 +185,11 @@ def job_spec(args: argparse.Namespace) -> dict[str, Any]:
     elif args.kind == "train":
         spec = {"config_uri": absolute_uri(args.config), "output_uri": absolute_uri(args.output)}
         spec["overrides"] = list(args.overrides or [])
+    elif args.kind == "compact":
+        spec = {"dataset_uri": absolute_uri(args.dataset), "target_shard_mb": args.target_shard_mb}
+        for key in ("min_shard_mb", "compression"):
+            if getattr(args, key) is not None:
+                spec[key] = getattr(args, key)
     else:
         spec = {
             "backbone_uri": absolute_uri(args.backbone),
@@ -364,7 +369,7 @@ def add_parsers(sub: Any) -> None:
     )
     jsub = jobs.add_subparsers(dest="jobs_command", metavar="ACTION", required=True)
 
-    submit = jsub.add_parser("submit", help="submit an ingest, train or eval job")
+    submit = jsub.add_parser("submit", help="submit an ingest, train, eval or compact job")
     ksub = submit.add_subparsers(dest="kind", metavar="KIND", required=True)
     kinds = []
     ing = ksub.add_parser("ingest", parents=[common], help="ingest an archive into a dataset")
@@ -396,6 +401,16 @@ def add_parsers(sub: Any) -> None:
     ev.add_argument("--bootstrap", type=int, help="bootstrap resamples for the intervals (default 1000)")
     ev.add_argument("--seed", type=int, help="seed of the random-init backbone (default 0)")
     kinds.append(ev)
+    co = ksub.add_parser(
+        "compact",
+        parents=[common],
+        help="rewrite a dataset's small shards into large ones (docs/data-format.md)",
+    )
+    co.add_argument("dataset", metavar="DATASET_URI", help="dataset root")
+    co.add_argument("--target-shard-mb", type=float, default=256.0, help="size of the shards written")
+    co.add_argument("--min-shard-mb", type=float, help="parts whose shards are smaller are compacted")
+    co.add_argument("--compression", help="the new shards' compression (default: the dataset's)")
+    kinds.append(co)
     for k in kinds:
         k.add_argument("--priority", type=int, default=0, help="higher starts first (-1000..1000)")
         k.set_defaults(func=cmd_jobs_submit)

@@ -106,6 +106,16 @@ def test_an_ingest_job_submitted_followed_listed_and_shown(cli: Any, tmp_path: P
     code, out, _ = cli("jobs", "logs", job["id"], "-n", "2")
     assert code == 0 and len(out.splitlines()) == 2
 
+    # the dataset's compaction as a job of its own
+    code, out, err = cli(
+        "jobs", "submit", "compact", str(tmp_path / "dataset"), "--target-shard-mb", "1", "--json"
+    )
+    assert code == 0, err
+    compact = json.loads(out)
+    assert compact["kind"] == "compact" and compact["spec"]["target_shard_mb"] == 1.0
+    code, _, err = cli("jobs", "logs", "-f", compact["id"])
+    assert code == 0 and err.strip().splitlines()[-1] == f"job {compact['id']} succeeded", err
+
 
 def test_a_queued_job_is_cancelled(cli: Any, server: LiveServer, tmp_path: Path) -> None:
     """A job recorded as running on the archive (a live process) keeps the new job queued; cancel it."""
