@@ -144,6 +144,7 @@ def build_run_loader(cfg: Any, plan: Any, *, num_workers: int | None = None) -> 
         cache_dir=cfg.data.cache_dir,
         cache_limit=cfg.data.cache_limit,
         shuffle=cfg.data.shuffle,
+        block=cfg.data.shuffle_block,
         num_workers=workers,
         prefetch_factor=cfg.data.prefetch_factor,
     )

@@ -6,7 +6,7 @@ Phases of :func:`run_training`:
                 for streaming, stale shared memory removed once per node, the batch plan (micro-batch,
                 accumulation), model + optimizer built from the recipe, replicated or FSDP2-sharded
 2. resume       the latest checkpoint under the output URI, if any: weights, optimizer, centerings,
-                step, RNG and the StreamingDataLoader position; else ``init_from`` (a previous
+                step, RNG and the loader position; else ``init_from`` (a previous
                 stage's weights, position tables resampled)
 3. data         next batch from the loader, cut into micro-batches (time blocked on it = data wait)
 4. step         :func:`radforge.trainer.step.train_step` over the micro-batches (gradient accumulation)
@@ -328,8 +328,8 @@ def run_training(
     )
     if world > 1 and not sharded:
         state.grad_sync = replicate_gradients(state.student, world_size=world)
-    # streaming picks a free shared-memory prefix on every rank, barriers, then the local leader
-    # creates it: ranks that arrive together leave other datasets on the node less time to take it
+    # ranks open the data together: the node's first process builds a new dataset version's shard
+    # table (under a file lock) while the others wait for it and then map the same file
     _barrier()
     loader = build_run_loader(cfg, plan)
     config_yaml = cfg.to_yaml()

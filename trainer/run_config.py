@@ -38,8 +38,9 @@ class DataConfig(_Section):
 
     mix: MixSpec  # one or more dataset URIs (or parts) with proportions (radforge.sharder.mixing)
     cache_dir: str = "/tmp/radforge-cache"  # local cache of remote shards (one folder per source)
-    cache_limit: str | None = "10gb"  # streaming evicts shards above this size; None = no limit
-    shuffle: bool = True  # streaming's deterministic shuffle (seeded by the run seed)
+    cache_limit: str | None = "10gb"  # cached shards above this size are evicted (LRU); None = no limit
+    shuffle: bool = True  # the loader's deterministic shuffle (seeded by the run seed; trainer/sampling.py)
+    shuffle_block: int = Field(8192, ge=1)  # samples shuffled together; their shards must fit cache_limit
     loader_workers: int = Field(2, ge=0)  # DataLoader processes decoding and building views per rank
     prefetch_factor: int = Field(2, ge=1)  # batches each loader process prepares ahead
 
