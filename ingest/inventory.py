@@ -223,7 +223,7 @@ def _snapshots(folder: Location) -> list[str]:
     except OSError as e:  # unreadable: costs header reads, never a run
         log.warning("an inventory folder cannot be listed (%s); headers are read again", type(e).__name__)
         return []
-    return sorted((n for n in names if n.endswith(SNAPSHOT_SUFFIX)), reverse=True)
+    return sorted((n for n in names if n.endswith(SNAPSHOT_SUFFIX) and "-" in n), reverse=True)
 
 
 def latest_fingerprint(dataset_uri: str, archive_uri: str) -> str | None:
