@@ -45,12 +45,16 @@ def test_demo_runs_the_whole_pipeline(
 
     # the report is complete: a row per task and probe, a score with an interval for both backbones
     md = (report / "report.md").read_text()
-    header = next(line for line in md.splitlines() if line.startswith("| task |"))
+    assert md.splitlines()[2].startswith("**Verdict: pretrained beats random_init on ")  # the report opens so
+    scores = md.split("## Scores", 1)[1].split("\n## ", 1)[0]  # its table (the deltas' table comes first)
+    header = next(line for line in scores.splitlines() if line.startswith("| task |"))
     assert header == "| task | track | probe | metric | pretrained | random_init |"
     for task in TASKS:
         for probe in ("linear", "knn"):
             row = next(
-                line for line in md.splitlines() if line.startswith(f"| {task} |") and f"| {probe} |" in line
+                line
+                for line in scores.splitlines()
+                if line.startswith(f"| {task} |") and f"| {probe} |" in line
             )
             cells = [c.strip() for c in row.strip("|").split("|")]
             assert all("[" in c and "]" in c for c in cells[4:6]), row

@@ -7,7 +7,9 @@ history's ring buffers and the report links' signatures on their own.
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -154,6 +156,26 @@ def test_dashboard_during_and_after_ingest_train_and_eval(
     failing = api.post("/api/v1/jobs", json=eval_spec(missing, task, tmp_path / "report-missing")).json()[
         "id"
     ]
+
+    # during the ingest: its job process is held (SIGSTOP) as soon as it runs, so the row a new tab
+    # shows is the running job's, whatever this machine's speed; then it is let go and finishes
+    store = server.app.state.service.store
+    pid = wait_until(
+        lambda: (job := store.get_job(ingest)).state == "running" and job.pid,
+        timeout=JOB_TIMEOUT,
+        what="the ingest's job process",
+        every=0.02,
+    )
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        held = api.get(f"/api/v1/jobs/{ingest}").json()
+        assert held["state"] == "running", held
+        dom = load(server, tmp_path / "profile-ingest", ARTIFACTS / "dashboard-during-ingest.png")
+        row = cells(dom, ingest)
+        assert row["state"] == "running" and row["archive / output"] == "arch-dash", row
+        assert row["progress"] == ingest_progress(held["progress"] or {}), row
+    finally:
+        os.kill(pid, signal.SIGCONT)
     assert wait_state(api, ingest, {"succeeded", "failed"}, timeout=JOB_TIMEOUT)["state"] == "succeeded"
     assert wait_state(api, failing, {"succeeded", "failed"}, timeout=JOB_TIMEOUT)["state"] == "failed"
 
@@ -243,6 +265,16 @@ def test_dashboard_during_and_after_ingest_train_and_eval(
     assert set(by_job[train]["series"]) >= {"images_per_second", "loss", "data_wait_fraction"}
     later = api.get("/api/v1/history", params={"since": history["time"]}).json()
     assert later["jobs"] == []  # nothing runs any more: no point after the last answer
+
+
+def ingest_progress(p: dict[str, Any]) -> str:
+    """The progress cell the page shows for an ingest's progress record (app.js progressText)."""
+    parts = []
+    if p.get("series_total") is not None:
+        parts.append(f"{p.get('series_done') or 0}/{p['series_total']} series")
+    if p.get("samples_written") is not None:
+        parts.append(f"{p['samples_written']} slices")
+    return ", ".join(parts) or p.get("phase") or ""
 
 
 def progress(**values: Any) -> JobProgress:
