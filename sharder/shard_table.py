@@ -542,6 +542,10 @@ class ShardFiles:
             idx += n
         return sample
 
+    def prepare(self, row: int) -> None:
+        """Make the shard in ``row`` local (downloaded or decompressed into the cache) without opening it."""
+        self._local_file(row)
+
     def _fd(self, row: int) -> int:
         pid = os.getpid()
         got = self._open.get(row)

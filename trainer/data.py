@@ -16,9 +16,11 @@ run saw, whatever the number of ranks or loader processes.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -32,6 +34,8 @@ from radforge.trainer.sampling import DEFAULT_BLOCK, EpochOrder, batch_positions
 from radforge.trainer.views.multicrop import MaskSampler, MultiCrop, collate_views
 
 logger = logging.getLogger(__name__)
+
+PREFETCH_THREADS = 4  # shards of the next batch fetched at once, per loader process
 
 
 def set_single_process_env() -> None:
@@ -162,22 +166,49 @@ class MixSamples(IterableDataset[Any]):
             raise RuntimeError("MixSamples.begin(epoch, first) must be called before iterating")
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        for k in range(self.first + worker, self.batches, workers):
-            pos = batch_positions(k, rank=self.rank, world=self.world, per_rank=self.per_rank)
-            shards, index = self.order.locate(pos)
-            yield self.collate([self._item(int(g), int(i)) for g, i in zip(shards, index, strict=True)])
+        mine = range(self.first + worker, self.batches, workers)
+        for source in self.sources:  # made before the prefetch threads share them
+            self._files_of(source)
+        # the shards of this process's next batch are fetched in the background while it builds
+        # this one (remote or compressed shards: a download or decompression each, once per node)
+        ahead = ThreadPoolExecutor(max_workers=PREFETCH_THREADS, thread_name_prefix="shard-prefetch")
+        try:
+            for j, k in enumerate(mine):
+                shards, index = self.order.locate(self._positions(k))
+                if j + 1 < len(mine):
+                    for g in np.unique(self.order.locate(self._positions(mine[j + 1]))[0]):
+                        ahead.submit(self._prepare, int(g))
+                yield self.collate([self._item(int(g), int(i)) for g, i in zip(shards, index, strict=True)])
+        finally:
+            ahead.shutdown(wait=False, cancel_futures=True)
 
-    def _item(self, shard: int, index: int) -> Any:
-        assert self.order is not None
+    def _positions(self, batch: int) -> np.ndarray:
+        return batch_positions(batch, rank=self.rank, world=self.world, per_rank=self.per_rank)
+
+    def _source(self, shard: int) -> tuple[ShardFiles, int, int]:
+        """(the files of the shard's dataset, the shard's row in its table, its source)."""
         src = int(np.searchsorted(self.source_first, shard, side="right")) - 1
         source = self.sources[src]
+        return self._files_of(source), source.start + shard - int(self.source_first[src]), src
+
+    def _files_of(self, source: SourceShards) -> ShardFiles:
         files = self._files.get(source.root.uri)
         if files is None:
             files = ShardFiles(
                 source.root, source.table, cache_dir=self.cache_dir, cache_limit=self.cache_limit
             )
             self._files[source.root.uri] = files
-        raw = files.sample(source.start + shard - int(self.source_first[src]), index)
+        return files
+
+    def _prepare(self, shard: int) -> None:
+        files, row, _ = self._source(shard)
+        with contextlib.suppress(Exception):  # a failed prefetch is retried, and reported, by the read
+            files.prepare(row)
+
+    def _item(self, shard: int, index: int) -> Any:
+        assert self.order is not None
+        files, row, _ = self._source(shard)
+        raw = files.sample(row, index)
         return self.make_item(raw, sample_id=int(self.sample_offset[shard]) + index, epoch=self.order.epoch)
 
 
