@@ -15,6 +15,21 @@ Then, per size and layout, in a fresh process each: one more commit of a part of
 ``--commit-shards`` shards through ``commit_part`` (seconds, bytes written by the process's
 ``write`` calls from /proc/self/io, peak RSS from VmHWM), and one catalog open (``load_catalog``: seconds,
 peak RSS). The log's checkpoint (written by one commit in CHECKPOINT_EVERY) is measured apart.
+
+Loader open (what a training process does before it can read its first batch), also in a fresh
+process each, after the imports a trainer has anyway (torch, numpy):
+
+- ``table_cold``: the trainer's loader (``open_sources`` + ``MixSamples``) as the first process of a
+  node meets a new dataset version: it builds the version's shard table from the parts' tables and
+  stores it; then epoch 0 is planned and rank 0 of 8 locates its first batch of 32 (shard files named);
+- ``table_warm``: the same in any other process (the table exists: it is memory-mapped);
+- ``streaming`` (before): ``StreamingDataset(local=root)`` over the root index (root-index layout,
+  up to ``--streaming-max`` shards: the issue measured 84 s and 4.1 GB at 10^6).
+
+Per process: seconds, peak RSS (VmHWM), the loader's own share of it (``loader_own_mb``: the peak
+over the RSS after the imports every trainer process has), private memory (RssAnon) and
+file-backed memory (RssFile: shared libraries and the memory-mapped table, in the page cache once
+per node) at the end.
 Figures are fitted linearly in N and extrapolated to 3x10^6 shards. Ends with one JSON line.
 
     .venv/bin/python -m bench.catalog_scale [--sizes 1000,10000,100000,1000000] [--before-max 100000]
@@ -33,6 +48,8 @@ from pathlib import Path
 from typing import Any
 
 PART_ID = "p-{:016x}"
+MEASURES = ("commit", "open", "checkpoint")
+LOADERS = ("table_cold", "table_warm", "streaming")
 
 
 def shard_template() -> dict[str, Any]:
@@ -112,6 +129,60 @@ def _peak_rss_kb() -> int:
         return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
 
 
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status") as f:
+        return round(next(int(line.split()[1]) for line in f if line.startswith(field + ":")) / 1024, 1)
+
+
+def measure_loader(root: str, how: str, cache_dir: str) -> dict[str, Any]:
+    """One loader open in this (fresh) process: the trainer's (``table_*``) or streaming's."""
+    import os
+
+    import numpy as np
+    from streaming import StreamingDataset
+
+    from radforge.sharder.mixing import MixSpec, SourceSpec, open_sources
+    from radforge.trainer.data import MixSamples
+    from radforge.trainer.sampling import batch_positions
+
+    base = _status_mb("VmRSS")  # after the imports every trainer process has (torch, streaming, views)
+    if how == "streaming":
+        for k, v in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1", "LOCAL_RANK": "0"}.items():
+            os.environ.setdefault(k, v)
+        t0 = time.perf_counter()
+        dataset = StreamingDataset(local=root, batch_size=32, shuffle=True)
+        seconds, shards = time.perf_counter() - t0, dataset.num_shards
+    else:
+        t0 = time.perf_counter()
+        sources = open_sources(MixSpec(sources=[SourceSpec(uri=root)]), cache_dir=cache_dir)
+        samples = MixSamples(
+            sources,
+            make_item=dict,
+            collate=list,
+            per_rank=32,
+            rank=0,
+            world=8,
+            seed=0,
+            shuffle=True,
+            cache_dir=cache_dir,
+            cache_limit=None,
+        )
+        samples.begin(0, 0)
+        assert samples.order is not None
+        rows, _ = samples.order.locate(batch_positions(0, rank=0, world=8, per_rank=32))
+        files = {sources[0].table.stored_path(int(r)) for r in np.unique(rows)}  # the first batch's shards
+        seconds, shards = time.perf_counter() - t0, len(sources[0].table)
+        assert files
+    return {
+        "s": round(seconds, 4),
+        "shards": shards,
+        "rss_mb": round(_peak_rss_kb() / 1024, 1),
+        "base_mb": base,
+        "private_mb": _status_mb("RssAnon"),
+        "shared_mb": _status_mb("RssFile"),
+    }
+
+
 def _io_written() -> int:
     with open("/proc/self/io") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("wchar"))
@@ -145,10 +216,10 @@ def measure(root: str, what: str, layout: str, commit_shards: int) -> dict[str, 
 
 
 def fresh(root: Path, what: str, layout: str, commit_shards: int) -> dict[str, Any]:
-    """:func:`measure` in a fresh Python process (no cache, no memory of earlier work)."""
+    """:func:`measure` (or :func:`measure_loader`) in a fresh Python process (no memory of earlier work)."""
     out = subprocess.run(
         [sys.executable, "-m", "bench.catalog_scale", "--measure", what, "--layout", layout, str(root)]
-        + ["--commit-shards", str(commit_shards)],
+        + ["--commit-shards", str(commit_shards), "--workdir", str(root.parent / f"cache-{root.name}")],
         check=True,
         capture_output=True,
         text=True,
@@ -185,11 +256,15 @@ def main() -> None:
     ap.add_argument("--before-max", type=int, default=100000, help="largest size built in the old layout")
     ap.add_argument("--part-shards", type=int, default=1000, help="shards per part of the synthetic catalog")
     ap.add_argument("--commit-shards", type=int, default=100, help="shards of the measured commit's part")
+    ap.add_argument("--streaming-max", type=int, default=100000, help="largest size StreamingDataset opens")
     ap.add_argument("--workdir", help="where to build (default: a temporary folder, removed after)")
-    ap.add_argument("--measure", choices=["commit", "open", "checkpoint"], help=argparse.SUPPRESS)
+    ap.add_argument("--measure", choices=[*MEASURES, *LOADERS], help=argparse.SUPPRESS)
     ap.add_argument("--layout", default="log", help=argparse.SUPPRESS)
     ap.add_argument("root", nargs="?", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.measure in LOADERS:
+        print(json.dumps(measure_loader(args.root, args.measure, args.workdir)))
+        return
     if args.measure:
         print(json.dumps(measure(args.root, args.measure, args.layout, args.commit_shards)))
         return
@@ -205,11 +280,15 @@ def main() -> None:
                 build(root, shards=n, part_shards_n=args.part_shards, layout=layout)
                 built = time.perf_counter() - t0
                 row: dict[str, Any] = {"build_s": round(built, 1)}
-                for what in ("open", "commit") + (("checkpoint",) if layout == "log" else ()):
+                loaders = ["table_cold", "table_warm"] if layout == "log" else []
+                if layout == "root_index" and n <= args.streaming_max:
+                    loaders = ["streaming"]
+                for what in ["open", *loaders, "commit"] + (["checkpoint"] if layout == "log" else []):
                     row[what] = fresh(root, what, layout, args.commit_shards)
                 results.setdefault(layout, {})[str(n)] = row
                 print(f"{layout:>10} {n:>8} shards: {json.dumps(row)}", file=sys.stderr)
                 shutil.rmtree(root)
+                shutil.rmtree(work / f"cache-{root.name}", ignore_errors=True)
     finally:
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
@@ -231,7 +310,24 @@ def main() -> None:
     ):
         layouts = {"after": "log"} if what == "checkpoint" else names
         line[key] = {name: metric(layout, what, field) for name, layout in layouts.items()}
-    line["loader_open_s"] = line["loader_rss_mb"] = "not measured (the bounded loader is not built yet)"
+    loader_rows = {"table_cold": "log", "table_warm": "log", "streaming": "root_index"}
+    for key, field in (
+        ("loader_open_s", "s"),
+        ("loader_rss_mb", "rss_mb"),
+        ("loader_private_mb", "private_mb"),
+        ("loader_shared_mb", "shared_mb"),
+    ):
+        line[key] = {how: metric(layout, how, field) for how, layout in loader_rows.items()}
+    # the loader's own memory: its process's peak over what the imports left (torch, streaming, views)
+    line["loader_own_mb"] = {
+        how: {
+            n: round(r[how]["rss_mb"] - r[how]["base_mb"], 1)
+            for n, r in results.get(layout, {}).items()
+            if how in r
+        }
+        for how, layout in loader_rows.items()
+    }
+    line["loader_base_mb"] = metric("log", "table_warm", "base_mb")
     line["extrapolated_3m"] = {
         key: {
             name: round(extrapolate(_fit_points(name, series), 3_000_000), 3)
@@ -239,6 +335,7 @@ def main() -> None:
             if series
         }
         for key in ("commit_s", "commit_bytes", "commit_rss_mb", "catalog_open_s", "catalog_open_rss_mb")
+        + ("loader_open_s", "loader_rss_mb", "loader_own_mb", "loader_private_mb", "loader_shared_mb")
     }
     print(json.dumps(line))
 
