@@ -275,6 +275,17 @@ class MixLoader:
     def load_state_dict(self, obj: dict[str, Any]) -> None:
         """Resume at ``obj``'s position (also a StreamingDataLoader's state: same keys, another order)."""
         epoch, done = int(obj["epoch"]), int(obj["sample_in_epoch"])
+        saved = (obj.get("epoch_size"), obj.get("seed"))
+        if saved != (self.dataset.epoch_size, self.dataset.seed):
+            logger.warning(
+                "resuming at epoch %d, sample %d of an epoch that is not the checkpoint's (epoch size, seed: "
+                "%s then, %s now; the data changed since, or an older loader wrote it): the batches differ "
+                "from an uninterrupted run's",
+                epoch,
+                done,
+                saved,
+                (self.dataset.epoch_size, self.dataset.seed),
+            )
         first = -(-done // self.dataset.global_batch)  # a changed global batch skips, never repeats
         if first >= self.dataset.batches:
             epoch, first = epoch + 1, 0

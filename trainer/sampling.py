@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-DEFAULT_BLOCK = 1 << 13  # samples shuffled together: larger mixes more, and widens the shards in use
+DEFAULT_BLOCK = 8192  # samples shuffled together (data.shuffle_block): more mixes more, widens shards in use
 CACHED_BLOCKS = 2  # expanded blocks a process keeps (a batch straddles at most two)
 
 
@@ -165,7 +165,7 @@ class EpochOrder:
 def plan_epoch(
     shard_samples: np.ndarray,
     source_shards: Sequence[int],
-    source_draw: Sequence[int],
+    source_draw: Sequence[int] | np.ndarray,
     *,
     seed: int,
     epoch: int,

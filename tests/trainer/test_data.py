@@ -237,3 +237,21 @@ def test_epoch_order_expands_only_the_blocks_asked_for() -> None:
     assert sorted(zip(s.tolist(), i.tolist(), strict=True)) == sorted(
         (int(u), j) for u in units for j in range(1000)
     )
+
+
+def test_resume_on_a_dataset_that_changed_says_so(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A part committed between the checkpoint and the resume: the new version is read from the saved
+    position (its epoch is another order), and the log says the batches differ from the straight run."""
+    root = tmp_path / "grows"
+    make_dataset(str(root), {part_id(1): 16})
+    first = _loader([{"uri": str(root)}], tmp_path)
+    it = iter(first)
+    next(it)
+    state = first.state_dict()
+    del it
+    make_dataset(str(root), {part_id(2): 8})
+    resumed = _loader([{"uri": str(root)}], tmp_path)
+    with caplog.at_level("WARNING", logger="radforge.trainer.data"):
+        resumed.load_state_dict(state)
+    assert "not the checkpoint's" in caplog.text and "(16, 3) then, (24, 3) now" in caplog.text
+    assert len(list(resumed)) == 5  # 24 samples, batches of 4, the first already taken
