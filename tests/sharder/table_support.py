@@ -7,6 +7,8 @@ import tempfile
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from radforge.sharder.commit_log import append_part, write_part_index
 from radforge.sharder.mds import SampleEncoder, ShardWriter
@@ -61,6 +63,12 @@ def commit_part(
                         root.fs.put_file(os.path.join(tmp, name), dst.path)
                     entry[kind]["basename"] = prefix + name
     write_part_index(root, part_id, shards)
+    manifest = f"manifests/{part_id}.parquet"  # one series per part, as compaction concatenates them
+    root.fs.makedirs(root.join("manifests").path, exist_ok=True)
+    with root.fs.open(root.join(manifest).path, "wb") as f:
+        pq.write_table(
+            pa.Table.from_pylist([{"series_key": part_id, "status": "ingested", "reason": None}]), f
+        )
     part = {
         "id": part_id,
         "shards": len(shards),
@@ -68,6 +76,11 @@ def commit_part(
         "schema_version": SCHEMA_VERSION,
         "index": f"parts/{part_id}/index.json",
         "committed_at": "2026-12-04T00:00:00Z",
+        "archive_id": "archive",
+        "config_hash": "0" * 16,
+        "manifest": manifest,
+        "series": 1,
+        "series_ingested": 1,
     }
     append_part(root, part, root_index_max_shards=root_index_max_shards)
     return shards

@@ -255,3 +255,34 @@ def test_resume_on_a_dataset_that_changed_says_so(tmp_path: Path, caplog: pytest
         resumed.load_state_dict(state)
     assert "not the checkpoint's" in caplog.text and "(16, 3) then, (24, 3) now" in caplog.text
     assert len(list(resumed)) == 5  # 24 samples, batches of 4, the first already taken
+
+
+def test_resume_and_elastic_shrink_over_a_compacted_dataset(tmp_path: Path) -> None:
+    """Three parts compacted into one (its shard table made by the first reader from its index): an
+    epoch holds every sample once; 2 ranks run 2 steps, then 1 rank resumes from their state: each
+    step's micro-batches (global batch 8, micro-batches of 4) equal a straight 1-rank run's."""
+    from radforge.sharder.compact import compact_dataset
+
+    root = tmp_path / "compacted"
+    parts = make_dataset(str(root), {part_id(1): 22, part_id(2): 9, part_id(3): 17}, root_index_max_shards=1)
+    summary = compact_dataset(str(root), target_shard_bytes=4096, root_index_max_shards=1)
+    assert summary.parts_after == 1 and summary.shards_after < summary.shards_before
+    src = [{"uri": str(root)}]
+
+    straight = _keys(list(_loader(src, tmp_path, per_rank=8)))
+    assert sorted(sum(straight, [])) == sorted(sum(parts.values(), []))
+    assert (root / "parts" / summary.compactions[0]["part"] / "shards.rft").is_file()  # stored by the reader
+    want = [[[b[i] for i in pos] for pos in micro_batch_indices(8, accumulation=2)] for b in straight]
+
+    ranks = [_loader(src, tmp_path, per_rank=4, rank=r, world=2, workers=1) for r in range(2)]
+    iters = [iter(ld) for ld in ranks]
+    got = [[[k for k, _, _ in next(it)] for it in iters] for _ in range(2)]  # micro-batch j = rank j
+    state = ranks[0].state_dict()
+    del iters
+    assert state["sample_in_epoch"] == 16 and state == ranks[1].state_dict()
+    shrunk = _loader(src, tmp_path, per_rank=8, workers=2)
+    shrunk.load_state_dict(state)
+    got += [
+        [[b[i] for i in pos] for pos in micro_batch_indices(8, accumulation=2)] for b in _keys(list(shrunk))
+    ]
+    assert got == want
