@@ -68,6 +68,7 @@ from radforge.sharder.commit_log import (
 from radforge.sharder.lease import PartLease
 from radforge.sharder.mds import SampleEncoder, ShardWriter, file_hash
 from radforge.sharder.schema import COLUMNS, SCHEMA_VERSION
+from radforge.sharder.shard_table import write_part_table
 from radforge.storage import Location, create_exclusive, resolve
 
 log = logging.getLogger(__name__)
@@ -326,6 +327,9 @@ class Compactor:
                 f"{root.uri}: read {samples} samples from parts whose catalog says {expected}"
             )
         self._write_manifest(group, part_id)
+        # the part's shard table beside its index, as an ingest's commit writes it: the trainer's
+        # loader reads tables, not indexes (radforge.sharder.shard_table)
+        write_part_table(root, part_id, [_rooted(shard, part_id) for shard in shards])
         return self._part_entry(group, part_id, shards, samples)
 
     def _check_written(
@@ -460,3 +464,12 @@ def compact_dataset(
         compression=compression,
         root_index_max_shards=root_index_max_shards,
     ).run()
+
+
+def _rooted(shard: dict[str, Any], part_id: str) -> dict[str, Any]:
+    """A shard entry of a part's own index with its files' basenames relative to the dataset root."""
+    entry = json.loads(json.dumps(shard))
+    for kind in ("raw_data", "zip_data"):
+        if entry.get(kind):
+            entry[kind]["basename"] = f"{PARTS}/{part_id}/{entry[kind]['basename']}"
+    return entry

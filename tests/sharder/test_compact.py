@@ -30,6 +30,7 @@ from radforge.sharder.lease import PartLease
 from radforge.sharder.marker import mark_dataset
 from radforge.sharder.mds import SampleEncoder
 from radforge.sharder.schema import COLUMNS
+from radforge.sharder.shard_table import open_table, part_table_loc
 from radforge.sharder.torch_dataset import RadforgeDataset
 from radforge.sharder.vacuum import parse_duration, vacuum_dataset
 from radforge.sharder.verify import verify_dataset
@@ -194,6 +195,10 @@ def test_compaction_is_sample_for_sample_equal_with_fewer_shards(tmp_path: Path)
     assert radforge_samples(root.uri) == before_ours
     for part_id in state.parts:  # each new part is a stock MDS dataset on its own
         assert [s[0] for s in stock_samples(root.join("parts", part_id).path)]
+        # with its shard table beside its index (what the trainer's loader reads), naming its files
+        table = open_table(part_table_loc(root, part_id).path)
+        assert int(table.samples.sum()) == state.parts[part_id]["samples"]
+        assert all((tmp_path / "ds" / table.raw_path(i)).parent.name == part_id for i in range(len(table)))
     report = verify_dataset(root.uri)
     assert report.ok and report.shards_checked == 2 and report.samples == len(before_stock)
     assert series_claimed(root) == claimed  # the series the old parts claimed stay claimed, in order
