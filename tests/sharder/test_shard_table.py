@@ -155,6 +155,31 @@ def test_shard_files_read_local_and_s3_shards_lazily(tmp_path: Path, s3_bucket: 
     files.close()
 
 
+def test_shard_files_close_their_descriptors_when_dropped(tmp_path: Path) -> None:
+    """The open shards' raw descriptors are closed with close() and when the reader is collected (a
+    process that builds loaders one after another, as the test suite does, must not run out of files)."""
+    import gc
+
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    local = resolve(str(tmp_path / "ds"))
+    make_dataset(local, {part_id(1): 12}, per_shard=2, compression=None)
+    table = load_table(load_catalog(local), cache_dir=str(tmp_path / "cache"))
+    before = open_fds()
+    files = ShardFiles(local, table, cache_dir=str(tmp_path / "cache"), cache_limit=None)
+    for row in range(len(table)):
+        files.sample(row, 0)
+    assert open_fds() == before + len(table)  # one descriptor per shard read (fewer than the LRU's 16)
+    files.close()
+    assert open_fds() == before
+    files = ShardFiles(local, table, cache_dir=str(tmp_path / "cache"), cache_limit=None)
+    files.sample(0, 0)
+    del files
+    gc.collect()
+    assert open_fds() == before
+
+
 @pytest.mark.parametrize("encoding", ["str", "json", "bytes", "ndarray"])
 def test_column_decoding_matches_streaming(encoding: str) -> None:
     from streaming.base.format.mds.encodings import mds_decode
