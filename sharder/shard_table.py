@@ -519,6 +519,19 @@ class ShardFiles:
         self._open: OrderedDict[int, tuple[int, int]] = OrderedDict()  # row -> (fd, pid)
         self._fs: tuple[Any, int] | None = None  # (filesystem, pid of the process that made it)
 
+    def close(self) -> None:
+        """Close the shard files this process opened (a forked child's copies stay with their owner)."""
+        pid = os.getpid()
+        for fd, owner in self._open.values():
+            if owner == pid:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._open.clear()
+
+    def __del__(self) -> None:  # raw descriptors are not closed by the garbage collector
+        with contextlib.suppress(Exception):
+            self.close()
+
     def sample(self, row: int, index: int) -> dict[str, Any]:
         """Sample ``index`` of the shard in ``row``, decoded (column name -> value)."""
         fd = self._fd(row)
@@ -630,13 +643,6 @@ class ShardFiles:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(p)
                 total -= size
-
-    def close(self) -> None:
-        pid = os.getpid()
-        for fd, owner in self._open.values():
-            if owner == pid:
-                os.close(fd)
-        self._open.clear()
 
 
 _NDARRAY_DTYPES = {code: np.dtype(name) for name, code in _NDARRAY_DTYPE_CODE.items()}
