@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import json
 import math
+import os
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -29,6 +30,7 @@ from radforge.sharder.torch_dataset import (
     RadforgeMonaiDataset,
     RadforgeMonaiIterableDataset,
     SampleShapeError,
+    read_series_volume,
 )
 from radforge.synthetic.dicom import write_dicom_series
 from radforge.synthetic.phantom import ct_phantom
@@ -275,3 +277,34 @@ def test_a_remote_dataset_reads_like_a_local_one(dataset: tuple, s3_bucket: str)
     del ds, batch
     gc.collect()
     assert not cache.parent.exists()  # the temporary cache goes with the dataset
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_datasets_and_export_give_back_their_descriptors(dataset: tuple, tmp_path: Path) -> None:
+    """A process that opens datasets one after another (a notebook, a service, this test suite) keeps
+    no descriptor per dataset: streaming's /dev/shm segments are closed with close(), on leaving a
+    ``with`` block and when the dataset is collected, and export-nifti closes its own."""
+    uri, stock = dataset
+    key = next(iter(stock.values()))["meta"]["series_key"]
+    gc.collect()
+    before = _open_fds()
+    for _ in range(3):
+        ds = RadforgeDataset(uri, pad_to=PAD)
+        next(iter(DataLoader(ds, batch_size=2, num_workers=1)))
+        assert _open_fds() > before  # the stream's segments are open while it is in use
+        del ds
+        gc.collect()
+    assert _open_fds() == before
+    with RadforgeIterableDataset(uri, pad_to=PAD, shuffle=False) as it:
+        next(iter(it))
+    assert _open_fds() == before
+    it.close()  # a second close is harmless
+    mapped = RadforgeDataset(uri)
+    mapped[0]
+    mapped.close()
+    assert _open_fds() == before
+    read_series_volume(uri, key)
+    assert _open_fds() == before
