@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from radforge.sharder.mixing import MixSpec, SourceSpec, build_streams
     from radforge.sharder.schema import COLUMNS, SCHEMA_VERSION, SchemaVersionError
     from radforge.sharder.stats import dataset_stats, format_stats
+    from radforge.sharder.stream_memory import release_stream
     from radforge.sharder.torch_dataset import (
         RadforgeDataset,
         RadforgeIterableDataset,
@@ -60,6 +61,7 @@ __all__ = [
     "format_stats",
     "list_datasets",
     "load_catalog",
+    "release_stream",
     "vacuum_dataset",
     "verify_dataset",
 ]
@@ -91,6 +93,7 @@ __getattr__ = lazy_exports(
         "SchemaVersionError": "schema",
         "dataset_stats": "stats",
         "format_stats": "stats",
+        "release_stream": "stream_memory",
         "RadforgeDataset": "torch_dataset",
         "RadforgeIterableDataset": "torch_dataset",
         "RadforgeMonaiDataset": "torch_dataset",

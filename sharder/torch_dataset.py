@@ -26,6 +26,8 @@ streaming's shuffling and splits samples between ``DataLoader`` workers (each sa
 epoch). The MONAI variants (:class:`RadforgeMonaiDataset`, :class:`RadforgeMonaiIterableDataset`)
 yield the image as a ``monai.data.MetaTensor`` whose affine carries pixel spacing, slice spacing and
 orientation (RAS, as MONAI expects; see :func:`slice_affine`); MONAI is imported only by them.
+Every dataset gives back streaming's shared memory when collected, or at once with ``close()`` or
+on leaving a ``with`` block (a process that opens many keeps no descriptors per dataset).
 
 :func:`read_series_volume` rebuilds one series' volume from its slices (``radforge dataset
 export-nifti``).
@@ -48,7 +50,7 @@ import tempfile
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Final, TypedDict, Unpack
+from typing import Any, Final, Self, TypedDict, Unpack
 
 import numpy as np
 import torch
@@ -56,6 +58,7 @@ from torch.utils.data import Dataset, IterableDataset
 
 from radforge.sharder.catalog import DatasetError, load_catalog
 from radforge.sharder.mixing import MixSpec, SourceSpec, build_streams
+from radforge.sharder.stream_memory import release_stream, release_when_collected
 from radforge.storage import read_bytes, resolve
 
 STR_FIELDS: Final = (
@@ -198,15 +201,15 @@ def _metatensor(image: torch.Tensor, meta: dict[str, Any], safe: dict[str, Any])
     return MetaTensor(image, affine=affine, meta={**safe, "space": "RAS", "original_affine": affine})
 
 
-def open_stream(
-    uri: str, *, part: str | None = None, cache_dir: str | None = None, **kwargs: Any
-) -> Any:
+def open_stream(uri: str, *, part: str | None = None, cache_dir: str | None = None, **kwargs: Any) -> Any:
     """A stock ``StreamingDataset`` over the dataset (or one committed part) at ``uri``.
 
     Checks the schema version first. A local dataset is read in place (streaming decompresses
     shards next to the compressed ones, as training does); a remote one is cached under
     ``cache_dir`` (default: a new temporary folder, so two readers never share a cache, removed
-    when the stream is garbage-collected in the process that made it).
+    when the stream is garbage-collected in the process that made it). The stream's shared memory
+    is given back when it is collected (:func:`release_when_collected`) or at once with
+    :func:`release_stream`.
     """
     from streaming import StreamingDataset
 
@@ -218,6 +221,7 @@ def open_stream(
     streams = build_streams(MixSpec(sources=[SourceSpec(uri=uri, part=part)]), cache_dir=cache_dir or "")
     kwargs.setdefault("predownload", 8 * int(kwargs.get("batch_size") or 1))  # streaming's default, unlogged
     stream = StreamingDataset(streams=streams, **kwargs)
+    release_when_collected(stream)
     if temporary:
         weakref.finalize(stream, _remove_cache, str(cache_dir), owner=os.getpid())
     return stream
@@ -261,6 +265,19 @@ class _SampleSource:
             metatensor=self.metatensor,
         )
         self.keep = SampleFilter(options.get("modality"), options.get("plane"), options.get("window"))
+
+    def close(self) -> None:
+        """Give back the stream's shared memory now (also done when the dataset is collected).
+
+        The dataset cannot be read afterwards; closing twice is harmless.
+        """
+        release_stream(self.stream)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class RadforgeDataset(_SampleSource, Dataset[Any]):
@@ -403,11 +420,14 @@ def read_series_volume(
     record = find_series(uri, series_key)
     stream = open_stream(uri, part=record.part, cache_dir=cache_dir, shuffle=False, batch_size=1)
     found: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for i in range(int(stream.num_samples)):
-        sample = stream[i]
-        meta = sample["meta"]
-        if meta["series_key"] == series_key:
-            found.setdefault((meta["plane"], meta["window"]), []).append(sample)
+    try:
+        for i in range(int(stream.num_samples)):
+            sample = stream[i]
+            meta = sample["meta"]
+            if meta["series_key"] == series_key:
+                found.setdefault((meta["plane"], meta["window"]), []).append(sample)
+    finally:
+        release_stream(stream)
     planes = sorted({p for p, _ in found}, key=lambda p: (p != record.acquired_plane, p != "axial", p))
     chosen = plane or (planes[0] if planes else None)
     samples = found.get((chosen or "", window))

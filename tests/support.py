@@ -26,16 +26,21 @@ def read_all(local: str | Path, *, remote: str | None = None) -> dict[str, dict]
     """Every sample of a dataset through a stock StreamingDataset, by key (no radforge code involved)."""
     from streaming import StreamingDataset
 
+    from radforge.sharder.stream_memory import release_stream
+
     env = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1", "LOCAL_RANK": "0", "NODE_RANK": "0"}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
         ds = StreamingDataset(local=str(local), remote=remote, shuffle=False, batch_size=1)
         out: dict[str, dict] = {}
-        for i in range(len(ds)):
-            s = ds[i]
-            assert s["key"] not in out, f"duplicate key {s['key']}"
-            out[s["key"]] = s
+        try:
+            for i in range(len(ds)):
+                s = ds[i]
+                assert s["key"] not in out, f"duplicate key {s['key']}"
+                out[s["key"]] = s
+        finally:
+            release_stream(ds)  # streaming's atexit would keep its /dev/shm descriptors open
         return out
     finally:
         for k, v in saved.items():

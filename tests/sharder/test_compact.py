@@ -31,6 +31,7 @@ from radforge.sharder.marker import mark_dataset
 from radforge.sharder.mds import SampleEncoder
 from radforge.sharder.schema import COLUMNS
 from radforge.sharder.shard_table import open_table, part_table_loc
+from radforge.sharder.stream_memory import release_stream
 from radforge.sharder.torch_dataset import RadforgeDataset
 from radforge.sharder.vacuum import parse_duration, vacuum_dataset
 from radforge.sharder.verify import verify_dataset
@@ -102,7 +103,10 @@ def stock_samples(local: str | Path, *, remote: str | None = None) -> list[tuple
     for name in ("WORLD_SIZE", "LOCAL_WORLD_SIZE"):
         os.environ.setdefault(name, "1")
     ds = StreamingDataset(local=str(local), remote=remote, shuffle=False, batch_size=1)
-    return [_flat(ds[i]) for i in range(len(ds))]
+    try:
+        return [_flat(ds[i]) for i in range(len(ds))]
+    finally:
+        release_stream(ds)
 
 
 def _flat(s: dict[str, Any]) -> tuple[str, bytes, bytes, str]:
@@ -223,6 +227,7 @@ def test_a_reader_opened_before_compaction_keeps_reading_every_sample(tmp_path: 
     assert waiting.removed == [] and len(waiting.waiting) == 3
     assert first + [_flat(old[i]) for i in range(3, len(old))] == expected
     assert [_flat(s) for s in old] == expected  # a whole iteration too (streaming's own partitioning)
+    release_stream(old)
     assert stock_samples(root.path) == expected  # a reader opened now reads the new shards
 
 

@@ -13,6 +13,7 @@ from radforge.ingest.config import load_config
 from radforge.ingest.pipeline import run_ingest
 from radforge.sharder.catalog import load_catalog
 from radforge.sharder.mixing import MixSpec, SourceSpec, build_streams
+from radforge.sharder.stream_memory import release_stream
 from radforge.storage import resolve
 from tests.support import make_archive, read_all
 
@@ -44,7 +45,10 @@ def _epoch_modalities(spec: MixSpec, tmp_path: Path, epoch_size: int | None) -> 
         shuffle=True,
         shuffle_seed=7,
     )
-    return Counter(sample["meta"]["modality"] for sample in ds)
+    try:
+        return Counter(sample["meta"]["modality"] for sample in ds)
+    finally:
+        release_stream(ds)
 
 
 def test_modality_datasets_mix_three_to_one(datasets: dict[str, Path], tmp_path: Path) -> None:

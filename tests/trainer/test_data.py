@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from radforge.sharder.mixing import MixSpec, open_sources
+from radforge.sharder.stream_memory import release_stream
 from radforge.trainer.data import MixLoader, MixSamples, micro_batch_indices
 from radforge.trainer.sampling import batch_positions, plan_epoch, source_choose
 from tests.sharder.table_support import make_dataset, part_id
@@ -92,6 +93,7 @@ def test_same_samples_as_streaming_per_epoch(
         streams = [Stream(local=f"{uri}/parts/{p}", repeat=repeat) for p in parts]
         stock = StreamingDataset(streams=streams, batch_size=4, shuffle=True, shuffle_seed=3)
         want = Counter(s["key"] for s in stock)
+        release_stream(stock)
         ours = _loader([{"uri": uri, "repeat": repeat}], tmp_path, per_rank=4)
         assert Counter(sum(_keys(list(ours)), [])) == want
         assert sum(want.values()) == 48 * (repeat or 1)
