@@ -20,7 +20,7 @@ TASKS = (
     "plane_2d",
     "position_2d",
     "lesion_2d",
-    "lesion_3d",
+    "region_3d",
     "plane_real_2d",
     "position_real_2d",
 )

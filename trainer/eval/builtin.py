@@ -12,21 +12,29 @@ the 128-px phantom's field of view, 2.5 mm slices) carry a label map, so labels 
 | plane_2d | 2d | clf | axial, coronal or sagittal phantom slice (the same slices) |
 | position_2d | 2d | reg | axial slice position along the body, 0 inferior .. 1 superior (every body slice) |
 | lesion_2d | 2d | clf | a 40-px liver-centred crop shows a lesion (lesion phantoms, 1 mm slices) |
-| lesion_3d | 3d | clf | the volume has a lesion (its liver crops averaged; one sample per volume) |
+| region_3d | 3d | clf | organ a slab of 4 consecutive axial phantom slices cuts (their features averaged) |
 | plane_real_2d | 2d | clf | plane of real brain MR: MNI152, nibabel's EPI and T1 (up to 100 per plane) |
 | position_real_2d | 2d | reg | axial position in a real brain, 0 lowest .. 1 highest (every axial slice) |
 
 Splits are by volume, never by slice: phantoms in groups of four (CT/MR x lesion or not) so every
 split is balanced, 50% train, 20% val, 30% test. The real volumes are few, so they are assigned whole:
-test is the MNI152 T1 template, val nibabel's anatomical T1, train the MNI152 grey- and white-matter
-maps and nibabel's example EPI (both time points). The MNI maps are the same brain as the T1: their
-outline carries over, an easier transfer than to a new subject (docs/eval.md says so).
+test is the MNI152 T1 template; train the MNI152 grey- and white-matter maps, nibabel's anatomical
+T1 and the first time point of its example EPI; val the EPI's second time point. The MNI maps are
+the same brain as the T1: their outline carries over, an easier transfer than to a new subject
+(docs/eval.md says so). Suite version 2 kept the only other T1 (nibabel's, 33 x 41 x 25 voxels) for
+val, so a probe learnt planes from tissue maps and EPI alone and was tested on a T1: a contrast
+transfer that the linear probe lost in 12 of 14 GPU sweep runs whatever the backbone had learnt.
 
 Lesions: whole 96-px slices resized to 32 px leave a lesion one or two pixels across, at chance for
 every backbone (suite version 1 measured that), so the lesion tasks crop 40 px around the liver,
 where a lesion is 6-13 px across at 32 px. The lesion phantoms have 1 mm slices, so a lesion spans
-several slices. The 3D task has one test sample per volume (tens): the 3D track's check, not a
-discriminating task.
+several slices.
+
+The 3D track's task, region_3d, averages the features of 4 consecutive axial slices of an anatomy
+phantom (a slab: one sample) and labels the slab by the organ it cuts (kidney > liver > lung > none),
+so it has a test set of hundreds of slabs. Suite version 2 had lesion_3d instead (does the lesion
+phantom have a lesion; one sample per volume): 28 test samples, intervals of +-0.25, noise in every
+run of the GPU sweep (docs/BENCHMARKS.md), so it could not tell backbones apart.
 
 Real volumes are read with nibabel from files inside the installed packages (the files nilearn's
 ``load_mni152_template`` and ``load_mni152_gm_template``/``..._wm_template`` read; nothing is
@@ -50,7 +58,7 @@ from radforge.trainer.eval.tasks import Kind, TaskSpec, write_parquet_task
 
 logger = logging.getLogger(__name__)
 
-SUITE_VERSION = 2
+SUITE_VERSION = 3
 SUITE_FILE = "suite.json"
 PLANES = ("axial", "coronal", "sagittal")
 ORGANS = ("none", "lung", "liver", "kidney")
@@ -62,12 +70,13 @@ LIVER_MIN_PX = 40  # liver pixels a slice must cut to be cropped (not scaled: a 
 DEFAULT_SIZE = 96
 PHANTOM_FOV_MM = 102.4  # the 128-px phantom at 0.8 mm
 REAL_PER_PLANE = 100
+SLAB = 4  # axial slices per region_3d sample
 MNI_FILES = {  # nilearn/datasets/data: what load_mni152_template & co. read
     "mni152-t1": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
     "mni152-gm": "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
     "mni152-wm": "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz",
 }
-REAL_SPLITS = {"mni152-t1": "test", "nibabel-anatomical": "val"}  # every other real volume: train
+REAL_SPLITS = {"mni152-t1": "test", "nibabel-example4d-t1": "val"}  # every other real volume: train
 
 
 @dataclass(frozen=True)
@@ -90,18 +99,21 @@ class _Rows:
     modality: list[str] = field(default_factory=list)
     volumes: list[str] = field(default_factory=list)
     windows: list[str] = field(default_factory=list)
+    samples: list[str] = field(default_factory=list)  # 3D: the sample (slab) each slice belongs to
 
-    def add(self, image: np.ndarray, label: float, volume: _Volume, *, window: str = "raw") -> None:
+    def add(
+        self, image: np.ndarray, label: float, volume: _Volume, *, window: str = "raw", sample: str = ""
+    ) -> None:
         self.windows.append(window)
         self.images.append(image)
         self.labels.append(label)
         self.splits.append(volume.split)
         self.modality.append(volume.modality)
         self.volumes.append(volume.name)
+        self.samples.append(sample)
 
     def write(self, root: Path, spec: TaskSpec) -> Path:
-        """The task folder; 3D tasks carry volume ids, 2D ones their source volume as provenance."""
-        three_d = spec.track == "3d"
+        """The task folder; 3D tasks carry sample ids; every task its source volume as provenance."""
         return write_parquet_task(
             root / spec.name,
             spec,
@@ -110,8 +122,8 @@ class _Rows:
             labels=self.labels,
             splits=self.splits,
             window=self.windows,
-            volumes=self.volumes if three_d else None,
-            source_volumes=None if three_d else self.volumes,
+            volumes=self.samples if spec.track == "3d" else None,
+            source_volumes=self.volumes,
         )
 
 
@@ -147,11 +159,11 @@ def _phantoms(
             yield _Volume(name, modality, array, ph.labels, _split_of(g, n_groups), ph.lesion_volume_ml)
 
 
-def _organ(labels2d: np.ndarray) -> int:
+def _organ(labels: np.ndarray) -> int:
     from radforge.synthetic.phantom import Label
 
     for organ, label in (("kidney", Label.KIDNEY), ("liver", Label.LIVER), ("lung", Label.LUNG)):
-        if (labels2d == label).any():
+        if (labels == label).any():
             return ORGANS.index(organ)
     return 0
 
@@ -195,20 +207,18 @@ def _soft_tissue(image: np.ndarray, modality: str) -> tuple[np.ndarray, str]:
     return window_to_uint8(image.astype(np.float32), resolve_window("abdomen")), "preset"
 
 
-def _lesion_rows(volumes: list[_Volume], *, size: int) -> tuple[_Rows, _Rows]:
-    """Liver crops: 2D rows (lesion visible or not, balanced per group) and 3D rows (volume has one)."""
+def _lesion_rows(volumes: list[_Volume], *, size: int) -> _Rows:
+    """Liver crops, lesion visible or not, balanced per group."""
     from radforge.synthetic.phantom import Label
 
     side = max(round(LESION_CROP * size / DEFAULT_SIZE), 8)
     min_px = max(round(LESION_MIN_PX * (size / DEFAULT_SIZE) ** 2), 2)
 
-    slices2d, vol3d = _Rows(), _Rows()
+    slices2d = _Rows()
     positives = {"CT": 0, "MR": 0}  # of the group's lesion volume per modality (it comes first)
     for v in volumes:
         crops = [c for z in range(v.array.shape[0]) if (c := _liver_crop(v.array[z], v.labels[z], side))]
         stored = [_soft_tissue(image, v.modality) for image, _ in crops]
-        for image, window in stored[::3]:  # the 3D track averages a volume's crops: a third is enough
-            vol3d.add(image, float(v.lesion_ml > 0), v, window=window)
         if v.lesion_ml > 0:
             shown = [i for i, (_, labels) in enumerate(crops) if (labels == Label.LESION).sum() >= min_px]
             positives[v.modality] = len(shown)
@@ -217,7 +227,7 @@ def _lesion_rows(volumes: list[_Volume], *, size: int) -> tuple[_Rows, _Rows]:
             shown = np.unique(np.linspace(0, len(crops) - 1, want).astype(int)).tolist()
         for i in shown:
             slices2d.add(stored[i][0], int(v.lesion_ml > 0), v, window=stored[i][1])
-    return slices2d, vol3d
+    return slices2d
 
 
 def _real_mr_volumes() -> list[tuple[str, np.ndarray]]:
@@ -303,29 +313,34 @@ def build_builtin_suite(
         saved = json.loads(marker.read_text())
         if saved.get("params") == params:
             return [root / t for t in saved["tasks"]]
-    organ, modality, plane, position = _Rows(), _Rows(), _Rows(), _Rows()
+    organ, modality, plane, position, region = _Rows(), _Rows(), _Rows(), _Rows(), _Rows()
     for v in _phantoms(n_volumes, size=size, slices=slices, z_mm=2.5, seed=seed, prefix=""):
         body = np.flatnonzero(v.labels.reshape(len(v.labels), -1).any(1))  # the rest is air only
         for z in body:
             organ.add(v.array[z], _organ(v.labels[z]), v)
             position.add(v.array[z], (z - body[0]) / max(body[-1] - body[0], 1), v)
+        for k in range(len(body) // SLAB):
+            slab = body[k * SLAB : (k + 1) * SLAB]
+            for z in slab:
+                region.add(v.array[z], _organ(v.labels[slab]), v, sample=f"{v.name}/slab{k:02d}")
         for p, image in _plane_slices(v.array, count=10):
             modality.add(image, int(v.modality == "MR"), v)
             plane.add(image, PLANES.index(p), v)
     lesion_volumes = _phantoms(
         2 * n_volumes, size=size, slices=int(slices * 1.6), z_mm=1.0, seed=seed + 1, prefix="lesion-"
     )
-    lesion2d, lesion3d = _lesion_rows(list(lesion_volumes), size=size)
+    lesion2d = _lesion_rows(list(lesion_volumes), size=size)
     clf: Kind = "classification"
     reg: Kind = "regression"
     present = ("absent", "present")
+    region_desc = "organ a slab of 4 axial phantom slices cuts"
     specs = [
         (organ, TaskSpec("organ_2d", "2d", clf, ORGANS, description="organ an axial phantom slice cuts")),
         (modality, TaskSpec("modality_2d", "2d", clf, ("CT", "MR"), description="CT or MR phantom slice")),
         (plane, TaskSpec("plane_2d", "2d", clf, PLANES, description="slice plane of a phantom")),
         (position, TaskSpec("position_2d", "2d", reg, description="axial position along the body, 0 .. 1")),
         (lesion2d, TaskSpec("lesion_2d", "2d", clf, present, description="a liver crop shows a lesion")),
-        (lesion3d, TaskSpec("lesion_3d", "3d", clf, present, description="the volume has a lesion")),
+        (region, TaskSpec("region_3d", "3d", clf, ORGANS, description=region_desc)),
     ]
     tasks = [rows.write(root, spec) for rows, spec in specs]
     if real:

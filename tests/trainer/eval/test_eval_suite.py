@@ -59,10 +59,8 @@ def export(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _source_volumes(folder: Path) -> np.ndarray:
-    """The volume each sample came from: 3D tasks' volume ids, 2D tasks' provenance column."""
-    table = pq.read_table(folder / "samples.parquet")
-    column = "volume" if "volume" in table.column_names else "source_volume"
-    return np.asarray(table.column(column).to_pylist())
+    """The volume each row came from (the provenance column every built-in task carries)."""
+    return np.asarray(pq.read_table(folder / "samples.parquet").column("source_volume").to_pylist())
 
 
 def _assert_split_by_volume(folder: Path) -> None:
@@ -76,22 +74,39 @@ def test_builtin_suite_is_balanced_split_by_volume_deterministic_and_reused(
     suite: list[Path], tmp_path: Path
 ) -> None:
     names = [p.name for p in suite]
-    assert names == ["organ_2d", "modality_2d", "plane_2d", "position_2d", "lesion_2d", "lesion_3d"]
+    assert names == ["organ_2d", "modality_2d", "plane_2d", "position_2d", "lesion_2d", "region_3d"]
     for folder in suite:
         task = load_task(folder)
         assert set(task.splits) >= {"train", "test"}
         _assert_split_by_volume(folder)
         if task.spec.kind == "classification":
             counts = np.bincount(task.labels[task.splits == "train"], minlength=len(task.spec.classes))
-            assert counts.min() > 0, (folder.name, counts)
+            # the 12-slice phantoms here give 3 slabs each, none of them lung-free (default suite: below)
+            assert (counts > 0).sum() >= (2 if folder.name == "region_3d" else len(counts)), (
+                folder.name,
+                counts,
+            )
         else:
             assert task.labels.min() == 0.0 and task.labels.max() == 1.0  # position along the body
-    for name in ("modality_2d", "plane_2d", "lesion_2d", "lesion_3d"):  # balanced classes
+    for name in ("modality_2d", "plane_2d", "lesion_2d"):  # balanced classes
         labels = load_task(suite[names.index(name)]).labels
         counts = np.bincount(labels)
         assert counts.max() - counts.min() <= 0.15 * len(labels), (name, counts)
-    lesion = load_task(suite[names.index("lesion_3d")])
-    assert lesion.volumes is not None and len(np.unique(lesion.volumes)) == 24  # twice the anatomy's 12
+    region = load_task(suite[names.index("region_3d")])
+    region_sources = _source_volumes(suite[names.index("region_3d")])
+    organ = load_task(suite[0])
+    organ_of = {  # each axial slice's organ_2d label, by source volume and pixels
+        (src, im.tobytes()): int(label)
+        for src, im, label in zip(_source_volumes(suite[0]), organ.images, organ.labels, strict=True)
+    }
+    assert region.volumes is not None
+    for slab in np.unique(region.volumes):  # 4 axial slices of one phantom, labelled by their organs
+        rows = np.flatnonzero(region.volumes == slab)
+        assert len(rows) == 4 and len({region_sources[i] for i in rows}) == 1
+        assert len(set(region.labels[rows])) == 1 and len(set(region.splits[rows])) == 1
+        slices = [organ_of[(region_sources[i], region.images[i].tobytes())] for i in rows]
+        assert region.labels[rows[0]] == max(slices)  # kidney > liver > lung > none
+    assert len(set(region_sources)) == 12 and len(np.unique(region.labels)) >= 2
     mtime = (suite[0] / "samples.parquet").stat().st_mtime_ns
     assert build_builtin_suite(suite[0].parent, **SMALL) == suite
     assert (suite[0] / "samples.parquet").stat().st_mtime_ns == mtime
@@ -112,14 +127,20 @@ def test_default_suite_has_hundreds_of_test_samples_and_real_volumes_split_whole
         n_test = int((task.splits == "test").sum())
         if task.spec.track == "2d":
             assert n_test >= 150, (folder.name, n_test)
+        else:  # region_3d: slabs of 4 slices, every organ in every split
+            assert task.volumes is not None
+            assert len(np.unique(task.volumes[task.splits == "test"])) >= 120, folder.name
+            for split in ("train", "val", "test"):
+                assert set(task.labels[task.splits == split]) == {0, 1, 2, 3}, (folder.name, split)
         if folder.name.endswith("real_2d"):
             sources = _source_volumes(folder)
             assert set(sources[task.splits == "test"]) == {"mni152-t1"}
-            assert set(sources[task.splits == "train"]) == {
+            assert set(sources[task.splits == "val"]) == {"nibabel-example4d-t1"}
+            assert set(sources[task.splits == "train"]) == {  # a T1 among them: no contrast transfer
                 "mni152-gm",
                 "mni152-wm",
+                "nibabel-anatomical",
                 "nibabel-example4d-t0",
-                "nibabel-example4d-t1",
             }
     plane = load_task(suite[-2])
     assert np.bincount(plane.labels[plane.splits == "test"]).tolist() == [100, 100, 100]
