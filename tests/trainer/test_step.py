@@ -205,6 +205,38 @@ def test_compiled_blocks_match_eager(batch: ViewBatch) -> None:
     torch.testing.assert_close(compiled, eager)
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_blocks_are_compiled_before_fully_shard_so_fsdp_hooks_stay_eager(
+    batch: ViewBatch, cpu_mesh: DeviceMesh
+) -> None:
+    """compute.compile_blocks with FSDP2 (DINOv3's order: compile the blocks, then shard them): each
+    block's forward is compiled and FSDP's all-gather/reshard hooks run around it, outside the graph
+    (compiling the whole call after fully_shard put the hooks inside it). Sharded and compiled, the
+    backbone computes what the plain eager one does, in one graph per block and without breaks."""
+    from torch.distributed.fsdp import FSDPModule
+
+    cfg = recipe("compute.compile_blocks=true")
+    shard = functools.partial(shard_network, mesh=cpu_mesh, param_dtype=None, reduce_dtype=None)
+    state = build_train_state(cfg, global_batch_size=6, seed=0, shard=shard)
+    for network in (state.student, state.teacher):
+        for block in network.backbone.blocks:
+            assert isinstance(block, FSDPModule)
+            assert hasattr(block.forward, "_torchdynamo_orig_callable")  # the forward is compiled
+            assert block._compiled_call_impl is None  # the call with FSDP's hooks is not
+
+    plain = build_train_state(recipe(), global_batch_size=6, seed=0)
+    sharded = build_train_state(recipe(), global_batch_size=6, seed=0, shard=shard)
+    x = batch.global_crops[:2]
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    with torch.no_grad():
+        eager = plain.teacher.backbone(x)
+        compile_blocks(sharded.teacher, backend="eager")
+        compiled = sharded.teacher.backbone(x)
+    torch.testing.assert_close(compiled, eager)
+    assert not torch._dynamo.utils.counters["graph_break"]
+
+
 def test_compiled_heads_and_losses_match_eager(batch: ViewBatch) -> None:
     """compute.compile_heads: the same two steps (losses, every term, updated weights) as eager."""
     eager = build_train_state(recipe(), global_batch_size=6, seed=0)
