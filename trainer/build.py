@@ -189,6 +189,9 @@ def build_train_state(
     with torch.device("meta"):
         student = build_network(cfg)
         teacher = build_network(cfg, teacher=True)
+    if cfg.compute.compile_blocks:  # before sharding (DINOv3's order): FSDP's hooks stay out of the graphs
+        compile_blocks(student)
+        compile_blocks(teacher)
     if shard is None:
         student.to_empty(device=device)
         teacher.to_empty(device=device)
@@ -203,9 +206,6 @@ def build_train_state(
         teacher.to_empty(device=device)
         _scatter_initial_weights(cfg, [student, teacher], seed=seed)
     teacher.requires_grad_(False)
-    if cfg.compute.compile_blocks:
-        compile_blocks(student)
-        compile_blocks(teacher)
     objective = build_objective(cfg, device=device)
     if cfg.compute.compile_heads:  # the teacher's heads run embed_and_prototypes under no_grad: left eager
         compile_heads(student, objective)

@@ -225,7 +225,14 @@ def shard_network(
 
 
 def compile_blocks(network: Network, **compile_kwargs: Any) -> Network:
-    """``torch.compile`` each transformer block in place (``compile_kwargs`` go to ``torch.compile``).
+    """``torch.compile`` each transformer block's ``forward`` in place (keywords go to ``torch.compile``).
+
+    Only ``forward`` is compiled, not the module's call: hooks registered on the block (FSDP2's
+    all-gather before and reshard after, activation checkpointing's wrapper) run eagerly around the
+    compiled graph, as with DINOv3's order (compile the blocks, then ``fully_shard`` them), and the
+    state dict keeps its keys (a ``torch.compile(block)`` wrapper would prefix them). Call it before
+    :func:`shard_network`; compilation itself happens on the first call, so a network still on the
+    meta device may be passed.
 
     Inductor's comprehensive padding is switched off first: with it, torch 2.11's inductor pads the
     fused SwiGLU matmul of ViT-L (5,472 output columns to 5,504) and then fails its own stride
@@ -236,7 +243,7 @@ def compile_blocks(network: Network, **compile_kwargs: Any) -> Network:
 
     inductor_config.comprehensive_padding = False
     for block in network.backbone.blocks:
-        block.compile(**compile_kwargs)
+        block.forward = torch.compile(block.forward, **compile_kwargs)  # type: ignore[method-assign]
     return network
 
 

@@ -235,6 +235,7 @@ def test_blocks_are_compiled_before_fully_shard_so_fsdp_hooks_stay_eager(
         compiled = sharded.teacher.backbone(x)
     torch.testing.assert_close(compiled, eager)
     assert not torch._dynamo.utils.counters["graph_break"]
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1  # one graph serves every block
 
 
 def test_compiled_heads_and_losses_match_eager(batch: ViewBatch) -> None:
