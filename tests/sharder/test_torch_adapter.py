@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import math
 import os
 import tempfile
+import threading
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -308,3 +310,19 @@ def test_datasets_and_export_give_back_their_descriptors(dataset: tuple, tmp_pat
     assert _open_fds() == before
     read_series_volume(uri, key)
     assert _open_fds() == before
+
+
+def test_closing_an_iterable_dataset_mid_epoch_stops_streamings_threads(
+    dataset: tuple, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Leaving a ``with`` block after one sample (the epoch unfinished) stops streaming's prepare and
+    ready threads before its shared memory goes: a fresh-clone make test saw the prepare thread
+    still running after close (AttributeError on the removed shard states, and two descriptors it
+    held left open)."""
+    uri, _ = dataset
+    before = set(threading.enumerate())
+    with RadforgeIterableDataset(uri, pad_to=PAD, shuffle=False) as it:
+        next(iter(it))
+        assert set(threading.enumerate()) - before  # the epoch's threads run while it is read
+    assert set(threading.enumerate()) - before == set()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
