@@ -64,12 +64,29 @@ def _release(segments: list[Any], owner: int) -> None:
             atexit.register(shm.cleanup)
 
 
+def stop_iteration(stream: Any) -> None:
+    """End ``stream``'s unfinished epoch in this process: its prepare and ready threads exit and join.
+
+    Iterating a ``StreamingDataset`` runs two threads (download ahead, mark ready) in a pool the
+    dataset keeps; an epoch left after a few samples leaves them reading shard states and shared
+    memory. Streaming ends them itself only when the next epoch starts.
+    """
+    iterator = vars(stream).get("_iterator")
+    if iterator is not None:
+        iterator.exit()  # the threads see should_exit() on their next tick
+    executor = vars(stream).pop("_executor", None)
+    if executor is not None:
+        executor.shutdown(wait=True)
+
+
 def release_stream(stream: Any) -> None:
     """Close ``stream``'s shared-memory segments now; the dataset must not be read afterwards.
 
-    Safe to call twice and after :func:`release_when_collected`. Unlinking the segments frees the
-    dataset's shared-memory prefix for the next dataset opened on this node.
+    Any unfinished epoch is stopped first (:func:`stop_iteration`). Safe to call twice and after
+    :func:`release_when_collected`. Unlinking the segments frees the dataset's shared-memory prefix
+    for the next dataset opened on this node.
     """
+    stop_iteration(stream)
     segments = stream_shared_memory(stream)
     for name in _HOLDERS:
         vars(stream).pop(name, None)
