@@ -183,28 +183,31 @@ def test_dashboard_during_and_after_ingest_train_and_eval(
     train = api.post(
         "/api/v1/jobs", json=train_spec(str(dataset), run, "steps=100000", "checkpoint.every=1")
     ).json()["id"]
-    wait_until(
-        lambda: ((api.get(f"/api/v1/jobs/{train}").json().get("progress") or {}).get("step") or 0) >= 2,
-        timeout=JOB_TIMEOUT,
-        what="the run to report two steps",
-    )
+    # the run is cancelled whatever the checks below find: a run left training holds the session's
+    # Ray CPUs, and every later test that needs them waits until it times out
+    try:
+        wait_until(
+            lambda: ((api.get(f"/api/v1/jobs/{train}").json().get("progress") or {}).get("step") or 0) >= 2,
+            timeout=JOB_TIMEOUT,
+            what="the run to report two steps",
+        )
 
-    # during training: a new tab shows the run's row and charts, and the finished ingest's chart
-    opened = time.time()
-    dom = load(server, tmp_path / "profile-during", ARTIFACTS / "dashboard-during.png")
-    row = cells(dom, train)
-    assert row["state"] == "running", row
-    step = int(row["progress"].removeprefix("step ").split("/")[0])
-    assert step >= 2 and row["progress"].endswith("/100000"), row
-    assert row["rate"].endswith(" img/s") and float(row["rate"].split()[0]) > 0, row
-    assert row["details"].startswith("loss ") and " · data wait " in row["details"], row
-    for chart in ("chart-train-images", "chart-train-loss", "chart-train-wait"):
-        assert int(line(dom, chart, train).attrs["data-points"]) >= 1
-    ingest_line = line(dom, "chart-samples", ingest)
-    assert int(ingest_line.attrs["data-points"]) >= 2  # the ingest ended before this tab opened
-    assert float(dom.find("svg", id="chart-samples").attrs["data-first"]) < opened
-
-    r = api.post(f"/api/v1/jobs/{train}/cancel")
+        # during training: a new tab shows the run's row and charts, and the finished ingest's chart
+        opened = time.time()
+        dom = load(server, tmp_path / "profile-during", ARTIFACTS / "dashboard-during.png")
+        row = cells(dom, train)
+        assert row["state"] == "running", row
+        step = int(row["progress"].removeprefix("step ").split("/")[0])
+        assert step >= 2 and row["progress"].endswith("/100000"), row
+        assert row["rate"].endswith(" img/s") and float(row["rate"].split()[0]) > 0, row
+        assert row["details"].startswith("loss ") and " · data wait " in row["details"], row
+        for chart in ("chart-train-images", "chart-train-loss", "chart-train-wait"):
+            assert int(line(dom, chart, train).attrs["data-points"]) >= 1
+        ingest_line = line(dom, "chart-samples", ingest)
+        assert int(ingest_line.attrs["data-points"]) >= 2  # the ingest ended before this tab opened
+        assert float(dom.find("svg", id="chart-samples").attrs["data-first"]) < opened
+    finally:
+        r = api.post(f"/api/v1/jobs/{train}/cancel")
     assert r.status_code == 202, r.text
     trained = wait_state(api, train, {"cancelled", "failed", "succeeded"}, timeout=JOB_TIMEOUT)
     assert trained["state"] == "cancelled", trained
