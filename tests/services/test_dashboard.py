@@ -204,7 +204,9 @@ def test_dashboard_during_and_after_ingest_train_and_eval(
         for chart in ("chart-train-images", "chart-train-loss", "chart-train-wait"):
             assert int(line(dom, chart, train).attrs["data-points"]) >= 1
         ingest_line = line(dom, "chart-samples", ingest)
-        assert int(ingest_line.attrs["data-points"]) >= 2  # the ingest ended before this tab opened
+        # the ingest ended before this tab opened: its points come from the server's history (how
+        # many depends on how long it ran against the sampling period: one on a loaded machine)
+        assert int(ingest_line.attrs["data-points"]) >= 1
         assert float(dom.find("svg", id="chart-samples").attrs["data-first"]) < opened
     finally:
         r = api.post(f"/api/v1/jobs/{train}/cancel")

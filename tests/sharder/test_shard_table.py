@@ -166,6 +166,7 @@ def test_shard_files_close_their_descriptors_when_dropped(tmp_path: Path) -> Non
     local = resolve(str(tmp_path / "ds"))
     make_dataset(local, {part_id(1): 12}, per_shard=2, compression=None)
     table = load_table(load_catalog(local), cache_dir=str(tmp_path / "cache"))
+    gc.collect()  # earlier tests' garbage closes its descriptors now, not mid-count
     before = open_fds()
     files = ShardFiles(local, table, cache_dir=str(tmp_path / "cache"), cache_limit=None)
     for row in range(len(table)):
