@@ -49,7 +49,8 @@ def make_settings(state_dir: Path, **overrides: Any) -> ServiceSettings:
 class LiveServer:
     """The app under a real uvicorn server on 127.0.0.1 (a free port), in a background thread."""
 
-    def __init__(self, settings: ServiceSettings) -> None:
+    def __init__(self, settings: ServiceSettings, *, end_jobs_on_exit: bool = False) -> None:
+        self.end_jobs_on_exit = end_jobs_on_exit
         self.app = create_app(settings)
         self.server = uvicorn.Server(
             uvicorn.Config(self.app, host="127.0.0.1", port=free_port(), log_level="warning", lifespan="on")
@@ -69,8 +70,26 @@ class LiveServer:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=60)
+        try:
+            if self.end_jobs_on_exit:
+                self.end_jobs()
+        finally:
+            self.server.should_exit = True
+            self.thread.join(timeout=60)
+
+    def end_jobs(self, *, timeout: float = 120) -> None:
+        """Cancel every queued or running job and wait until each has ended.
+
+        A service on the session's shared Ray must not leave work behind: a job a failed test left
+        running keeps the session's Ray CPUs, and every later test that needs them waits until it
+        times out (seen in a fresh-clone ``make test``).
+        """
+        with self.client() as api:
+            live = api.get("/api/v1/jobs", params={"state": ["queued", "running"], "limit": 500}).json()
+            for job in live["items"]:
+                api.post(f"/api/v1/jobs/{job['id']}/cancel")  # 409 when it ended meanwhile: fine
+            for job in live["items"]:
+                wait_state(api, job["id"], {"succeeded", "failed", "cancelled"}, timeout=timeout)
 
     def client(self, *, token: str | None = TOKEN) -> httpx.Client:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -103,7 +122,8 @@ def session_ray_server(state_dir: Path, **overrides: Any) -> LiveServer:
     import ray
 
     return LiveServer(
-        make_settings(state_dir, ray_address=ray.get_runtime_context().gcs_address, **overrides)
+        make_settings(state_dir, ray_address=ray.get_runtime_context().gcs_address, **overrides),
+        end_jobs_on_exit=True,
     )
 
 
